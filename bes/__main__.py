@@ -1,0 +1,5 @@
+"""``python -m bes`` is the ``bes`` command."""
+
+from bes.cli import main
+
+main()

@@ -1,0 +1,408 @@
+"""The activity registry: create, look up, terminate activities, and keep them in step with
+their backends. No SOAP and no XML here.
+
+Every public method takes the calling :class:`~bes.principal.Principal`; a caller sees only
+the activities it owns (admins see all). Activities of other owners look exactly like unknown
+identifiers, so their existence does not leak.
+
+State flows one way: an activity is stored Pending/Queued; the dispatcher claims it and submits
+it to its backend (Pending/Submitted); the poller applies the backend's statuses through the
+state machine of :mod:`bes.states` until a terminal state. Every transition is stored with its
+time and reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+from bes.backends.base import Backend, CancelOutcome, JobState, JobStatus, missing_capabilities
+from bes.db import activity_rows as rows
+from bes.db.activity_rows import ActivityRecord, NewActivity, Transition
+from bes.db.store import Database
+from bes.errors import (
+    BackendError,
+    BesError,
+    ConfigError,
+    NotAcceptingNewActivities,
+    NotAuthorized,
+    SubmitError,
+    UnsupportedFeature,
+)
+from bes.ids import ActivityId, BackendJobId, new_activity_id
+from bes.jsdl import codec
+from bes.jsdl.model import JobDefinition
+from bes.principal import Principal
+from bes.states import ActivityState, SubState
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+
+_DISPATCH_LEASE: Final = dt.timedelta(minutes=2)
+
+
+def utc_now() -> dt.datetime:
+    """The default clock."""
+    return dt.datetime.now(dt.UTC)
+
+
+class TerminateOutcome(StrEnum):
+    """Per-activity result of :meth:`Activities.terminate`."""
+
+    TERMINATED = "terminated"
+    """The activity is Cancelled (now, or it already was)."""
+    WILL_APPLY_LATER = "will-apply-later"
+    """Termination is under way; the activity is not Cancelled yet."""
+    NOT_APPLICABLE = "not-applicable"
+    """The activity had already Finished or Failed."""
+    UNKNOWN = "unknown"
+    """No such activity for this caller."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TerminateResult:
+    """Outcome of terminating one activity, with its state afterwards (None if unknown)."""
+
+    outcome: TerminateOutcome
+    record: ActivityRecord | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FactorySummary:
+    """Live figures for the factory attributes document, as the caller may see them."""
+
+    accepting: bool
+    counts: Mapping[ActivityState, int]
+    active: Sequence[ActivityId]
+    """Identifiers of the caller's non-terminal activities (at most ``reference_limit``)."""
+
+    @property
+    def total_active(self) -> int:
+        """Number of non-terminal activities (Pending and Running)."""
+        return sum(n for state, n in self.counts.items() if not state.terminal)
+
+
+class Activities:
+    """The registry. One per service process; safe to use from one asyncio loop.
+
+    Args:
+        db: The database.
+        backends: Configured backends by name.
+        default_backend: Name of the backend new activities go to; None keeps them queued.
+        clock: Returns the current time (aware, UTC).
+        reference_limit: Most activity references listed in the factory attributes.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        backends: Mapping[str, Backend] | None = None,
+        default_backend: str | None = None,
+        clock: Clock = utc_now,
+        reference_limit: int = 1000,
+    ) -> None:
+        self._db = db
+        self._backends = dict(backends or {})
+        if default_backend is not None and default_backend not in self._backends:
+            raise ConfigError(f"default backend {default_backend!r} is not configured")
+        self.default_backend = default_backend
+        self._clock = clock
+        self.reference_limit = reference_limit
+        self._dispatcher_name = "d-" + secrets.token_hex(6)
+        self._wakeup = asyncio.Event()
+
+    @property
+    def backends(self) -> Mapping[str, Backend]:
+        """The configured backends by name."""
+        return self._backends
+
+    # ------------------------------------------------------------------ BES-Factory verbs
+
+    async def create(self, caller: Principal, job: JobDefinition, document: str) -> ActivityId:
+        """Store a new activity; return only once it is durably committed.
+
+        Args:
+            caller: Becomes the activity's owner.
+            job: The parsed job definition.
+            document: The JobDefinition as submitted (returned by GetActivityDocuments).
+
+        Raises:
+            UnsupportedFeature: The backend it would go to cannot run this job.
+            NotAcceptingNewActivities: The factory was told to stop accepting activities.
+            StoreError: The database failed; the activity was not created.
+        """
+        backend = self.default_backend
+        if backend is not None:
+            missing = missing_capabilities(job, self._backends[backend].capabilities)
+            if missing:
+                raise UnsupportedFeature(
+                    missing, f"backend {backend!r} cannot run: " + ", ".join(missing)
+                )
+        activity_id = new_activity_id()
+        new = NewActivity(
+            id=activity_id,
+            owner=caller.name,
+            job_name=job.job_name,
+            document=document,
+            job=codec.to_json(job),
+            backend=backend,
+            at=self._clock(),
+        )
+        if not await self._db.write(rows.create_activities, new):
+            raise NotAcceptingNewActivities("this factory is not accepting new activities")
+        if backend is not None:
+            self._wakeup.set()
+        return activity_id
+
+    async def statuses(
+        self, caller: Principal, ids: Sequence[ActivityId]
+    ) -> dict[ActivityId, ActivityRecord]:
+        """The activities among ``ids`` that the caller may see (others are absent)."""
+        found = await self._db.read(rows.get_activities, ids)
+        return {i: r for i, r in found.items() if caller.may_see(r.owner)}
+
+    async def documents(
+        self, caller: Principal, ids: Sequence[ActivityId]
+    ) -> dict[ActivityId, str]:
+        """The JobDefinition documents of the visible activities among ``ids``."""
+        found = await self._db.read(rows.get_documents, ids)
+        return {i: doc for i, (r, doc) in found.items() if caller.may_see(r.owner)}
+
+    async def terminate(
+        self, caller: Principal, ids: Sequence[ActivityId]
+    ) -> dict[ActivityId, TerminateResult]:
+        """Terminate each activity; one result per distinct id."""
+        found = await self.statuses(caller, ids)
+        results: dict[ActivityId, TerminateResult] = {}
+        for activity_id in dict.fromkeys(ids):
+            record = found.get(activity_id)
+            if record is None:
+                results[activity_id] = TerminateResult(outcome=TerminateOutcome.UNKNOWN, record=None)
+            else:
+                results[activity_id] = await self._terminate_one(caller, record)
+        return results
+
+    async def summary(self, caller: Principal) -> FactorySummary:
+        """Accepting flag, per-state counts and active activity references for the caller."""
+        owner = None if caller.admin else caller.name
+        accepting, counts, active = await self._db.read(
+            rows.factory_summary, owner, self.reference_limit
+        )
+        return FactorySummary(accepting=accepting, counts=counts, active=active)
+
+    async def set_accepting(self, caller: Principal, accepting: bool) -> None:
+        """BES-Management Start/StopAcceptingNewActivities.
+
+        Raises:
+            NotAuthorized: The caller is not an administrator.
+        """
+        if not caller.admin:
+            raise NotAuthorized(f"{caller.name} may not manage this factory")
+        await self._db.write(
+            rows.set_setting, (rows.ACCEPTING_SETTING, "true" if accepting else "false")
+        )
+        log.info("%s %s accepting new activities", caller.name, "started" if accepting else "stopped")
+
+    async def is_accepting(self) -> bool:
+        """Whether CreateActivity is accepted right now."""
+        return await self._db.read(rows.is_accepting)
+
+    async def history(
+        self, caller: Principal, activity_id: ActivityId
+    ) -> list[tuple[dt.datetime, str, str | None, str | None]]:
+        """Every transition of a visible activity, oldest first (empty if not visible)."""
+        if not await self.statuses(caller, [activity_id]):
+            return []
+        return await self._db.read(rows.events, activity_id)
+
+    # ------------------------------------------------------------------ termination
+
+    async def _terminate_one(self, caller: Principal, record: ActivityRecord) -> TerminateResult:
+        if record.state is ActivityState.CANCELLED:
+            return TerminateResult(outcome=TerminateOutcome.TERMINATED, record=record)
+        if record.state.terminal:
+            return TerminateResult(outcome=TerminateOutcome.NOT_APPLICABLE, record=record)
+        await self._db.write(rows.mark_cancel_requested, record.id)
+        reason = f"terminated by {caller.name}"
+        if record.backend_job_id is None or record.backend not in self._backends:
+            # Not handed to a backend (yet): the dispatcher skips it from now on, and a submit
+            # racing with us finds it Cancelled and cancels the backend job it just made.
+            return await self._finish_termination(record, reason)
+        backend = self._backends[record.backend]
+        try:
+            outcome = (await asyncio.to_thread(backend.cancel, [record.backend_job_id]))[
+                record.backend_job_id
+            ]
+        except BackendError as exc:
+            log.warning("cancel of %s on %s failed, will retry: %s", record.id, backend.name, exc)
+            outcome = CancelOutcome.WILL_APPLY_LATER
+        if outcome in (CancelOutcome.CANCELLED, CancelOutcome.UNKNOWN_ID):
+            if outcome is CancelOutcome.UNKNOWN_ID:
+                reason += f" (backend {backend.name} no longer knew the job)"
+            return await self._finish_termination(record, reason)
+        if outcome is CancelOutcome.ALREADY_TERMINAL:
+            await self._poll_backend(backend, limit=None, only=[record])
+            refreshed = (await self.statuses(caller, [record.id]))[record.id]
+            if refreshed.state is ActivityState.CANCELLED:
+                return TerminateResult(outcome=TerminateOutcome.TERMINATED, record=refreshed)
+            return TerminateResult(outcome=TerminateOutcome.NOT_APPLICABLE, record=refreshed)
+        await self._apply(record, JobStatus(state=JobState(record.state.value),
+                                            substate=SubState.TERMINATING, message=reason))
+        refreshed = (await self.statuses(caller, [record.id])).get(record.id, record)
+        return TerminateResult(outcome=TerminateOutcome.WILL_APPLY_LATER, record=refreshed)
+
+    async def _finish_termination(self, record: ActivityRecord, reason: str) -> TerminateResult:
+        transition = Transition(
+            id=record.id, state=ActivityState.CANCELLED, message=reason, at=self._clock()
+        )
+        result = await self._db.write(rows.apply_transitions, transition)
+        current = (await self._db.read(rows.get_activities, [record.id]))[record.id]
+        if result.applied or current.state is ActivityState.CANCELLED:
+            return TerminateResult(outcome=TerminateOutcome.TERMINATED, record=current)
+        return TerminateResult(outcome=TerminateOutcome.NOT_APPLICABLE, record=current)
+
+    # ------------------------------------------------------------------ backend loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch queued activities and poll backends until ``stop`` is set."""
+        if not self._backends:
+            await stop.wait()
+            return
+        interval = min(b.poll_interval_s for b in self._backends.values())
+        while not stop.is_set():
+            try:
+                await self.dispatch_once()
+                await self.poll_once()
+            except BesError as exc:
+                log.warning("backend round failed: %s", exc)
+            except Exception:
+                log.exception("backend round failed")
+            self._wakeup.clear()
+            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
+            await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+
+    async def dispatch_once(self, limit: int = 64) -> int:
+        """Submit queued activities to their backends; return how many were handled."""
+        now = self._clock()
+        claimed = await self._db.write(
+            rows.claim_for_dispatch, (self._dispatcher_name, limit, now, now + _DISPATCH_LEASE)
+        )
+        await asyncio.gather(*(self._submit(*c) for c in claimed))
+        return len(claimed)
+
+    async def _submit(self, activity_id: ActivityId, backend_name: str, job_json: str) -> None:
+        backend = self._backends.get(backend_name)
+        if backend is None:
+            await self._fail(activity_id, f"backend {backend_name!r} is not configured here")
+            return
+        try:
+            job = codec.from_json(job_json)
+            job_id = await asyncio.to_thread(backend.submit, job, activity_id=activity_id)
+        except SubmitError as exc:
+            if exc.retryable:
+                log.warning("submit of %s to %s failed, will retry: %s", activity_id, backend_name, exc)
+                return
+            await self._fail(activity_id, f"{backend_name} refused the job: {exc}")
+            return
+        except BackendError as exc:
+            log.warning("backend %s unavailable, %s stays queued: %s", backend_name, activity_id, exc)
+            return
+        except BesError as exc:
+            await self._fail(activity_id, str(exc))
+            return
+        if not job_id:
+            await self._fail(activity_id, f"{backend_name} returned no job id")
+            return
+        recorded = await self._db.write(rows.set_backend_job, (activity_id, job_id, self._clock()))
+        if not recorded:  # terminated while we were submitting: undo on the backend
+            await asyncio.to_thread(backend.cancel, [job_id])
+
+    async def poll_once(self) -> int:
+        """Ask every backend about its unfinished jobs and apply what changed."""
+        changed = 0
+        for backend in self._backends.values():
+            changed += await self._poll_backend(backend, limit=1000, only=None)
+        return changed
+
+    async def _poll_backend(
+        self, backend: Backend, *, limit: int | None, only: Sequence[ActivityRecord] | None
+    ) -> int:
+        if only is None:
+            watched = await self._db.read(rows.backend_jobs_to_watch, backend.name, limit or 1000)
+        else:
+            watched = [
+                (r.id, r.backend_job_id, r.state, r.cancel_requested)
+                for r in only
+                if r.backend_job_id is not None
+            ]
+        if not watched:
+            return 0
+        statuses = await asyncio.to_thread(backend.status, [w[1] for w in watched])
+        records = await self._db.read(rows.get_activities, [w[0] for w in watched])
+        changed = 0
+        retry_cancel: list[BackendJobId] = []
+        for activity_id, job_id, _state, cancel_requested in watched:
+            status = statuses.get(job_id)
+            record = records.get(activity_id)
+            if status is None or record is None:
+                continue
+            if status.state is JobState.UNKNOWN:
+                log.warning("%s: backend %s cannot tell the state of %s: %s",
+                            activity_id, backend.name, job_id, status.message)
+                continue
+            if cancel_requested and not status.state.terminal:
+                retry_cancel.append(job_id)
+                status = JobStatus(state=status.state, substate=SubState.TERMINATING,
+                                   message=status.message, exit_code=status.exit_code)
+            if await self._apply(record, status):
+                changed += 1
+        if retry_cancel:
+            try:
+                await asyncio.to_thread(backend.cancel, retry_cancel)
+            except BackendError as exc:
+                log.warning("cancel retry on %s failed: %s", backend.name, exc)
+        return changed
+
+    async def _apply(self, record: ActivityRecord, status: JobStatus) -> bool:
+        """Move an activity to the state a backend reported; True if anything changed."""
+        target = status.state.activity_state
+        if target is None:
+            return False
+        if target is record.state and status.substate is record.substate:
+            return False
+        now = self._clock()
+        steps = []
+        if record.state is ActivityState.PENDING and target is ActivityState.FINISHED:
+            # Pending -> Finished is not a BES transition: record the Running we missed.
+            steps.append(Transition(id=record.id, state=ActivityState.RUNNING,
+                                    message="started (reported late)", at=now,
+                                    expect_backend_job_id=record.backend_job_id))
+        steps.append(Transition(id=record.id, state=target, substate=status.substate,
+                                message=status.message, exit_code=status.exit_code, at=now,
+                                expect_backend_job_id=record.backend_job_id))
+        applied = False
+        for step in steps:
+            result = await self._db.write(rows.apply_transitions, step)
+            if not result.applied:
+                log.warning("%s: refused transition %s -> %s (%s)", record.id, result.state,
+                            step.state, status.message)
+                break
+            applied = True
+        return applied
+
+    async def _fail(self, activity_id: ActivityId, reason: str) -> None:
+        log.warning("%s failed: %s", activity_id, reason)
+        await self._db.write(
+            rows.apply_transitions,
+            Transition(id=activity_id, state=ActivityState.FAILED, message=reason, at=self._clock()),
+        )

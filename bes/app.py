@@ -1,0 +1,291 @@
+"""The HTTP entry point: a small ASGI application around the SOAP factory.
+
+Routes::
+
+    POST /bes                       BES-Factory and BES-Management (GFD.108), SOAP 1.1
+    POST /bes/activities/<id>       the same, at an activity's own address (its EPR)
+    POST /bes/draft-2007            the same for clients of the May 2007 BES draft
+    GET  /bes?wsdl                  the service WSDL
+    GET  /bes/schemas/<file>        the XSD and WSDL files it imports
+    GET  /healthz                   liveness and database check
+
+Request bodies over the configured limit are refused before parsing, with a SOAP fault.
+Nothing here answers with HTML or a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+from bes.activities import Activities
+from bes.backends.base import Backend
+from bes.backends.registry import backend_class
+from bes.config import ServiceConfig
+from bes.db.store import Database
+from bes.factory import Factory
+from bes.identity import AnonymousPolicy, IdentityPolicy, Transport
+from bes.schemas import schema_file
+from bes.soap import CLIENT, SoapFault, render_fault
+from bes.wire import ACTIVITY_PATH, DRAFT_2007, FINAL, Dialect, ResourceDescription
+from bes.wsdl import SCHEMA_PATH, service_wsdl
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_XML: Final = b"text/xml; charset=utf-8"
+_TEXT: Final = b"text/plain; charset=utf-8"
+_DRAIN_FACTOR: Final = 16  # read (and discard) at most this many limits of an oversized body
+
+
+class BesApp:
+    """The ASGI application. Build it with :func:`create_app`.
+
+    The database, registry and backends are created at ASGI lifespan start-up (or by
+    :meth:`startup` directly) and closed at shutdown.
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        identity: IdentityPolicy | None = None,
+        backends: dict[str, Backend] | None = None,
+    ) -> None:
+        self.config = config
+        self.identity = identity or AnonymousPolicy()
+        self._backends = backends
+        self.db: Database | None = None
+        self.activities: Activities | None = None
+        self.factory: Factory | None = None
+        self._stop = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def startup(self) -> None:
+        """Open (and migrate) the database, configure backends, start the backend loop."""
+        config = self.config
+        if config.database_url is None:
+            config.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(config.effective_database_url)
+        await asyncio.to_thread(db.migrate)
+        backends = self._backends
+        if backends is None:
+            backends = {config.backend: backend_class(config.backend)()} if config.backend else {}
+        self.db = db
+        self.activities = Activities(db, backends=backends, default_backend=config.backend)
+        self.factory = Factory(self.activities, identity=self.identity, resource=_describe(config))
+        self._stop.clear()
+        self._loop_task = asyncio.create_task(self.activities.run(self._stop), name="bes-backends")
+        log.info("bes ready: database %s, backend %s", _redact(db.url), config.backend or "none")
+
+    async def shutdown(self) -> None:
+        """Stop the backend loop, finish pending writes, close everything."""
+        self._stop.set()
+        if self._loop_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self.activities is not None:
+            for backend in self.activities.backends.values():
+                backend.close()
+        if self.db is not None:
+            await asyncio.to_thread(self.db.close)
+        self.db = self.activities = self.factory = None
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            await self._route(scope, receive, send)
+        except Exception:
+            reference = secrets.token_hex(4)
+            log.exception("internal error %s on %s %s", reference, scope["method"], scope["path"])
+            await _respond(send, 500, f"internal error (reference {reference})\n".encode(), _TEXT)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path in ("/bes", "/bes/"):
+            if method == "POST":
+                await self._soap(scope, receive, send, FINAL)
+            elif method in ("GET", "HEAD") and scope["query_string"].lower() == b"wsdl":
+                await _respond(send, 200, service_wsdl(self._endpoint(scope)), _XML)
+            elif method in ("GET", "HEAD"):
+                await _respond(send, 200, _usage(self._endpoint(scope)), _TEXT)
+            else:
+                await _not_allowed(send, "GET, POST")
+        elif path.startswith(ACTIVITY_PATH) or path == "/bes/draft-2007":
+            if method != "POST":
+                await _not_allowed(send, "POST")
+            else:
+                await self._soap(scope, receive, send, DRAFT_2007 if path.endswith("draft-2007") else FINAL)
+        elif path.startswith(SCHEMA_PATH) and method in ("GET", "HEAD"):
+            await self._schema(path[len(SCHEMA_PATH) :], send)
+        elif path == "/healthz" and method in ("GET", "HEAD"):
+            await self._health(send)
+        else:
+            await _respond(send, 404, b"not found; the BES endpoint is /bes\n", _TEXT)
+
+    async def _soap(self, scope: Scope, receive: Receive, send: Send, dialect: Dialect) -> None:
+        factory = self.factory
+        if factory is None:
+            await _respond(send, 503, b"starting up\n", _TEXT)
+            return
+        headers = _headers(scope)
+        body = await _read_body(receive, headers, self.config.max_request_bytes)
+        if body is None:
+            fault = SoapFault(CLIENT, f"the request body exceeds {self.config.max_request_bytes} "
+                                      "bytes and was not read")
+            envelope = render_fault(fault, default_action=_FACTORY_FAULT, request=None)
+            await _respond(send, 500, envelope, _XML, close=True)
+            return
+        client = scope.get("client") or ("", 0)
+        transport = Transport(client=f"{client[0]}:{client[1]}", scheme=scope.get("scheme", "http"),
+                              headers=headers)
+        status, envelope = await factory.handle(
+            body, soap_action=headers.get("soapaction"), endpoint=self._endpoint(scope),
+            transport=transport, dialect=dialect,
+        )
+        await _respond(send, status, envelope, _XML)
+
+    async def _schema(self, name: str, send: Send) -> None:
+        try:
+            data = await asyncio.to_thread(schema_file(name).read_bytes)
+        except FileNotFoundError:
+            await _respond(send, 404, b"no such schema\n", _TEXT)
+            return
+        await _respond(send, 200, data, _XML)
+
+    async def _health(self, send: Send) -> None:
+        activities = self.activities
+        if activities is None:
+            await _respond(send, 503, b"starting up\n", _TEXT)
+            return
+        accepting = await activities.is_accepting()
+        await _respond(send, 200, f"ok; accepting new activities: {accepting}\n".encode(), _TEXT)
+
+    def _endpoint(self, scope: Scope) -> str:
+        if self.config.public_url:
+            return self.config.public_url.rstrip("/")
+        host = _headers(scope).get("host")
+        if not host:
+            server = scope.get("server") or (self.config.host, self.config.port)
+            host = f"{server[0]}:{server[1]}"
+        return f"{scope.get('scheme', 'http')}://{host}"
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+_FACTORY_FAULT: Final = "http://schemas.ggf.org/bes/2006/08/bes-factory/BESFactoryPortType/Fault"
+
+
+def create_app(config: ServiceConfig, **kwargs: Any) -> BesApp:
+    """Build the application for ``config`` (see :class:`BesApp` for the keyword arguments)."""
+    return BesApp(config, **kwargs)
+
+
+def _describe(config: ServiceConfig) -> ResourceDescription:
+    arch = platform.machine().lower()
+    arch = {"amd64": "x86_64", "aarch64": "arm", "arm64": "arm", "i686": "x86_32"}.get(arch, arch)
+    memory: float | None = None
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return ResourceDescription(
+        resource_name=config.resource_name or socket.gethostname(),
+        cpu_architecture=arch if arch in _JSDL_ARCHITECTURES else "other",
+        cpu_count=float(os.cpu_count() or 1),
+        physical_memory_bytes=memory,
+        long_description="OGSA-BES 1.0 service running JSDL jobs in virtual machines",
+        local_resource_manager_type="urn:bes-grid:resource-manager:" + (config.backend or "queue"),
+    )
+
+
+_JSDL_ARCHITECTURES: Final = frozenset(
+    {"sparc", "powerpc", "x86", "x86_32", "x86_64", "parisc", "mips", "ia64", "arm"}
+)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes | None:
+    """The request body, or None (after draining a bounded amount) if it exceeds ``limit``."""
+    declared = headers.get("content-length", "")
+    too_big = declared.isdigit() and int(declared) > limit
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            too_big = True
+        if not too_big:
+            chunks.append(chunk)
+        if not message.get("more_body", False) or size > limit * _DRAIN_FACTOR:
+            break
+    return None if too_big else b"".join(chunks)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, content_type: bytes, *, close: bool = False
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _not_allowed(send: Send, allow: str) -> None:
+    await send({"type": "http.response.start", "status": 405,
+                "headers": [(b"content-type", _TEXT), (b"allow", allow.encode())]})
+    await send({"type": "http.response.body", "body": b"method not allowed\n"})
+
+
+def _usage(endpoint: str) -> bytes:
+    return (
+        f"This is an OGSA-BES 1.0 endpoint (SOAP 1.1). POST requests to {endpoint}/bes.\n"
+        f"WSDL: {endpoint}/bes?wsdl\n"
+    ).encode()
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest

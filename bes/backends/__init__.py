@@ -1,0 +1,1 @@
+"""Execution backends: where an activity's job actually runs (desktop grid, cloud, ...)."""

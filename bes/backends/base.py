@@ -1,0 +1,176 @@
+"""The Backend interface: how the activity registry hands jobs to an execution system.
+
+A backend is a small vector interface in the manner of Parsl's providers, with Libcloud-style
+declarations::
+
+    activities ──submit(job, activity_id)──► backend ──► desktop grid / cloud / ...
+               ◄──status([ids]) / cancel([ids])──
+
+Contract, checked for every implementation by ``tests/backends/test_contract.py``:
+
+* :meth:`Backend.submit` returns a non-empty :data:`~bes.ids.BackendJobId` or raises
+  :class:`~bes.errors.SubmitError` (this job) / :class:`~bes.errors.BackendError` (the whole
+  backend). It never returns a falsy id.
+* :meth:`Backend.status` and :meth:`Backend.cancel` take a sequence of ids and return a mapping
+  **keyed by id** with exactly one entry per distinct id asked for. Per-item trouble is a value
+  (``JobState.UNKNOWN``, ``CancelOutcome.UNKNOWN_ID``, ...), never an exception; they raise only
+  when the whole call fails (backend unreachable, not authorized).
+* Native states are translated through a module-level table; an unrecognized native state
+  becomes ``JobState.UNKNOWN`` with a logged warning.
+* What a backend can run is declared in :attr:`Backend.capabilities` and checked by the
+  activity registry *before* submitting (the caller gets UnsupportedFeatureFault at once).
+* Methods are called from worker threads, possibly concurrently: implementations are
+  thread-safe.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar
+
+from bes.ids import ActivityId, BackendJobId
+from bes.jsdl.model import JobDefinition
+from bes.states import ActivityState, SubState
+
+
+class JobState(StrEnum):
+    """A backend job's state in BES terms, plus UNKNOWN for "cannot tell"."""
+
+    PENDING = "Pending"
+    """Accepted by the backend, not started."""
+    RUNNING = "Running"
+    """Staging or executing."""
+    FINISHED = "Finished"
+    """Ended normally."""
+    CANCELLED = "Cancelled"
+    """Ended because it was cancelled."""
+    FAILED = "Failed"
+    """Ended abnormally."""
+    UNKNOWN = "Unknown"
+    """The backend cannot say (unknown id, unrecognized native state). Never applied to an
+    activity; the registry asks again later."""
+
+    @property
+    def terminal(self) -> bool:
+        """True for Finished, Cancelled and Failed."""
+        return self in (JobState.FINISHED, JobState.CANCELLED, JobState.FAILED)
+
+    @property
+    def activity_state(self) -> ActivityState | None:
+        """The matching activity state; None for UNKNOWN."""
+        return None if self is JobState.UNKNOWN else ActivityState(self.value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobStatus:
+    """What a backend knows of one job.
+
+    Attributes:
+        state: The job's state.
+        substate: A refinement (e.g. Provisioning, Staging-In), when the backend knows it.
+        message: Why, for people; required in practice for FAILED.
+        exit_code: The application's exit status once it ended, if known.
+        extra: Backend-specific facts (worker name, instance id), shown to admins.
+    """
+
+    state: JobState
+    substate: SubState | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+class CancelOutcome(StrEnum):
+    """Per-job result of :meth:`Backend.cancel`."""
+
+    CANCELLED = "cancelled"
+    """The job is stopped now."""
+    WILL_APPLY_LATER = "will-apply-later"
+    """Cancellation is under way (e.g. a worker must be told at its next heartbeat)."""
+    ALREADY_TERMINAL = "already-terminal"
+    """The job had already ended; nothing was done."""
+    UNKNOWN_ID = "unknown-id"
+    """The backend does not know this job (any more)."""
+
+
+class Capability(StrEnum):
+    """Features a backend declares it can run."""
+
+    POSIX_APPLICATION = "posix-application"
+    """Runs jsdl-posix:POSIXApplication."""
+    HPC_PROFILE_APPLICATION = "hpc-profile-application"
+    """Runs jsdl-hpcpa:HPCProfileApplication."""
+    SPMD_APPLICATION = "spmd-application"
+    """Runs jsdl-spmd:SPMDApplication (several processes)."""
+    DATA_STAGING = "data-staging"
+    """Fetches DataStaging sources and delivers targets."""
+    VM_JOBS = "vm-jobs"
+    """Runs jobs inside a virtual machine described by the VM extension."""
+    NO_APPLICATION = "no-application"
+    """Accepts jobs without an executable (pure data staging, no-op)."""
+
+
+class Backend(abc.ABC):
+    """Base class of every backend. See the module docstring for the contract."""
+
+    name: ClassVar[str]
+    """Registry name, e.g. ``desktopgrid``."""
+    capabilities: ClassVar[frozenset[Capability]]
+    """What this backend can run."""
+    poll_interval_s: float = 5.0
+    """How often the registry should call :meth:`status` for this backend's running jobs."""
+
+    @abc.abstractmethod
+    def submit(self, job: JobDefinition, *, activity_id: ActivityId) -> BackendJobId:
+        """Start running ``job`` for activity ``activity_id``.
+
+        Raises:
+            SubmitError: This job cannot be run (``retryable`` says whether to try again).
+            BackendError: The backend as a whole failed.
+        """
+
+    @abc.abstractmethod
+    def status(self, ids: Sequence[BackendJobId]) -> Mapping[BackendJobId, JobStatus]:
+        """Current status of each job, keyed by id (UNKNOWN for ids it does not know).
+
+        Raises:
+            BackendError: The backend cannot be asked at all.
+        """
+
+    @abc.abstractmethod
+    def cancel(self, ids: Sequence[BackendJobId]) -> Mapping[BackendJobId, CancelOutcome]:
+        """Cancel each job, keyed by id.
+
+        Raises:
+            BackendError: The backend cannot be asked at all.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook with a sensible empty default
+        """Release connections and threads. The backend is not used afterwards."""
+
+
+def missing_capabilities(job: JobDefinition, capabilities: frozenset[Capability]) -> list[str]:
+    """The JSDL features of ``job`` that a backend with ``capabilities`` cannot run.
+
+    Returns readable feature names for an UnsupportedFeatureFault, empty if all is supported.
+    """
+    missing: list[str] = []
+    description = job.job_description
+    application = description.application
+    executable = application.executable_part if application else None
+    if application and application.posix and Capability.POSIX_APPLICATION not in capabilities:
+        missing.append("jsdl-posix:POSIXApplication")
+    if application and application.hpc_profile and (
+        Capability.HPC_PROFILE_APPLICATION not in capabilities
+    ):
+        missing.append("jsdl-hpcpa:HPCProfileApplication")
+    if application and application.spmd and Capability.SPMD_APPLICATION not in capabilities:
+        missing.append("jsdl-spmd:SPMDApplication")
+    if executable is None and Capability.NO_APPLICATION not in capabilities:
+        missing.append("a job without an executable application element")
+    if description.data_staging and Capability.DATA_STAGING not in capabilities:
+        missing.append("jsdl:DataStaging")
+    return missing

@@ -1,0 +1,418 @@
+"""SQL for activities: insert, read, transition and count. Portable across SQLite and PostgreSQL.
+
+Batch functions (``create_activities``, ``apply_transitions``, ...) run inside the group
+committer and take a list of arguments; plain functions are reads. State changes are
+conditional ``UPDATE ... WHERE state IN (...)`` statements, so the state machine holds even
+with several service replicas writing at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from sqlalchemy import Connection, Row, and_, func, insert, select, update
+
+from bes.db.tables import activity, activity_event, setting
+from bes.ids import ActivityId, BackendJobId
+from bes.states import ActivityState, SubState, can_transition
+
+ACCEPTING_SETTING: Final = "accepting_new_activities"
+_CHUNK: Final = 500  # ids per IN (...) list, well under every driver's parameter limit
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivityRecord:
+    """An activity's current state as stored (without its documents)."""
+
+    id: ActivityId
+    owner: str
+    state: ActivityState
+    substate: SubState | None
+    message: str | None
+    exit_code: int | None
+    job_name: str | None
+    backend: str | None
+    backend_job_id: BackendJobId | None
+    cancel_requested: bool
+    created_at: dt.datetime
+    changed_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewActivity:
+    """What CreateActivity stores."""
+
+    id: ActivityId
+    owner: str
+    job_name: str | None
+    document: str
+    job: str
+    backend: str | None
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transition:
+    """A requested change of state (or sub-state) of one activity.
+
+    Attributes:
+        expect_backend_job_id: Apply only while the activity still has this backend job
+            (guards against late reports about an earlier attempt).
+    """
+
+    id: ActivityId
+    state: ActivityState
+    substate: SubState | None = None
+    message: str | None = None
+    exit_code: int | None = None
+    at: dt.datetime
+    expect_backend_job_id: BackendJobId | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransitionResult:
+    """Outcome of a :class:`Transition`: applied or not, and the state the activity is in."""
+
+    applied: bool
+    state: ActivityState | None
+    """None if the activity does not exist."""
+
+
+_RECORD_COLUMNS: Final = (
+    activity.c.id,
+    activity.c.owner,
+    activity.c.state,
+    activity.c.substate,
+    activity.c.message,
+    activity.c.exit_code,
+    activity.c.job_name,
+    activity.c.backend,
+    activity.c.backend_job_id,
+    activity.c.cancel_requested,
+    activity.c.created_at,
+    activity.c.changed_at,
+)
+
+
+def _record(row: Row[Any]) -> ActivityRecord:
+    return ActivityRecord(
+        id=ActivityId(row.id),
+        owner=row.owner,
+        state=ActivityState(row.state),
+        substate=SubState(row.substate) if row.substate else None,
+        message=row.message,
+        exit_code=row.exit_code,
+        job_name=row.job_name,
+        backend=row.backend,
+        backend_job_id=BackendJobId(row.backend_job_id) if row.backend_job_id else None,
+        cancel_requested=bool(row.cancel_requested),
+        created_at=row.created_at,
+        changed_at=row.changed_at,
+    )
+
+
+def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(ids), _CHUNK):
+        yield ids[i : i + _CHUNK]
+
+
+# ------------------------------------------------------------------------------ writes
+
+
+def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[bool]:
+    """Insert new Pending activities if the factory accepts them; one flag per item.
+
+    The accepting flag is read in the same transaction as the inserts, so no activity is
+    created after a StopAcceptingNewActivities has committed.
+    """
+    if not _accepting(conn):
+        return [False] * len(items)
+    conn.execute(
+        insert(activity),
+        [
+            {
+                "id": a.id,
+                "owner": a.owner,
+                "state": ActivityState.PENDING.value,
+                "substate": SubState.QUEUED.value,
+                "job_name": a.job_name,
+                "document": a.document,
+                "job": a.job,
+                "backend": a.backend,
+                "cancel_requested": False,
+                "created_at": a.at,
+                "changed_at": a.at,
+            }
+            for a in items
+        ],
+    )
+    conn.execute(
+        insert(activity_event),
+        [
+            {
+                "activity_id": a.id,
+                "at": a.at,
+                "state": ActivityState.PENDING.value,
+                "substate": SubState.QUEUED.value,
+                "message": "accepted",
+            }
+            for a in items
+        ],
+    )
+    return [True] * len(items)
+
+
+def apply_transitions(conn: Connection, items: Sequence[Transition]) -> list[TransitionResult]:
+    """Apply state changes that the state machine allows; refuse the others.
+
+    A change into a terminal state also clears the activity's dispatch claim.
+    """
+    results = []
+    for t in items:
+        allowed_from = [s.value for s in ActivityState if can_transition(s, t.state)]
+        where = [activity.c.id == t.id, activity.c.state.in_(allowed_from)]
+        if t.expect_backend_job_id is not None:
+            where.append(activity.c.backend_job_id == t.expect_backend_job_id)
+        values: dict[str, Any] = {
+            "state": t.state.value,
+            "substate": t.substate.value if t.substate else None,
+            "message": t.message,
+            "changed_at": t.at,
+        }
+        if t.exit_code is not None:
+            values["exit_code"] = t.exit_code
+        if t.state.terminal:
+            values.update(dispatch_owner=None, dispatch_until=None)
+        updated = conn.execute(update(activity).where(and_(*where)).values(values)).rowcount
+        if updated:
+            conn.execute(
+                insert(activity_event).values(
+                    activity_id=t.id,
+                    at=t.at,
+                    state=t.state.value,
+                    substate=values["substate"],
+                    message=t.message,
+                )
+            )
+            results.append(TransitionResult(applied=True, state=t.state))
+        else:
+            current = conn.execute(
+                select(activity.c.state).where(activity.c.id == t.id)
+            ).scalar_one_or_none()
+            results.append(
+                TransitionResult(
+                    applied=False, state=ActivityState(current) if current else None
+                )
+            )
+    return results
+
+
+def mark_cancel_requested(conn: Connection, ids: Sequence[ActivityId]) -> list[bool]:
+    """Flag non-terminal activities as to be cancelled; True where the flag was set."""
+    terminal = [s.value for s in ActivityState if s.terminal]
+    out = []
+    for activity_id in ids:
+        updated = conn.execute(
+            update(activity)
+            .where(activity.c.id == activity_id, activity.c.state.not_in(terminal))
+            .values(cancel_requested=True)
+        ).rowcount
+        out.append(bool(updated))
+    return out
+
+
+def set_backend_job(
+    conn: Connection, items: Sequence[tuple[ActivityId, BackendJobId, dt.datetime]]
+) -> list[bool]:
+    """Record the backend's job id after a successful submit; the activity becomes Submitted.
+
+    Returns False for activities that meanwhile reached a terminal state.
+    """
+    out = []
+    for activity_id, job_id, at in items:
+        updated = conn.execute(
+            update(activity)
+            .where(activity.c.id == activity_id, activity.c.state == ActivityState.PENDING.value)
+            .values(
+                backend_job_id=job_id,
+                substate=SubState.SUBMITTED.value,
+                dispatch_owner=None,
+                dispatch_until=None,
+                changed_at=at,
+            )
+        ).rowcount
+        if updated:
+            conn.execute(
+                insert(activity_event).values(
+                    activity_id=activity_id,
+                    at=at,
+                    state=ActivityState.PENDING.value,
+                    substate=SubState.SUBMITTED.value,
+                    message=f"submitted as {job_id}",
+                )
+            )
+        out.append(bool(updated))
+    return out
+
+
+def claim_for_dispatch(
+    conn: Connection, items: Sequence[tuple[str, int, dt.datetime, dt.datetime]]
+) -> list[list[tuple[ActivityId, str, str]]]:
+    """Claim queued activities for submission to their backend.
+
+    Each item is ``(dispatcher, limit, now, until)``; each result lists ``(id, backend, job)``
+    of the activities claimed. One ``UPDATE ... RETURNING`` per claim, so two dispatchers
+    (several replicas) never take the same activity; an expired claim is taken over.
+    """
+    out = []
+    for dispatcher, limit, now, until in items:
+        candidates = (
+            select(activity.c.id)
+            .where(
+                activity.c.state == ActivityState.PENDING.value,
+                activity.c.backend.is_not(None),
+                activity.c.backend_job_id.is_(None),
+                activity.c.cancel_requested.is_(False),
+                (activity.c.dispatch_until.is_(None)) | (activity.c.dispatch_until < now),
+            )
+            .order_by(activity.c.created_at)
+            .limit(limit)
+        )
+        if conn.dialect.name == "postgresql":
+            candidates = candidates.with_for_update(skip_locked=True)
+        rows = conn.execute(
+            update(activity)
+            .where(activity.c.id.in_(candidates.scalar_subquery()))
+            .values(dispatch_owner=dispatcher, dispatch_until=until)
+            .returning(activity.c.id, activity.c.backend, activity.c.job)
+        ).all()
+        out.append([(ActivityId(r.id), r.backend, r.job) for r in rows])
+    return out
+
+
+def set_setting(conn: Connection, items: Sequence[tuple[str, str]]) -> list[None]:
+    """Insert or replace service settings."""
+    for name, value in items:
+        updated = conn.execute(
+            update(setting).where(setting.c.name == name).values(value=value)
+        ).rowcount
+        if not updated:
+            conn.execute(insert(setting).values(name=name, value=value))
+    return [None] * len(items)
+
+
+# ------------------------------------------------------------------------------ reads
+
+
+def _accepting(conn: Connection) -> bool:
+    value = conn.execute(
+        select(setting.c.value).where(setting.c.name == ACCEPTING_SETTING)
+    ).scalar_one_or_none()
+    return value != "false"
+
+
+def is_accepting(conn: Connection) -> bool:
+    """Whether CreateActivity is currently accepted (true unless stopped)."""
+    return _accepting(conn)
+
+
+def get_activities(conn: Connection, ids: Sequence[ActivityId]) -> dict[ActivityId, ActivityRecord]:
+    """The stored activities among ``ids`` (unknown ids are simply absent)."""
+    out: dict[ActivityId, ActivityRecord] = {}
+    unique = list(dict.fromkeys(ids))
+    for chunk in _chunks(unique):
+        for row in conn.execute(select(*_RECORD_COLUMNS).where(activity.c.id.in_(chunk))):
+            record = _record(row)
+            out[record.id] = record
+    return out
+
+
+def get_documents(
+    conn: Connection, ids: Sequence[ActivityId]
+) -> dict[ActivityId, tuple[ActivityRecord, str]]:
+    """Activities among ``ids`` with the JSDL document each was created from."""
+    out: dict[ActivityId, tuple[ActivityRecord, str]] = {}
+    unique = list(dict.fromkeys(ids))
+    for chunk in _chunks(unique):
+        rows = conn.execute(
+            select(*_RECORD_COLUMNS, activity.c.document).where(activity.c.id.in_(chunk))
+        )
+        for row in rows:
+            record = _record(row)
+            out[record.id] = (record, row.document)
+    return out
+
+
+def get_job(conn: Connection, activity_id: ActivityId) -> str | None:
+    """The stored JSON model of one activity's job."""
+    return conn.execute(
+        select(activity.c.job).where(activity.c.id == activity_id)
+    ).scalar_one_or_none()
+
+
+def count_by_state(conn: Connection, owner: str | None) -> dict[ActivityState, int]:
+    """How many activities are in each basic state (of one owner, or of everyone)."""
+    query = select(activity.c.state, func.count()).group_by(activity.c.state)
+    if owner is not None:
+        query = query.where(activity.c.owner == owner)
+    counts = dict.fromkeys(ActivityState, 0)
+    for state, n in conn.execute(query):
+        counts[ActivityState(state)] = n
+    return counts
+
+
+def active_ids(conn: Connection, owner: str | None, limit: int) -> list[ActivityId]:
+    """Ids of non-terminal activities, oldest first (of one owner, or of everyone)."""
+    query = (
+        select(activity.c.id)
+        .where(activity.c.state.in_([s.value for s in ActivityState if not s.terminal]))
+        .order_by(activity.c.created_at)
+        .limit(limit)
+    )
+    if owner is not None:
+        query = query.where(activity.c.owner == owner)
+    return [ActivityId(i) for i in conn.execute(query).scalars()]
+
+
+def factory_summary(
+    conn: Connection, owner: str | None, limit: int
+) -> tuple[bool, dict[ActivityState, int], list[ActivityId]]:
+    """Accepting flag, counts per state and active ids, read in one go."""
+    return is_accepting(conn), count_by_state(conn, owner), active_ids(conn, owner, limit)
+
+
+def backend_jobs_to_watch(
+    conn: Connection, backend: str, limit: int
+) -> list[tuple[ActivityId, BackendJobId, ActivityState, bool]]:
+    """Non-terminal activities handed to ``backend``: (id, backend job, state, cancel asked)."""
+    rows = conn.execute(
+        select(
+            activity.c.id, activity.c.backend_job_id, activity.c.state, activity.c.cancel_requested
+        )
+        .where(
+            activity.c.backend == backend,
+            activity.c.backend_job_id.is_not(None),
+            activity.c.state.in_([s.value for s in ActivityState if not s.terminal]),
+        )
+        .order_by(activity.c.changed_at)
+        .limit(limit)
+    )
+    return [
+        (ActivityId(r.id), BackendJobId(r.backend_job_id), ActivityState(r.state),
+         bool(r.cancel_requested))
+        for r in rows
+    ]
+
+
+def events(conn: Connection, activity_id: ActivityId) -> list[tuple[dt.datetime, str, str | None, str | None]]:
+    """The history of one activity: (time, state, sub-state, message), oldest first."""
+    rows = conn.execute(
+        select(activity_event.c.at, activity_event.c.state, activity_event.c.substate,
+               activity_event.c.message)
+        .where(activity_event.c.activity_id == activity_id)
+        .order_by(activity_event.c.id)
+    )
+    return [(r.at, r.state, r.substate, r.message) for r in rows]

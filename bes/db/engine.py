@@ -1,0 +1,96 @@
+"""Opening the database: engines tuned per dialect, and where the embedded default lives.
+
+Two engines per database: a single-connection *writer* used only by the group committer
+(:mod:`bes.db.committer`), and a pooled *reader* for queries. On SQLite the writer takes the
+write lock up front (``BEGIN IMMEDIATE``) and every commit is synced to disk
+(``synchronous=FULL``): an acknowledged activity survives a crash and a power cut. WAL mode lets
+readers run beside the writer.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import QueuePool
+
+from bes.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SQLITE_PRAGMAS = (
+    "journal_mode=WAL",
+    "synchronous=FULL",
+    "busy_timeout=30000",
+    "foreign_keys=ON",
+)
+
+
+def default_url(data_dir: Path) -> str:
+    """The embedded default: an SQLite file in the data directory."""
+    return f"sqlite:///{(data_dir / 'bes.sqlite3').resolve()}"
+
+
+def create_engines(url: str) -> tuple[Engine, Engine]:
+    """Return ``(writer, reader)`` engines for ``url``.
+
+    Raises:
+        ConfigError: The URL is malformed or names an unsupported database.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"bad database URL: {exc}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, writer=True), _sqlite_engine(url, writer=False)
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        writer = create_engine(parsed, poolclass=QueuePool, pool_size=1, max_overflow=0,
+                               pool_pre_ping=True)
+        reader = create_engine(parsed, pool_size=4, max_overflow=4, pool_pre_ping=True)
+        return writer, reader
+    raise ConfigError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+
+
+def _sqlite_engine(url: str, *, writer: bool) -> Engine:
+    if ":memory:" in url or url.rstrip("/") == "sqlite:":
+        raise ConfigError("an in-memory SQLite database cannot be shared; give a file")
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    if writer:
+        kwargs.update(poolclass=QueuePool, pool_size=1, max_overflow=0)
+    else:
+        kwargs.update(poolclass=QueuePool, pool_size=4, max_overflow=8)
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from pysqlite: it would otherwise BEGIN lazily (DEFERRED)
+        # and upgrade the lock at the first write, which can deadlock two writers.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute("PRAGMA " + pragma)
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
+
+    return engine
+
+
+def dispose_quietly(*engines: Engine) -> None:
+    """Close every pooled connection; errors at shutdown are logged, not raised."""
+    for engine in engines:
+        try:
+            engine.dispose()
+        except Exception:  # noqa: BLE001 - shutdown must go on
+            log.warning("closing %s failed", engine.url, exc_info=True)
+
+
+__all__ = ["create_engines", "default_url", "dispose_quietly"]

@@ -1,0 +1,107 @@
+"""Table definitions (SQLAlchemy Core). Migrations in ``bes/db/migrations`` create them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every dialect.
+
+    PostgreSQL keeps ``timestamptz``; SQLite has no time zones, so values are stored as naive
+    UTC and given their zone back when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+        return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
+
+
+# One row per activity: its current state, the document as submitted and its parsed model.
+activity = Table(
+    "activity",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("owner", String(256), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("substate", String(32)),
+    Column("message", Text),
+    Column("exit_code", Integer),
+    Column("job_name", Text),
+    Column("document", Text, nullable=False),
+    Column("job", Text, nullable=False),
+    Column("backend", String(64)),
+    Column("backend_job_id", String(256)),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("dispatch_owner", String(64)),
+    Column("dispatch_until", UtcDateTime()),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("changed_at", UtcDateTime(), nullable=False),
+    Index(None, "owner", "created_at"),
+    Index(None, "state"),
+)
+
+# Every state transition, with its time and reason: the activity's history.
+activity_event = Table(
+    "activity_event",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "activity_id",
+        String(32),
+        ForeignKey("activity.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("substate", String(32)),
+    Column("message", Text),
+    Index(None, "activity_id", "id"),
+)
+
+# Service-wide settings that every replica must agree on (e.g. accepting new activities).
+setting = Table(
+    "setting",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

@@ -1,0 +1,310 @@
+"""The BES-Factory and BES-Management operations: decode the request, call the activity
+registry, encode the answer. One method per operation; no business rules here.
+
+Vector operations (GetActivityStatuses, TerminateActivities, GetActivityDocuments) answer one
+``Response`` per identifier, in request order, with a per-item ``bes-factory:Fault`` where that
+item failed (GFD.108 §6.2). Whole-call faults are reserved for failures that apply to all items.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from copy import deepcopy
+from dataclasses import dataclass
+from typing import Final
+
+from lxml import etree
+
+from bes.activities import Activities, TerminateOutcome
+from bes.errors import InvalidRequest, UnsupportedFeature
+from bes.identity import IdentityPolicy, Transport
+from bes.ids import ActivityId
+from bes.jsdl import schema
+from bes.jsdl.parse import JOB_DEFINITION, parse_job_definition
+from bes.jsdl.xml import parse_stored
+from bes.ns import BES_FACTORY, BES_MANAGEMENT, WSA, WSA_FAULT_ACTION, qname
+from bes.principal import Principal
+from bes.soap import CLIENT, SoapFault, SoapRequest, fault_for, parse_request, render_fault, render_response
+from bes.wire import (
+    FINAL,
+    Dialect,
+    ResourceDescription,
+    activity_epr,
+    activity_id_of,
+    activity_status,
+    bes,
+    element,
+    factory_attributes,
+    item_fault,
+    state_fault,
+    sub,
+    unknown_activity,
+)
+
+log = logging.getLogger(__name__)
+
+FACTORY_ACTIONS: Final = BES_FACTORY + "/BESFactoryPortType/"
+MANAGEMENT_ACTIONS: Final = BES_MANAGEMENT + "/BESManagementPortType/"
+_ACTIVITY_IDENTIFIER: Final = bes("ActivityIdentifier")
+_ACTIVITY_DOCUMENT: Final = bes("ActivityDocument")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Call:
+    """Everything an operation needs about the request it serves."""
+
+    request: SoapRequest
+    caller: Principal
+    endpoint: str
+    """Base URL of this service as the client reached it, e.g. ``http://127.0.0.1:8080``."""
+    dialect: Dialect
+
+
+Handler = Callable[["Factory", Call], Awaitable[etree._Element]]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One operation of a BES port type."""
+
+    name: str
+    actions: str
+    handler: Handler
+
+    @property
+    def input_action(self) -> str:
+        """wsa:Action and SOAPAction of the request."""
+        return self.actions + self.name
+
+    @property
+    def output_action(self) -> str:
+        """wsa:Action of the response."""
+        return self.actions + self.name + "Response"
+
+    @property
+    def fault_action(self) -> str:
+        """wsa:Action of every fault of the port type."""
+        return self.actions + "Fault"
+
+
+class Factory:
+    """Serves SOAP requests for the BES-Factory and BES-Management port types.
+
+    Args:
+        activities: The activity registry.
+        identity: Decides who is calling.
+        resource: What the factory attributes document says about the resources.
+    """
+
+    def __init__(
+        self, activities: Activities, *, identity: IdentityPolicy, resource: ResourceDescription
+    ) -> None:
+        self.activities = activities
+        self.identity = identity
+        self.resource = resource
+
+    async def handle(
+        self, data: bytes, *, soap_action: str | None, endpoint: str, transport: Transport,
+        dialect: Dialect = FINAL,
+    ) -> tuple[int, bytes]:
+        """Answer one HTTP request body; return ``(HTTP status, response envelope)``."""
+        request: SoapRequest | None = None
+        operation: Operation | None = None
+        try:
+            request = parse_request(data, soap_action=soap_action)
+            operation = _operation(request)
+            _validate(request.body)
+            caller = self.identity.identify(transport, request)
+            call = Call(request=request, caller=caller, endpoint=endpoint, dialect=dialect)
+            payload = await operation.handler(self, call)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a SOAP fault
+            fault = fault_for(exc)
+            default_action = operation.fault_action if operation else FACTORY_ACTIONS + "Fault"
+            return 500, render_fault(fault, default_action=default_action, request=request)
+        return 200, render_response(payload, action=operation.output_action, request=request)
+
+    # ------------------------------------------------------------------ BES-Factory
+
+    async def create_activity(self, call: Call) -> etree._Element:
+        """CreateActivity (GFD.108 §6.1.1)."""
+        body = call.request.body
+        document_element = body.find(_ACTIVITY_DOCUMENT)
+        if document_element is None:  # unreachable after validation; kept for clarity
+            raise InvalidRequest("CreateActivity has no ActivityDocument")
+        extras = [e for e in body.iterchildren(etree.Element) if e is not document_element]
+        job_element = document_element.find(JOB_DEFINITION)
+        if job_element is None:
+            raise InvalidRequest("ActivityDocument has no jsdl:JobDefinition")
+        extras += [e for e in document_element.iterchildren(etree.Element) if e is not job_element]
+        job = parse_job_definition(job_element, validated=True)
+        if extras:
+            raise UnsupportedFeature([f"{e.tag} in {schema.element_path(e.getparent())}" for e in extras])
+        document = etree.tostring(job_element, encoding="unicode")
+        activity_id = await self.activities.create(call.caller, job, document)
+        log.info("%s created activity %s (%s)", call.caller.name, activity_id, job.job_name or "unnamed")
+        response = element("CreateActivityResponse")
+        activity_epr(response, "ActivityIdentifier", call.endpoint, activity_id)
+        return response
+
+    async def get_activity_statuses(self, call: Call) -> etree._Element:
+        """GetActivityStatuses (GFD.108 §6.1.2)."""
+        eprs, ids = _identifiers(call.request.body)
+        found = await self.activities.statuses(call.caller, [i for i in ids if i])
+        response = element("GetActivityStatusesResponse")
+        for epr, activity_id in zip(eprs, ids, strict=True):
+            item = sub(response, "Response")
+            item.append(deepcopy(epr))  # echoed as sent: opaque to the client
+            record = found.get(activity_id) if activity_id else None
+            if record is None:
+                item_fault(item, unknown_activity(call.dialect, epr))
+            else:
+                activity_status(item, record)
+        return response
+
+    async def terminate_activities(self, call: Call) -> etree._Element:
+        """TerminateActivities (GFD.108 §6.1.3). ``Terminated`` is always present."""
+        eprs, ids = _identifiers(call.request.body)
+        results = await self.activities.terminate(call.caller, [i for i in ids if i])
+        response = element("TerminateActivitiesResponse")
+        for epr, activity_id in zip(eprs, ids, strict=True):
+            item = sub(response, "Response")
+            item.append(deepcopy(epr))  # echoed as sent: opaque to the client
+            result = results.get(activity_id) if activity_id else None
+            if result is None or result.record is None or result.outcome is TerminateOutcome.UNKNOWN:
+                sub(item, call.dialect.terminated, "false")
+                item_fault(item, unknown_activity(call.dialect, epr))
+            elif result.outcome is TerminateOutcome.TERMINATED:
+                sub(item, call.dialect.terminated, "true")
+            elif result.outcome is TerminateOutcome.WILL_APPLY_LATER:
+                sub(item, call.dialect.terminated, "false")
+                item_fault(item, state_fault(
+                    "OperationWillBeAppliedEventuallyFault", result.record,
+                    "termination is under way; poll the status until it is Cancelled"))
+            else:
+                sub(item, call.dialect.terminated, "false")
+                item_fault(item, state_fault(
+                    "CantApplyOperationToCurrentStateFault", result.record,
+                    f"the activity has already ended ({result.record.state.value})"))
+        return response
+
+    async def get_activity_documents(self, call: Call) -> etree._Element:
+        """GetActivityDocuments (GFD.108 §6.1.4): each document as it was submitted."""
+        eprs, ids = _identifiers(call.request.body)
+        documents = await self.activities.documents(call.caller, [i for i in ids if i])
+        response = element("GetActivityDocumentsResponse")
+        for epr, activity_id in zip(eprs, ids, strict=True):
+            item = sub(response, "Response")
+            item.append(deepcopy(epr))  # echoed as sent: opaque to the client
+            document = documents.get(activity_id) if activity_id else None
+            if document is None:
+                item_fault(item, unknown_activity(call.dialect, epr))
+            else:
+                stored = parse_stored(document)
+                stored.tag = bes("JobDefinition")  # a local element of JSDL's type (§6.1.4)
+                item.append(stored)
+        return response
+
+    async def get_factory_attributes_document(self, call: Call) -> etree._Element:
+        """GetFactoryAttributesDocument (GFD.108 §6.1.5), with live counts."""
+        _refuse_extensions(call.request.body)
+        summary = await self.activities.summary(call.caller)
+        return factory_attributes(
+            resource=self.resource,
+            accepting=summary.accepting,
+            counts=summary.counts,
+            active=summary.active,
+            endpoint=call.endpoint,
+        )
+
+    # ------------------------------------------------------------------ BES-Management
+
+    async def stop_accepting(self, call: Call) -> etree._Element:
+        """StopAcceptingNewActivities (GFD.108 §7.1.1)."""
+        _refuse_extensions(call.request.body)
+        await self.activities.set_accepting(call.caller, False)
+        return etree.Element(qname(BES_MANAGEMENT, "StopAcceptingNewActivitiesResponse"),
+                             nsmap={"bes-mgmt": BES_MANAGEMENT})
+
+    async def start_accepting(self, call: Call) -> etree._Element:
+        """StartAcceptingNewActivities (GFD.108 §7.1.2)."""
+        _refuse_extensions(call.request.body)
+        await self.activities.set_accepting(call.caller, True)
+        return etree.Element(qname(BES_MANAGEMENT, "StartAcceptingNewActivitiesResponse"),
+                             nsmap={"bes-mgmt": BES_MANAGEMENT})
+
+
+OPERATIONS: Final[dict[str, Operation]] = {
+    bes("CreateActivity"): Operation("CreateActivity", FACTORY_ACTIONS, Factory.create_activity),
+    bes("GetActivityStatuses"): Operation(
+        "GetActivityStatuses", FACTORY_ACTIONS, Factory.get_activity_statuses),
+    bes("TerminateActivities"): Operation(
+        "TerminateActivities", FACTORY_ACTIONS, Factory.terminate_activities),
+    bes("GetActivityDocuments"): Operation(
+        "GetActivityDocuments", FACTORY_ACTIONS, Factory.get_activity_documents),
+    bes("GetFactoryAttributesDocument"): Operation(
+        "GetFactoryAttributesDocument", FACTORY_ACTIONS, Factory.get_factory_attributes_document),
+    qname(BES_MANAGEMENT, "StopAcceptingNewActivities"): Operation(
+        "StopAcceptingNewActivities", MANAGEMENT_ACTIONS, Factory.stop_accepting),
+    qname(BES_MANAGEMENT, "StartAcceptingNewActivities"): Operation(
+        "StartAcceptingNewActivities", MANAGEMENT_ACTIONS, Factory.start_accepting),
+}
+_BY_ACTION: Final = {op.input_action: op for op in OPERATIONS.values()}
+
+
+def _operation(request: SoapRequest) -> Operation:
+    """The operation named by the body element, cross-checked with the actions sent."""
+    operation = OPERATIONS.get(request.operation)
+    if operation is None:
+        name = etree.QName(request.body)
+        known = {etree.QName(q).localname for q in OPERATIONS}
+        if name.localname in known:
+            where = f"namespace {name.namespace!r}" if name.namespace else "no namespace"
+            raise SoapFault(CLIENT, f"{name.localname} is in {where}; BES operations are in "
+                                    f"{BES_FACTORY} or {BES_MANAGEMENT}")
+        raise SoapFault(CLIENT, f"unknown operation {request.operation}")
+    addressing = request.addressing
+    for sent, source in (
+        (addressing.action if addressing else None, "wsa:Action"),
+        (request.soap_action, "SOAPAction"),
+    ):
+        # An action naming a *different* operation is a contradiction; anything else (empty,
+        # the bare operation name, a vendor URI) is tolerated, as many toolkits send those.
+        other = _BY_ACTION.get(sent or "")
+        if other is not None and other is not operation:
+            if source == "wsa:Action":
+                detail = etree.Element(qname(WSA, "ProblemAction"), nsmap={"wsa": WSA})
+                etree.SubElement(detail, qname(WSA, "Action")).text = sent
+                raise SoapFault(qname(WSA, "ActionMismatch"),
+                                f"wsa:Action {sent} does not match the body {operation.name}",
+                                [detail], action=WSA_FAULT_ACTION)
+            raise SoapFault(CLIENT, f"SOAPAction {sent} does not match the body {operation.name}")
+    return operation
+
+
+def _identifiers(body: etree._Element) -> tuple[list[etree._Element], list[ActivityId | None]]:
+    """The ActivityIdentifier EPRs of a vector request, and our ids in them (None if not ours)."""
+    eprs: list[etree._Element] = []
+    for child in body.iterchildren(etree.Element):
+        if child.tag == _ACTIVITY_IDENTIFIER:
+            eprs.append(child)
+        else:
+            raise UnsupportedFeature([f"{child.tag} in {schema.element_path(body)}"])
+    return eprs, [activity_id_of(epr) for epr in eprs]
+
+
+def _refuse_extensions(body: etree._Element) -> None:
+    extras = list(body.iterchildren(etree.Element))
+    if extras:
+        raise UnsupportedFeature([f"{e.tag} in {schema.element_path(body)}" for e in extras])
+
+
+def _validate(body: etree._Element) -> None:
+    """Every request body must be valid against our schemas before anything reads it."""
+    problems = schema.validate(body)
+    if problems:
+        raise InvalidRequest(
+            "the request is not valid: "
+            + "; ".join(f"line {p.line}: {p.message}" if p.line else p.message for p in problems),
+            [p.path for p in problems],
+        )

@@ -1,0 +1,51 @@
+"""Who is calling: the one place where a request's identity is decided.
+
+Every SOAP request passes through :meth:`IdentityPolicy.identify` after its envelope is parsed
+and before any operation runs. The embedded default trusts everyone as the same anonymous
+administrator, which is safe only because it listens on loopback; TLS client certificates and
+WS-Security tokens plug in here as further policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bes.principal import ANONYMOUS, Principal
+from bes.soap import SoapRequest
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transport:
+    """What the HTTP layer knows about a request.
+
+    Attributes:
+        client: ``host:port`` of the peer.
+        scheme: ``http`` or ``https``.
+        headers: Request headers, names in lower case.
+        peer_certificate: The TLS client certificate (DER), when TLS asked for one.
+    """
+
+    client: str
+    scheme: str = "http"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    peer_certificate: bytes | None = None
+
+
+class IdentityPolicy(Protocol):
+    """Decides the principal of a request, or refuses it."""
+
+    def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
+        """Return the caller, or raise :class:`~bes.errors.NotAuthorized`.
+
+        ``request`` is None for plain HTTP requests (documents, status pages).
+        """
+        ...
+
+
+class AnonymousPolicy:
+    """No authentication: every caller is the anonymous administrator (loopback default)."""
+
+    def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
+        return ANONYMOUS

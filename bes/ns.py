@@ -1,0 +1,70 @@
+"""Every XML namespace URI the service speaks, in one place.
+
+Only this module spells namespace URIs; everything else imports the constants. ``PREFIXES``
+gives the prefixes we emit and use in human-readable messages.
+"""
+
+from typing import Final
+
+SOAP_ENV: Final = "http://schemas.xmlsoap.org/soap/envelope/"
+SOAP12_ENV: Final = "http://www.w3.org/2003/05/soap-envelope"
+SOAP_ACTOR_NEXT: Final = "http://schemas.xmlsoap.org/soap/actor/next"
+WSA: Final = "http://www.w3.org/2005/08/addressing"
+WSA_ANONYMOUS: Final = "http://www.w3.org/2005/08/addressing/anonymous"
+WSA_NONE: Final = "http://www.w3.org/2005/08/addressing/none"
+WSA_FAULT_ACTION: Final = "http://www.w3.org/2005/08/addressing/fault"
+# WS-Addressing 2004/08 (member submission) is still sent by some Axis clients.
+WSA_2004: Final = "http://schemas.xmlsoap.org/ws/2004/08/addressing"
+WSAM: Final = "http://www.w3.org/2007/05/addressing/metadata"
+WSSE: Final = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
+WSU: Final = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
+XSI: Final = "http://www.w3.org/2001/XMLSchema-instance"
+XSD: Final = "http://www.w3.org/2001/XMLSchema"
+XML: Final = "http://www.w3.org/XML/1998/namespace"
+WSDL: Final = "http://schemas.xmlsoap.org/wsdl/"
+WSDL_SOAP: Final = "http://schemas.xmlsoap.org/wsdl/soap/"
+
+BES_FACTORY: Final = "http://schemas.ggf.org/bes/2006/08/bes-factory"
+BES_MANAGEMENT: Final = "http://schemas.ggf.org/bes/2006/08/bes-management"
+BES_NAMING_BASIC_WSA: Final = "http://schemas.ggf.org/bes/2006/08/bes/naming/BasicWSAddressing"
+
+JSDL: Final = "http://schemas.ggf.org/jsdl/2005/11/jsdl"
+JSDL_POSIX: Final = "http://schemas.ggf.org/jsdl/2005/11/jsdl-posix"
+JSDL_HPCPA: Final = "http://schemas.ggf.org/jsdl/2006/07/jsdl-hpcpa"
+JSDL_SPMD: Final = "http://schemas.ogf.org/jsdl/2007/02/jsdl-spmd"
+HPCP_AC: Final = "http://schemas.ogf.org/hpcp/2007/11/ac"
+HPCP_FS: Final = "http://schemas.ogf.org/hpcp/2007/01/fs"
+
+# Our own vocabulary: activity references, sub-states and status details.
+BES_ACTIVITY: Final = "urn:bes-grid:activity:1.0"
+
+PREFIXES: Final[dict[str, str]] = {
+    "soap": SOAP_ENV,
+    "wsa": WSA,
+    "bes-factory": BES_FACTORY,
+    "bes-mgmt": BES_MANAGEMENT,
+    "jsdl": JSDL,
+    "jsdl-posix": JSDL_POSIX,
+    "jsdl-hpcpa": JSDL_HPCPA,
+    "jsdl-spmd": JSDL_SPMD,
+    "ac": HPCP_AC,
+    "fs": HPCP_FS,
+    "wsse": WSSE,
+    "besa": BES_ACTIVITY,
+}
+
+_BY_URI: Final = {uri: prefix for prefix, uri in PREFIXES.items()}
+
+
+def qname(namespace: str, local: str) -> str:
+    """Return the Clark notation ``{namespace}local`` that lxml uses for element names."""
+    return f"{{{namespace}}}{local}"
+
+
+def readable(clark: str) -> str:
+    """Turn ``{uri}local`` into ``prefix:local`` for well-known namespaces, else leave it."""
+    if not clark.startswith("{"):
+        return clark
+    uri, _, local = clark[1:].partition("}")
+    prefix = _BY_URI.get(uri)
+    return f"{prefix}:{local}" if prefix else clark

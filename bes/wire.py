@@ -1,0 +1,239 @@
+"""The BES vocabulary on the wire: endpoint references, activity statuses, per-item faults and
+the factory attributes document (GFD.108 §5, §6).
+
+Two dialects are spoken. :data:`FINAL` is GFD.108 as published (``Terminated``,
+``UnknownActivityIdentifierFault``); :data:`DRAFT_2007` is the May 2007 draft that JSAGA and
+early ARC clients were generated from (``Cancelled``, ``InvalidActivityIdentifierFault``). Their
+request messages are identical, so the dialect is chosen by the endpoint the client talks to.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit
+
+from lxml import etree
+
+from bes.db.activity_rows import ActivityRecord
+from bes.ids import ActivityId, parse_activity_id
+from bes.ns import (
+    BES_ACTIVITY,
+    BES_FACTORY,
+    BES_NAMING_BASIC_WSA,
+    HPCP_FS,
+    JSDL,
+    WSA,
+    qname,
+)
+from bes.soap import CLIENT, SERVER, SoapFault, fault_element
+from bes.states import ActivityState, SubState
+
+ACTIVITY_PATH: Final = "/bes/activities/"
+"""Path prefix of every activity's own URL (its EPR Address)."""
+
+_NSMAP: Final = {"bes-factory": BES_FACTORY, "wsa": WSA, "besa": BES_ACTIVITY}
+_ADDRESS: Final = qname(WSA, "Address")
+_REFERENCE_PARAMETERS: Final = qname(WSA, "ReferenceParameters")
+_ACTIVITY_ID: Final = qname(BES_ACTIVITY, "ActivityId")
+_FS_SUBSTATES: Final = {SubState.STAGING_IN, SubState.STAGING_OUT}
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """Element names that differ between the BES draft of 2007 and GFD.108."""
+
+    name: str
+    terminated: str
+    """Child of a TerminateActivities Response that says whether it worked."""
+    unknown_activity_fault: str
+    """Fault detail element for an identifier that names no activity."""
+
+
+FINAL: Final = Dialect("GFD.108", "Terminated", "UnknownActivityIdentifierFault")
+DRAFT_2007: Final = Dialect("draft-2007", "Cancelled", "InvalidActivityIdentifierFault")
+
+
+def bes(local: str) -> str:
+    """Clark name of a bes-factory element."""
+    return qname(BES_FACTORY, local)
+
+
+def element(local: str, text: str | None = None) -> etree._Element:
+    """A new bes-factory element (the root of a payload) with our usual prefixes declared."""
+    e = etree.Element(bes(local), nsmap=_NSMAP)
+    if text is not None:
+        e.text = text
+    return e
+
+
+def sub(parent: etree._Element, local: str, text: str | None = None) -> etree._Element:
+    """A bes-factory child element."""
+    e = etree.SubElement(parent, bes(local))
+    if text is not None:
+        e.text = text
+    return e
+
+
+# ------------------------------------------------------------------------------ EPRs
+
+
+def activity_epr(
+    parent: etree._Element, local: str, endpoint: str, activity_id: ActivityId
+) -> etree._Element:
+    """Append an activity's EndpointReference as ``bes-factory:<local>``.
+
+    ``endpoint`` is the factory URL (``http://host:port``); the Address is the activity's
+    own URL and ReferenceParameters carry our id, so clients that keep either can find it.
+    """
+    epr = etree.SubElement(parent, bes(local))
+    etree.SubElement(epr, _ADDRESS).text = endpoint + ACTIVITY_PATH + activity_id
+    params = etree.SubElement(epr, _REFERENCE_PARAMETERS)
+    etree.SubElement(params, _ACTIVITY_ID).text = activity_id
+    return epr
+
+
+def activity_id_of(epr: etree._Element) -> ActivityId | None:
+    """Our activity id in an EndpointReference, from ReferenceParameters or from the Address.
+
+    EPRs of other services (other paths, other reference parameters) give None.
+    """
+    params = epr.find(_REFERENCE_PARAMETERS)
+    if params is not None:
+        ours = params.find(_ACTIVITY_ID)
+        if ours is not None:
+            return parse_activity_id(ours.text or "")
+    address = epr.find(_ADDRESS)
+    if address is None or not address.text:
+        return None
+    try:
+        path = urlsplit(address.text.strip()).path
+    except ValueError:
+        return None
+    head, _, tail = path.rstrip("/").rpartition("/")
+    if not (head + "/").endswith(ACTIVITY_PATH):
+        return None
+    return parse_activity_id(tail)
+
+
+# ------------------------------------------------------------------------------ statuses
+
+
+def activity_status(parent: etree._Element, record: ActivityRecord) -> etree._Element:
+    """Append ``bes-factory:ActivityStatus`` for an activity: the basic state as ``@state``,
+    then the sub-state element, then our details (exit code, message, time of change)."""
+    status = etree.SubElement(parent, bes("ActivityStatus"), state=record.state.value)
+    if record.substate is not None and not record.state.terminal:
+        ns = HPCP_FS if record.substate in _FS_SUBSTATES else BES_ACTIVITY
+        etree.SubElement(status, qname(ns, record.substate.value))
+    if record.exit_code is not None:
+        etree.SubElement(status, qname(BES_ACTIVITY, "ExitCode")).text = str(record.exit_code)
+    if record.message:
+        etree.SubElement(status, qname(BES_ACTIVITY, "Message")).text = record.message
+    etree.SubElement(status, qname(BES_ACTIVITY, "Changed")).text = _xsd_datetime(
+        record.changed_at
+    )
+    return status
+
+
+def _xsd_datetime(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ------------------------------------------------------------------------------ per-item faults
+
+
+def item_fault(parent: etree._Element, fault: SoapFault) -> None:
+    """Append a per-item ``bes-factory:Fault`` (type soap:Fault) to a vector Response."""
+    parent.append(fault_element(bes("Fault"), fault))
+
+
+def unknown_activity(dialect: Dialect, epr: etree._Element) -> SoapFault:
+    """The fault for an identifier that names no activity of this caller."""
+    address = epr.find(_ADDRESS)
+    shown = (address.text or "").strip() if address is not None else "(no Address)"
+    message = f"no activity {shown} here"
+    detail = element(dialect.unknown_activity_fault)
+    sub(detail, "Message", message)
+    return SoapFault(CLIENT, message, [detail])
+
+
+def state_fault(local: str, record: ActivityRecord, message: str) -> SoapFault:
+    """CantApplyOperationToCurrentStateFault or OperationWillBeAppliedEventuallyFault."""
+    detail = element(local)
+    activity_status(detail, record)
+    sub(detail, "Message", message)
+    code = CLIENT if local.startswith("CantApply") else SERVER
+    return SoapFault(code, message, [detail])
+
+
+# ------------------------------------------------------------------------------ factory attributes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceDescription:
+    """What the factory says about the resources behind it (BasicResourceAttributesDocument).
+
+    Units as in the BES schema: CPU speed in Hz, memory in bytes.
+    """
+
+    resource_name: str
+    operating_system: str | None = "LINUX"
+    cpu_architecture: str | None = None
+    cpu_count: float | None = None
+    cpu_speed_hz: float | None = None
+    physical_memory_bytes: float | None = None
+    virtual_memory_bytes: float | None = None
+    common_name: str = "bes"
+    long_description: str = ""
+    local_resource_manager_type: str = "urn:bes-grid:resource-manager:queue"
+    extensions: Sequence[str] = (BES_ACTIVITY,)
+
+
+def factory_attributes(
+    *,
+    resource: ResourceDescription,
+    accepting: bool,
+    counts: Mapping[ActivityState, int],
+    active: Sequence[ActivityId],
+    endpoint: str,
+) -> etree._Element:
+    """The ``GetFactoryAttributesDocumentResponse`` payload, every element in schema order."""
+    response = element("GetFactoryAttributesDocumentResponse")
+    doc = sub(response, "FactoryResourceAttributesDocument")
+    basic = sub(doc, "BasicResourceAttributesDocument")
+    sub(basic, "ResourceName", resource.resource_name)
+    if resource.operating_system:
+        os_type = etree.SubElement(sub(basic, "OperatingSystem"), qname(JSDL, "OperatingSystemType"))
+        etree.SubElement(os_type, qname(JSDL, "OperatingSystemName")).text = resource.operating_system
+    if resource.cpu_architecture:
+        arch = sub(basic, "CPUArchitecture")
+        etree.SubElement(arch, qname(JSDL, "CPUArchitectureName")).text = resource.cpu_architecture
+    for local, value in (
+        ("CPUCount", resource.cpu_count),
+        ("CPUSpeed", resource.cpu_speed_hz),
+        ("PhysicalMemory", resource.physical_memory_bytes),
+        ("VirtualMemory", resource.virtual_memory_bytes),
+    ):
+        if value is not None:
+            sub(basic, local, repr(float(value)))
+    sub(doc, "IsAcceptingNewActivities", "true" if accepting else "false")
+    sub(doc, "CommonName", resource.common_name)
+    if resource.long_description:
+        sub(doc, "LongDescription", resource.long_description)
+    total_active = sum(n for state, n in counts.items() if not state.terminal)
+    sub(doc, "TotalNumberOfActivities", str(total_active))
+    for activity_id in active:
+        activity_epr(doc, "ActivityReference", endpoint, activity_id)
+    sub(doc, "TotalNumberOfContainedResources", "0")
+    sub(doc, "NamingProfile", BES_NAMING_BASIC_WSA)
+    for uri in resource.extensions:
+        sub(doc, "BESExtension", uri)
+    sub(doc, "LocalResourceManagerType", resource.local_resource_manager_type)
+    for state in ActivityState:
+        count = etree.SubElement(doc, qname(BES_ACTIVITY, "ActivityCount"), state=state.value)
+        count.text = str(counts.get(state, 0))
+    return response
+
