@@ -185,7 +185,9 @@ class Activities:
         for activity_id in dict.fromkeys(ids):
             record = found.get(activity_id)
             if record is None:
-                results[activity_id] = TerminateResult(outcome=TerminateOutcome.UNKNOWN, record=None)
+                results[activity_id] = TerminateResult(
+                    outcome=TerminateOutcome.UNKNOWN, record=None
+                )
             else:
                 results[activity_id] = await self._terminate_one(caller, record)
         return results
@@ -209,7 +211,9 @@ class Activities:
         await self._db.write(
             rows.set_setting, (rows.ACCEPTING_SETTING, "true" if accepting else "false")
         )
-        log.info("%s %s accepting new activities", caller.name, "started" if accepting else "stopped")
+        log.info(
+            "%s %s accepting new activities", caller.name, "started" if accepting else "stopped"
+        )
 
     async def is_accepting(self) -> bool:
         """Whether CreateActivity is accepted right now."""
@@ -254,8 +258,12 @@ class Activities:
             if refreshed.state is ActivityState.CANCELLED:
                 return TerminateResult(outcome=TerminateOutcome.TERMINATED, record=refreshed)
             return TerminateResult(outcome=TerminateOutcome.NOT_APPLICABLE, record=refreshed)
-        await self._apply(record, JobStatus(state=JobState(record.state.value),
-                                            substate=SubState.TERMINATING, message=reason))
+        await self._apply(
+            record,
+            JobStatus(
+                state=JobState(record.state.value), substate=SubState.TERMINATING, message=reason
+            ),
+        )
         refreshed = (await self.statuses(caller, [record.id])).get(record.id, record)
         return TerminateResult(outcome=TerminateOutcome.WILL_APPLY_LATER, record=refreshed)
 
@@ -286,7 +294,10 @@ class Activities:
             except Exception:
                 log.exception("backend round failed")
             self._wakeup.clear()
-            waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())]
+            waiters = [
+                asyncio.ensure_future(stop.wait()),
+                asyncio.ensure_future(self._wakeup.wait()),
+            ]
             await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
             for w in waiters:
                 w.cancel()
@@ -310,12 +321,16 @@ class Activities:
             job_id = await asyncio.to_thread(backend.submit, job, activity_id=activity_id)
         except SubmitError as exc:
             if exc.retryable:
-                log.warning("submit of %s to %s failed, will retry: %s", activity_id, backend_name, exc)
+                log.warning(
+                    "submit of %s to %s failed, will retry: %s", activity_id, backend_name, exc
+                )
                 return
             await self._fail(activity_id, f"{backend_name} refused the job: {exc}")
             return
         except BackendError as exc:
-            log.warning("backend %s unavailable, %s stays queued: %s", backend_name, activity_id, exc)
+            log.warning(
+                "backend %s unavailable, %s stays queued: %s", backend_name, activity_id, exc
+            )
             return
         except BesError as exc:
             await self._fail(activity_id, str(exc))
@@ -357,13 +372,22 @@ class Activities:
             if status is None or record is None:
                 continue
             if status.state is JobState.UNKNOWN:
-                log.warning("%s: backend %s cannot tell the state of %s: %s",
-                            activity_id, backend.name, job_id, status.message)
+                log.warning(
+                    "%s: backend %s cannot tell the state of %s: %s",
+                    activity_id,
+                    backend.name,
+                    job_id,
+                    status.message,
+                )
                 continue
             if cancel_requested and not status.state.terminal:
                 retry_cancel.append(job_id)
-                status = JobStatus(state=status.state, substate=SubState.TERMINATING,
-                                   message=status.message, exit_code=status.exit_code)
+                status = JobStatus(
+                    state=status.state,
+                    substate=SubState.TERMINATING,
+                    message=status.message,
+                    exit_code=status.exit_code,
+                )
             if await self._apply(record, status):
                 changed += 1
         if retry_cancel:
@@ -384,18 +408,37 @@ class Activities:
         steps = []
         if record.state is ActivityState.PENDING and target is ActivityState.FINISHED:
             # Pending -> Finished is not a BES transition: record the Running we missed.
-            steps.append(Transition(id=record.id, state=ActivityState.RUNNING,
-                                    message="started (reported late)", at=now,
-                                    expect_backend_job_id=record.backend_job_id))
-        steps.append(Transition(id=record.id, state=target, substate=status.substate,
-                                message=status.message, exit_code=status.exit_code, at=now,
-                                expect_backend_job_id=record.backend_job_id))
+            steps.append(
+                Transition(
+                    id=record.id,
+                    state=ActivityState.RUNNING,
+                    message="started (reported late)",
+                    at=now,
+                    expect_backend_job_id=record.backend_job_id,
+                )
+            )
+        steps.append(
+            Transition(
+                id=record.id,
+                state=target,
+                substate=status.substate,
+                message=status.message,
+                exit_code=status.exit_code,
+                at=now,
+                expect_backend_job_id=record.backend_job_id,
+            )
+        )
         applied = False
         for step in steps:
             result = await self._db.write(rows.apply_transitions, step)
             if not result.applied:
-                log.warning("%s: refused transition %s -> %s (%s)", record.id, result.state,
-                            step.state, status.message)
+                log.warning(
+                    "%s: refused transition %s -> %s (%s)",
+                    record.id,
+                    result.state,
+                    step.state,
+                    status.message,
+                )
                 break
             applied = True
         return applied
@@ -404,5 +447,7 @@ class Activities:
         log.warning("%s failed: %s", activity_id, reason)
         await self._db.write(
             rows.apply_transitions,
-            Transition(id=activity_id, state=ActivityState.FAILED, message=reason, at=self._clock()),
+            Transition(
+                id=activity_id, state=ActivityState.FAILED, message=reason, at=self._clock()
+            ),
         )

@@ -135,7 +135,9 @@ class BesApp:
             if method != "POST":
                 await _not_allowed(send, "POST")
             else:
-                await self._soap(scope, receive, send, DRAFT_2007 if path.endswith("draft-2007") else FINAL)
+                await self._soap(
+                    scope, receive, send, DRAFT_2007 if path.endswith("draft-2007") else FINAL
+                )
         elif path.startswith(SCHEMA_PATH) and method in ("GET", "HEAD"):
             await self._schema(path[len(SCHEMA_PATH) :], send)
         elif path == "/healthz" and method in ("GET", "HEAD"):
@@ -151,17 +153,23 @@ class BesApp:
         headers = _headers(scope)
         body = await _read_body(receive, headers, self.config.max_request_bytes)
         if body is None:
-            fault = SoapFault(CLIENT, f"the request body exceeds {self.config.max_request_bytes} "
-                                      "bytes and was not read")
+            fault = SoapFault(
+                CLIENT,
+                f"the request body exceeds {self.config.max_request_bytes} bytes and was not read",
+            )
             envelope = render_fault(fault, default_action=_FACTORY_FAULT, request=None)
             await _respond(send, 500, envelope, _XML, close=True)
             return
         client = scope.get("client") or ("", 0)
-        transport = Transport(client=f"{client[0]}:{client[1]}", scheme=scope.get("scheme", "http"),
-                              headers=headers)
+        transport = Transport(
+            client=f"{client[0]}:{client[1]}", scheme=scope.get("scheme", "http"), headers=headers
+        )
         status, envelope = await factory.handle(
-            body, soap_action=headers.get("soapaction"), endpoint=self._endpoint(scope),
-            transport=transport, dialect=dialect,
+            body,
+            soap_action=headers.get("soapaction"),
+            endpoint=self._endpoint(scope),
+            transport=transport,
+            dialect=dialect,
         )
         await _respond(send, status, envelope, _XML)
 
@@ -272,8 +280,13 @@ async def _respond(
 
 
 async def _not_allowed(send: Send, allow: str) -> None:
-    await send({"type": "http.response.start", "status": 405,
-                "headers": [(b"content-type", _TEXT), (b"allow", allow.encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 405,
+            "headers": [(b"content-type", _TEXT), (b"allow", allow.encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": b"method not allowed\n"})
 
 

@@ -45,12 +45,23 @@ def main(verbose: int) -> None:
     help="SQLAlchemy URL of the database, e.g. postgresql://user@host/bes "
     "(default: SQLite in the data directory).",
 )
-@click.option("--public-url", help="Base URL clients use, e.g. https://bes.example.org "
-              "(default: taken from each request's Host header).")
-@click.option("--max-request-bytes", default=4 * 1024 * 1024, show_default=True,
-              type=click.IntRange(1024), help="Refuse larger request bodies before parsing.")
-@click.option("--backend", help="Backend that runs new activities (default: none; they stay "
-              "Pending until one is configured).")
+@click.option(
+    "--public-url",
+    help="Base URL clients use, e.g. https://bes.example.org "
+    "(default: taken from each request's Host header).",
+)
+@click.option(
+    "--max-request-bytes",
+    default=4 * 1024 * 1024,
+    show_default=True,
+    type=click.IntRange(1024),
+    help="Refuse larger request bodies before parsing.",
+)
+@click.option(
+    "--backend",
+    help="Backend that runs new activities (default: none; they stay "
+    "Pending until one is configured).",
+)
 def serve(
     host: str,
     port: int,
@@ -78,8 +89,11 @@ def serve(
         app = create_app(config)
     except BesError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"bes {__version__}: BES endpoint http://{host}:{port}/bes "
-               f"(WSDL: http://{host}:{port}/bes?wsdl)", err=True)
+    click.echo(
+        f"bes {__version__}: BES endpoint http://{host}:{port}/bes "
+        f"(WSDL: http://{host}:{port}/bes?wsdl)",
+        err=True,
+    )
     uvicorn.run(
         app,
         host=host,

@@ -22,10 +22,18 @@ from bes.identity import IdentityPolicy, Transport
 from bes.ids import ActivityId
 from bes.jsdl import schema
 from bes.jsdl.parse import JOB_DEFINITION, parse_job_definition
-from bes.jsdl.xml import parse_stored
+from bes.jsdl.xml import parse_stored, tag
 from bes.ns import BES_FACTORY, BES_MANAGEMENT, WSA, WSA_FAULT_ACTION, qname
 from bes.principal import Principal
-from bes.soap import CLIENT, SoapFault, SoapRequest, fault_for, parse_request, render_fault, render_response
+from bes.soap import (
+    CLIENT,
+    SoapFault,
+    SoapRequest,
+    fault_for,
+    parse_request,
+    render_fault,
+    render_response,
+)
 from bes.wire import (
     FINAL,
     Dialect,
@@ -105,7 +113,12 @@ class Factory:
         self.resource = resource
 
     async def handle(
-        self, data: bytes, *, soap_action: str | None, endpoint: str, transport: Transport,
+        self,
+        data: bytes,
+        *,
+        soap_action: str | None,
+        endpoint: str,
+        transport: Transport,
         dialect: Dialect = FINAL,
     ) -> tuple[int, bytes]:
         """Answer one HTTP request body; return ``(HTTP status, response envelope)``."""
@@ -118,7 +131,7 @@ class Factory:
             caller = self.identity.identify(transport, request)
             call = Call(request=request, caller=caller, endpoint=endpoint, dialect=dialect)
             payload = await operation.handler(self, call)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a SOAP fault
+        except Exception as exc:
             fault = fault_for(exc)
             default_action = operation.fault_action if operation else FACTORY_ACTIONS + "Fault"
             return 500, render_fault(fault, default_action=default_action, request=request)
@@ -132,17 +145,22 @@ class Factory:
         document_element = body.find(_ACTIVITY_DOCUMENT)
         if document_element is None:  # unreachable after validation; kept for clarity
             raise InvalidRequest("CreateActivity has no ActivityDocument")
-        extras = [e for e in body.iterchildren(etree.Element) if e is not document_element]
         job_element = document_element.find(JOB_DEFINITION)
         if job_element is None:
             raise InvalidRequest("ActivityDocument has no jsdl:JobDefinition")
-        extras += [e for e in document_element.iterchildren(etree.Element) if e is not job_element]
-        job = parse_job_definition(job_element, validated=True)
-        if extras:
-            raise UnsupportedFeature([f"{e.tag} in {schema.element_path(e.getparent())}" for e in extras])
+        unsupported = _extensions(body, keep=document_element)
+        unsupported += _extensions(document_element, keep=job_element)
+        try:
+            job = parse_job_definition(job_element, validated=True)
+        except UnsupportedFeature as exc:
+            raise UnsupportedFeature([*unsupported, *exc.features]) from exc
+        if unsupported:
+            raise UnsupportedFeature(unsupported)
         document = etree.tostring(job_element, encoding="unicode")
         activity_id = await self.activities.create(call.caller, job, document)
-        log.info("%s created activity %s (%s)", call.caller.name, activity_id, job.job_name or "unnamed")
+        log.info(
+            "%s created activity %s (%s)", call.caller.name, activity_id, job.job_name or "unnamed"
+        )
         response = element("CreateActivityResponse")
         activity_epr(response, "ActivityIdentifier", call.endpoint, activity_id)
         return response
@@ -171,21 +189,35 @@ class Factory:
             item = sub(response, "Response")
             item.append(deepcopy(epr))  # echoed as sent: opaque to the client
             result = results.get(activity_id) if activity_id else None
-            if result is None or result.record is None or result.outcome is TerminateOutcome.UNKNOWN:
+            if (
+                result is None
+                or result.record is None
+                or result.outcome is TerminateOutcome.UNKNOWN
+            ):
                 sub(item, call.dialect.terminated, "false")
                 item_fault(item, unknown_activity(call.dialect, epr))
             elif result.outcome is TerminateOutcome.TERMINATED:
                 sub(item, call.dialect.terminated, "true")
             elif result.outcome is TerminateOutcome.WILL_APPLY_LATER:
                 sub(item, call.dialect.terminated, "false")
-                item_fault(item, state_fault(
-                    "OperationWillBeAppliedEventuallyFault", result.record,
-                    "termination is under way; poll the status until it is Cancelled"))
+                item_fault(
+                    item,
+                    state_fault(
+                        "OperationWillBeAppliedEventuallyFault",
+                        result.record,
+                        "termination is under way; poll the status until it is Cancelled",
+                    ),
+                )
             else:
                 sub(item, call.dialect.terminated, "false")
-                item_fault(item, state_fault(
-                    "CantApplyOperationToCurrentStateFault", result.record,
-                    f"the activity has already ended ({result.record.state.value})"))
+                item_fault(
+                    item,
+                    state_fault(
+                        "CantApplyOperationToCurrentStateFault",
+                        result.record,
+                        f"the activity has already ended ({result.record.state.value})",
+                    ),
+                )
         return response
 
     async def get_activity_documents(self, call: Call) -> etree._Element:
@@ -223,31 +255,41 @@ class Factory:
         """StopAcceptingNewActivities (GFD.108 §7.1.1)."""
         _refuse_extensions(call.request.body)
         await self.activities.set_accepting(call.caller, False)
-        return etree.Element(qname(BES_MANAGEMENT, "StopAcceptingNewActivitiesResponse"),
-                             nsmap={"bes-mgmt": BES_MANAGEMENT})
+        return etree.Element(
+            qname(BES_MANAGEMENT, "StopAcceptingNewActivitiesResponse"),
+            nsmap={"bes-mgmt": BES_MANAGEMENT},
+        )
 
     async def start_accepting(self, call: Call) -> etree._Element:
         """StartAcceptingNewActivities (GFD.108 §7.1.2)."""
         _refuse_extensions(call.request.body)
         await self.activities.set_accepting(call.caller, True)
-        return etree.Element(qname(BES_MANAGEMENT, "StartAcceptingNewActivitiesResponse"),
-                             nsmap={"bes-mgmt": BES_MANAGEMENT})
+        return etree.Element(
+            qname(BES_MANAGEMENT, "StartAcceptingNewActivitiesResponse"),
+            nsmap={"bes-mgmt": BES_MANAGEMENT},
+        )
 
 
 OPERATIONS: Final[dict[str, Operation]] = {
     bes("CreateActivity"): Operation("CreateActivity", FACTORY_ACTIONS, Factory.create_activity),
     bes("GetActivityStatuses"): Operation(
-        "GetActivityStatuses", FACTORY_ACTIONS, Factory.get_activity_statuses),
+        "GetActivityStatuses", FACTORY_ACTIONS, Factory.get_activity_statuses
+    ),
     bes("TerminateActivities"): Operation(
-        "TerminateActivities", FACTORY_ACTIONS, Factory.terminate_activities),
+        "TerminateActivities", FACTORY_ACTIONS, Factory.terminate_activities
+    ),
     bes("GetActivityDocuments"): Operation(
-        "GetActivityDocuments", FACTORY_ACTIONS, Factory.get_activity_documents),
+        "GetActivityDocuments", FACTORY_ACTIONS, Factory.get_activity_documents
+    ),
     bes("GetFactoryAttributesDocument"): Operation(
-        "GetFactoryAttributesDocument", FACTORY_ACTIONS, Factory.get_factory_attributes_document),
+        "GetFactoryAttributesDocument", FACTORY_ACTIONS, Factory.get_factory_attributes_document
+    ),
     qname(BES_MANAGEMENT, "StopAcceptingNewActivities"): Operation(
-        "StopAcceptingNewActivities", MANAGEMENT_ACTIONS, Factory.stop_accepting),
+        "StopAcceptingNewActivities", MANAGEMENT_ACTIONS, Factory.stop_accepting
+    ),
     qname(BES_MANAGEMENT, "StartAcceptingNewActivities"): Operation(
-        "StartAcceptingNewActivities", MANAGEMENT_ACTIONS, Factory.start_accepting),
+        "StartAcceptingNewActivities", MANAGEMENT_ACTIONS, Factory.start_accepting
+    ),
 }
 _BY_ACTION: Final = {op.input_action: op for op in OPERATIONS.values()}
 
@@ -260,8 +302,11 @@ def _operation(request: SoapRequest) -> Operation:
         known = {etree.QName(q).localname for q in OPERATIONS}
         if name.localname in known:
             where = f"namespace {name.namespace!r}" if name.namespace else "no namespace"
-            raise SoapFault(CLIENT, f"{name.localname} is in {where}; BES operations are in "
-                                    f"{BES_FACTORY} or {BES_MANAGEMENT}")
+            raise SoapFault(
+                CLIENT,
+                f"{name.localname} is in {where}; BES operations are in "
+                f"{BES_FACTORY} or {BES_MANAGEMENT}",
+            )
         raise SoapFault(CLIENT, f"unknown operation {request.operation}")
     addressing = request.addressing
     for sent, source in (
@@ -275,28 +320,35 @@ def _operation(request: SoapRequest) -> Operation:
             if source == "wsa:Action":
                 detail = etree.Element(qname(WSA, "ProblemAction"), nsmap={"wsa": WSA})
                 etree.SubElement(detail, qname(WSA, "Action")).text = sent
-                raise SoapFault(qname(WSA, "ActionMismatch"),
-                                f"wsa:Action {sent} does not match the body {operation.name}",
-                                [detail], action=WSA_FAULT_ACTION)
+                raise SoapFault(
+                    qname(WSA, "ActionMismatch"),
+                    f"wsa:Action {sent} does not match the body {operation.name}",
+                    [detail],
+                    action=WSA_FAULT_ACTION,
+                )
             raise SoapFault(CLIENT, f"SOAPAction {sent} does not match the body {operation.name}")
     return operation
 
 
 def _identifiers(body: etree._Element) -> tuple[list[etree._Element], list[ActivityId | None]]:
     """The ActivityIdentifier EPRs of a vector request, and our ids in them (None if not ours)."""
-    eprs: list[etree._Element] = []
-    for child in body.iterchildren(etree.Element):
-        if child.tag == _ACTIVITY_IDENTIFIER:
-            eprs.append(child)
-        else:
-            raise UnsupportedFeature([f"{child.tag} in {schema.element_path(body)}"])
+    eprs = [e for e in body.iterchildren(etree.Element) if e.tag == _ACTIVITY_IDENTIFIER]
+    unsupported = [f for f in _extensions(body) if not f.startswith(_ACTIVITY_IDENTIFIER + " ")]
+    if unsupported:
+        raise UnsupportedFeature(unsupported)
     return eprs, [activity_id_of(epr) for epr in eprs]
 
 
+def _extensions(parent: etree._Element, *, keep: etree._Element | None = None) -> list[str]:
+    """Feature names for the extension elements of ``parent`` (every child but ``keep``)."""
+    where = schema.element_path(parent)
+    return [f"{tag(e)} in {where}" for e in parent.iterchildren(etree.Element) if e is not keep]
+
+
 def _refuse_extensions(body: etree._Element) -> None:
-    extras = list(body.iterchildren(etree.Element))
-    if extras:
-        raise UnsupportedFeature([f"{e.tag} in {schema.element_path(body)}" for e in extras])
+    unsupported = _extensions(body)
+    if unsupported:
+        raise UnsupportedFeature(unsupported)
 
 
 def _validate(body: etree._Element) -> None:

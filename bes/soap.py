@@ -37,7 +37,7 @@ from bes.errors import (
     UnknownActivity,
     UnsupportedFeature,
 )
-from bes.jsdl.xml import parse_untrusted
+from bes.jsdl.xml import parse_untrusted, tag
 from bes.ns import (
     BES_FACTORY,
     SOAP12_ENV,
@@ -109,7 +109,7 @@ class SoapRequest:
     @property
     def operation(self) -> str:
         """The body element's name in Clark notation, e.g. ``{...bes-factory}CreateActivity``."""
-        return str(self.body.tag)
+        return tag(self.body)
 
 
 @dataclass
@@ -154,8 +154,13 @@ def parse_request(
         if envelope.tag == qname(SOAP12_ENV, "Envelope"):
             raise SoapFault(VERSION_MISMATCH, "this service speaks SOAP 1.1, not SOAP 1.2")
         if etree.QName(envelope).localname == "Envelope":
-            raise SoapFault(VERSION_MISMATCH, f"unknown SOAP envelope namespace {etree.QName(envelope).namespace!r}")
-        raise SoapFault(CLIENT, f"expected a SOAP 1.1 Envelope, found {etree.QName(envelope).localname!r}")
+            raise SoapFault(
+                VERSION_MISMATCH,
+                f"unknown SOAP envelope namespace {etree.QName(envelope).namespace!r}",
+            )
+        raise SoapFault(
+            CLIENT, f"expected a SOAP 1.1 Envelope, found {etree.QName(envelope).localname!r}"
+        )
     header: etree._Element | None = None
     body: etree._Element | None = None
     for child in envelope.iterchildren(etree.Element):
@@ -190,7 +195,7 @@ def _check_must_understand(headers: tuple[etree._Element, ...], understood: froz
         if h.tag not in understood:
             raise SoapFault(
                 MUST_UNDERSTAND,
-                f"header {h.tag} is marked mustUnderstand but this service does not process it",
+                f"header {tag(h)} is marked mustUnderstand but this service does not process it",
             )
 
 
@@ -226,9 +231,7 @@ def _addressing(headers: tuple[etree._Element, ...]) -> Addressing | None:
 # ------------------------------------------------------------------------------ responses
 
 
-def render_response(
-    payload: etree._Element, *, action: str, request: SoapRequest | None
-) -> bytes:
+def render_response(payload: etree._Element, *, action: str, request: SoapRequest | None) -> bytes:
     """Wrap ``payload`` in an envelope, with addressing headers if the request used them."""
     envelope = _envelope(request, action)
     envelope[-1].append(payload)

@@ -132,9 +132,7 @@ def activity_status(parent: etree._Element, record: ActivityRecord) -> etree._El
         etree.SubElement(status, qname(BES_ACTIVITY, "ExitCode")).text = str(record.exit_code)
     if record.message:
         etree.SubElement(status, qname(BES_ACTIVITY, "Message")).text = record.message
-    etree.SubElement(status, qname(BES_ACTIVITY, "Changed")).text = _xsd_datetime(
-        record.changed_at
-    )
+    etree.SubElement(status, qname(BES_ACTIVITY, "Changed")).text = _xsd_datetime(record.changed_at)
     return status
 
 
@@ -206,8 +204,12 @@ def factory_attributes(
     basic = sub(doc, "BasicResourceAttributesDocument")
     sub(basic, "ResourceName", resource.resource_name)
     if resource.operating_system:
-        os_type = etree.SubElement(sub(basic, "OperatingSystem"), qname(JSDL, "OperatingSystemType"))
-        etree.SubElement(os_type, qname(JSDL, "OperatingSystemName")).text = resource.operating_system
+        os_type = etree.SubElement(
+            sub(basic, "OperatingSystem"), qname(JSDL, "OperatingSystemType")
+        )
+        etree.SubElement(
+            os_type, qname(JSDL, "OperatingSystemName")
+        ).text = resource.operating_system
     if resource.cpu_architecture:
         arch = sub(basic, "CPUArchitecture")
         etree.SubElement(arch, qname(JSDL, "CPUArchitectureName")).text = resource.cpu_architecture
@@ -236,4 +238,3 @@ def factory_attributes(
         count = etree.SubElement(doc, qname(BES_ACTIVITY, "ActivityCount"), state=state.value)
         count.text = str(counts.get(state, 0))
     return response
-

@@ -27,14 +27,23 @@ def service_wsdl(endpoint: str, *, path: str = "/bes") -> bytes:
         "tns": _TNS,
     }
     root = etree.Element(qname(WSDL, "definitions"), nsmap=nsmap, name="BES", targetNamespace=_TNS)
-    root.append(etree.Comment(
-        " OGSA-BES 1.0 service of bes: BES-Factory and BES-Management at one address. "))
-    for namespace, name in ((BES_FACTORY, "bes-factory.wsdl"), (BES_MANAGEMENT, "bes-management.wsdl")):
-        etree.SubElement(root, qname(WSDL, "import"), namespace=namespace,
-                         location=endpoint + SCHEMA_PATH + name)
+    root.append(
+        etree.Comment(
+            " OGSA-BES 1.0 service of bes: BES-Factory and BES-Management at one address. "
+        )
+    )
+    for namespace, name in (
+        (BES_FACTORY, "bes-factory.wsdl"),
+        (BES_MANAGEMENT, "bes-management.wsdl"),
+    ):
+        etree.SubElement(
+            root, qname(WSDL, "import"), namespace=namespace, location=endpoint + SCHEMA_PATH + name
+        )
     service = etree.SubElement(root, qname(WSDL, "service"), name="BESService")
-    for port, binding in (("BESFactoryPort", "bes:BESFactoryBinding"),
-                          ("BESManagementPort", "bes-mgmt:BESManagementBinding")):
+    for port, binding in (
+        ("BESFactoryPort", "bes:BESFactoryBinding"),
+        ("BESManagementPort", "bes-mgmt:BESManagementBinding"),
+    ):
         element = etree.SubElement(service, qname(WSDL, "port"), name=port, binding=binding)
         etree.SubElement(element, qname(WSDL_SOAP, "address"), location=endpoint + path)
     return etree.tostring(root, xml_declaration=True, encoding="utf-8", pretty_print=True)

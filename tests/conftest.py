@@ -11,6 +11,8 @@ import pytest
 from bes.app import BesApp, create_app
 from bes.backends.fake import FakeBackend
 from bes.config import ServiceConfig
+from bes.db.store import Database
+from tests.support.postgres import fresh_database, postgres_server
 from tests.support.server import LiveServer, live_server
 
 
@@ -42,8 +44,9 @@ async def client(service: BesApp) -> AsyncIterator[httpx.AsyncClient]:
 async def fake_service(tmp_path: Path) -> AsyncIterator[tuple[BesApp, FakeBackend]]:
     """The service in process with a scripted fake backend."""
     fake = FakeBackend()
-    app = create_app(ServiceConfig(data_dir=tmp_path / "data", backend="fake"),
-                     backends={"fake": fake})
+    app = create_app(
+        ServiceConfig(data_dir=tmp_path / "data", backend="fake"), backends={"fake": fake}
+    )
     await app.startup()
     try:
         yield app, fake
@@ -56,3 +59,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A real ``bes serve`` process on loopback, shared by the tests of a module."""
     with live_server(tmp_path_factory.mktemp("live") / "data") as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """A PostgreSQL server for the whole session."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated, empty database: SQLite (WAL) and PostgreSQL, the same code on both."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'bes.sqlite3'}"
+    else:
+        url = fresh_database(request.getfixturevalue("postgres_admin_url"), tmp_path.name.lower())
+    database = Database(url)
+    database.migrate()
+    try:
+        yield database
+    finally:
+        database.close()

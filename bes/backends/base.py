@@ -163,8 +163,10 @@ def missing_capabilities(job: JobDefinition, capabilities: frozenset[Capability]
     executable = application.executable_part if application else None
     if application and application.posix and Capability.POSIX_APPLICATION not in capabilities:
         missing.append("jsdl-posix:POSIXApplication")
-    if application and application.hpc_profile and (
-        Capability.HPC_PROFILE_APPLICATION not in capabilities
+    if (
+        application
+        and application.hpc_profile
+        and (Capability.HPC_PROFILE_APPLICATION not in capabilities)
     ):
         missing.append("jsdl-hpcpa:HPCProfileApplication")
     if application and application.spmd and Capability.SPMD_APPLICATION not in capabilities:

@@ -97,7 +97,7 @@ _RECORD_COLUMNS: Final = (
 )
 
 
-def _record(row: Row[Any]) -> ActivityRecord:
+def _record(row: Row[Any, *tuple[Any, ...]]) -> ActivityRecord:
     return ActivityRecord(
         id=ActivityId(row.id),
         owner=row.owner,
@@ -203,9 +203,7 @@ def apply_transitions(conn: Connection, items: Sequence[Transition]) -> list[Tra
                 select(activity.c.state).where(activity.c.id == t.id)
             ).scalar_one_or_none()
             results.append(
-                TransitionResult(
-                    applied=False, state=ActivityState(current) if current else None
-                )
+                TransitionResult(applied=False, state=ActivityState(current) if current else None)
             )
     return results
 
@@ -401,17 +399,27 @@ def backend_jobs_to_watch(
         .limit(limit)
     )
     return [
-        (ActivityId(r.id), BackendJobId(r.backend_job_id), ActivityState(r.state),
-         bool(r.cancel_requested))
+        (
+            ActivityId(r.id),
+            BackendJobId(r.backend_job_id),
+            ActivityState(r.state),
+            bool(r.cancel_requested),
+        )
         for r in rows
     ]
 
 
-def events(conn: Connection, activity_id: ActivityId) -> list[tuple[dt.datetime, str, str | None, str | None]]:
+def events(
+    conn: Connection, activity_id: ActivityId
+) -> list[tuple[dt.datetime, str, str | None, str | None]]:
     """The history of one activity: (time, state, sub-state, message), oldest first."""
     rows = conn.execute(
-        select(activity_event.c.at, activity_event.c.state, activity_event.c.substate,
-               activity_event.c.message)
+        select(
+            activity_event.c.at,
+            activity_event.c.state,
+            activity_event.c.substate,
+            activity_event.c.message,
+        )
         .where(activity_event.c.activity_id == activity_id)
         .order_by(activity_event.c.id)
     )

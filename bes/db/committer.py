@@ -105,14 +105,14 @@ class Committer:
     def _commit(self, batch: list[_Call[Any, Any]]) -> None:
         try:
             results = self._transaction(batch)
-        except Exception as exc:  # noqa: BLE001 - isolate the failing call(s) below
+        except Exception as exc:
             if len(batch) == 1:
                 self._fail(batch[0], exc)
                 return
             for call in batch:
                 try:
                     (result,) = self._transaction([call])
-                except Exception as one:  # noqa: BLE001 - reported through the future
+                except Exception as one:
                     self._fail(call, one)
                 else:
                     _resolve(call.future, result)
@@ -136,7 +136,9 @@ class Committer:
                 results.extend(out)
                 i = j
         self.transactions += 1
-        log.debug("committed %d writes in %.2f ms", len(batch), (time.perf_counter() - started) * 1e3)
+        log.debug(
+            "committed %d writes in %.2f ms", len(batch), (time.perf_counter() - started) * 1e3
+        )
         return results
 
     @staticmethod

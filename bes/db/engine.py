@@ -50,11 +50,14 @@ def create_engines(url: str) -> tuple[Engine, Engine]:
     if parsed.get_backend_name() == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        writer = create_engine(parsed, poolclass=QueuePool, pool_size=1, max_overflow=0,
-                               pool_pre_ping=True)
+        writer = create_engine(
+            parsed, poolclass=QueuePool, pool_size=1, max_overflow=0, pool_pre_ping=True
+        )
         reader = create_engine(parsed, pool_size=4, max_overflow=4, pool_pre_ping=True)
         return writer, reader
-    raise ConfigError(f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql")
+    raise ConfigError(
+        f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
+    )
 
 
 def _sqlite_engine(url: str, *, writer: bool) -> Engine:
@@ -89,7 +92,7 @@ def dispose_quietly(*engines: Engine) -> None:
     for engine in engines:
         try:
             engine.dispose()
-        except Exception:  # noqa: BLE001 - shutdown must go on
+        except Exception:
             log.warning("closing %s failed", engine.url, exc_info=True)
 
 

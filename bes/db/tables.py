@@ -84,7 +84,9 @@ activity = Table(
 activity_event = Table(
     "activity_event",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column(
         "activity_id",
         String(32),

@@ -10,6 +10,7 @@ from typing import Any, Final
 
 from lxml import etree
 
+from bes.jsdl import xml
 from bes.jsdl._values import Context, boolean, children, integer, is_nil, normalized, text, token
 from bes.jsdl.model import (
     Application,
@@ -60,18 +61,18 @@ _FILE_FIELDS: Final = {
 def parse_application(element: etree._Element, ctx: Context) -> Application:
     """Parse ``jsdl:Application`` (§6.2)::
 
-        <jsdl:Application>
-          <jsdl:ApplicationName>...</jsdl:ApplicationName>?
-          <jsdl:ApplicationVersion>...</jsdl:ApplicationVersion>?
-          <jsdl:Description>...</jsdl:Description>?
-          <jsdl-posix:POSIXApplication/> | <jsdl-hpcpa:HPCProfileApplication/>
-            | <jsdl-spmd:SPMDApplication/>   (at most one)
-        </jsdl:Application>
+    <jsdl:Application>
+      <jsdl:ApplicationName>...</jsdl:ApplicationName>?
+      <jsdl:ApplicationVersion>...</jsdl:ApplicationVersion>?
+      <jsdl:Description>...</jsdl:Description>?
+      <jsdl-posix:POSIXApplication/> | <jsdl-hpcpa:HPCProfileApplication/>
+        | <jsdl-spmd:SPMDApplication/>   (at most one)
+    </jsdl:Application>
     """
     values: dict[str, Any] = {}
     executables: list[etree._Element] = []
     for child in children(element):
-        tag = child.tag
+        tag = xml.tag(child)
         if tag == _J + "ApplicationName":
             values["application_name"] = token(child)
         elif tag == _J + "ApplicationVersion":
@@ -101,22 +102,22 @@ def parse_application(element: etree._Element, ctx: Context) -> Application:
 def parse_posix_application(element: etree._Element) -> POSIXApplication:
     """Parse ``jsdl-posix:POSIXApplication`` (GFD.136 §8.1)::
 
-        <jsdl-posix:POSIXApplication name="...">
-          <jsdl-posix:Executable filesystemName="...">/bin/echo</jsdl-posix:Executable>?
-          <jsdl-posix:Argument>hello</jsdl-posix:Argument>*
-          <jsdl-posix:Input/>? <jsdl-posix:Output/>? <jsdl-posix:Error/>?
-          <jsdl-posix:WorkingDirectory/>?
-          <jsdl-posix:Environment name="X">value</jsdl-posix:Environment>*
-          <jsdl-posix:WallTimeLimit>60</...>? ... (the thirteen limits, in order)
-          <jsdl-posix:UserName/>? <jsdl-posix:GroupName/>?
-        </jsdl-posix:POSIXApplication>
+    <jsdl-posix:POSIXApplication name="...">
+      <jsdl-posix:Executable filesystemName="...">/bin/echo</jsdl-posix:Executable>?
+      <jsdl-posix:Argument>hello</jsdl-posix:Argument>*
+      <jsdl-posix:Input/>? <jsdl-posix:Output/>? <jsdl-posix:Error/>?
+      <jsdl-posix:WorkingDirectory/>?
+      <jsdl-posix:Environment name="X">value</jsdl-posix:Environment>*
+      <jsdl-posix:WallTimeLimit>60</...>? ... (the thirteen limits, in order)
+      <jsdl-posix:UserName/>? <jsdl-posix:GroupName/>?
+    </jsdl-posix:POSIXApplication>
     """
     values: dict[str, Any] = {}
     arguments: list[Argument] = []
     environment: list[EnvironmentVariable] = []
     limits: dict[str, int] = {}
     for child in children(element):
-        tag = child.tag
+        tag = xml.tag(child)
         local = tag[len(_P) :]
         if tag == _P + "Argument":
             arguments.append(
@@ -144,20 +145,20 @@ def parse_posix_application(element: etree._Element) -> POSIXApplication:
 def parse_hpc_profile_application(element: etree._Element) -> HPCProfileApplication:
     """Parse ``jsdl-hpcpa:HPCProfileApplication`` (GFD.111 §3)::
 
-        <jsdl-hpcpa:HPCProfileApplication name="...">
-          <jsdl-hpcpa:Executable>/bin/sleep</jsdl-hpcpa:Executable>?
-          <jsdl-hpcpa:Argument>10</jsdl-hpcpa:Argument>*
-          <jsdl-hpcpa:Input/>? <jsdl-hpcpa:Output/>? <jsdl-hpcpa:Error/>?
-          <jsdl-hpcpa:WorkingDirectory/>?
-          <jsdl-hpcpa:Environment name="X">value</jsdl-hpcpa:Environment>*
-          <jsdl-hpcpa:UserName/>?
-        </jsdl-hpcpa:HPCProfileApplication>
+    <jsdl-hpcpa:HPCProfileApplication name="...">
+      <jsdl-hpcpa:Executable>/bin/sleep</jsdl-hpcpa:Executable>?
+      <jsdl-hpcpa:Argument>10</jsdl-hpcpa:Argument>*
+      <jsdl-hpcpa:Input/>? <jsdl-hpcpa:Output/>? <jsdl-hpcpa:Error/>?
+      <jsdl-hpcpa:WorkingDirectory/>?
+      <jsdl-hpcpa:Environment name="X">value</jsdl-hpcpa:Environment>*
+      <jsdl-hpcpa:UserName/>?
+    </jsdl-hpcpa:HPCProfileApplication>
     """
     values: dict[str, Any] = {}
     arguments: list[str] = []
     environment: list[EnvironmentVariable] = []
     for child in children(element):
-        local = child.tag[len(_H) :]
+        local = xml.tag(child)[len(_H) :]
         if local == "Argument":
             arguments.append(text(child))
         elif local == "Environment":
@@ -177,20 +178,20 @@ def parse_hpc_profile_application(element: etree._Element) -> HPCProfileApplicat
 def parse_spmd_application(element: etree._Element, ctx: Context) -> SPMDApplication:
     """Parse ``jsdl-spmd:SPMDApplication`` (GFD.115 §4)::
 
-        <jsdl-spmd:SPMDApplication>
-          (the POSIX elements Executable .. UserName, in the POSIX namespace)
-          <jsdl-spmd:NumberOfProcesses actualtotalcpucount="false">8</...>?
-          <jsdl-spmd:ProcessesPerHost>4</jsdl-spmd:ProcessesPerHost>?
-          <jsdl-spmd:ThreadsPerProcess actualindividualcpucount="true" xsi:nil="true"/>?
-          <jsdl-spmd:SPMDVariation>http://www.ogf.org/jsdl/2007/02/jsdl-spmd/MPI</...>
-          <xsd:any ##other/>*
-        </jsdl-spmd:SPMDApplication>
+    <jsdl-spmd:SPMDApplication>
+      (the POSIX elements Executable .. UserName, in the POSIX namespace)
+      <jsdl-spmd:NumberOfProcesses actualtotalcpucount="false">8</...>?
+      <jsdl-spmd:ProcessesPerHost>4</jsdl-spmd:ProcessesPerHost>?
+      <jsdl-spmd:ThreadsPerProcess actualindividualcpucount="true" xsi:nil="true"/>?
+      <jsdl-spmd:SPMDVariation>http://www.ogf.org/jsdl/2007/02/jsdl-spmd/MPI</...>
+      <xsd:any ##other/>*
+    </jsdl-spmd:SPMDApplication>
     """
     values: dict[str, Any] = {}
     arguments: list[Argument] = []
     environment: list[EnvironmentVariable] = []
     for child in children(element):
-        tag = child.tag
+        tag = xml.tag(child)
         if tag.startswith(_P):
             local = tag[len(_P) :]
             if local == "Argument":

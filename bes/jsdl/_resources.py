@@ -6,6 +6,7 @@ from typing import Any, Final
 
 from lxml import etree
 
+from bes.jsdl import xml
 from bes.jsdl._values import Context, boolean, children, double, text, token
 from bes.jsdl.model import (
     Boundary,
@@ -45,20 +46,20 @@ _EPSILON: Final = "epsilon"
 def parse_resources(element: etree._Element, ctx: Context) -> Resources:
     """Parse ``jsdl:Resources`` (§6.3)::
 
-        <jsdl:Resources>
-          <jsdl:CandidateHosts><jsdl:HostName>...</jsdl:HostName>+</jsdl:CandidateHosts>?
-          <jsdl:FileSystem name="...">...</jsdl:FileSystem>*
-          <jsdl:ExclusiveExecution>true</jsdl:ExclusiveExecution>?
-          <jsdl:OperatingSystem>...</jsdl:OperatingSystem>?
-          <jsdl:CPUArchitecture><jsdl:CPUArchitectureName>x86_64</...></...>?
-          <jsdl:IndividualCPUCount><jsdl:Exact>2</jsdl:Exact></...>?   (and the other ranges)
-          <xsd:any ##other/>*
-        </jsdl:Resources>
+    <jsdl:Resources>
+      <jsdl:CandidateHosts><jsdl:HostName>...</jsdl:HostName>+</jsdl:CandidateHosts>?
+      <jsdl:FileSystem name="...">...</jsdl:FileSystem>*
+      <jsdl:ExclusiveExecution>true</jsdl:ExclusiveExecution>?
+      <jsdl:OperatingSystem>...</jsdl:OperatingSystem>?
+      <jsdl:CPUArchitecture><jsdl:CPUArchitectureName>x86_64</...></...>?
+      <jsdl:IndividualCPUCount><jsdl:Exact>2</jsdl:Exact></...>?   (and the other ranges)
+      <xsd:any ##other/>*
+    </jsdl:Resources>
     """
     values: dict[str, Any] = {}
     file_systems: list[FileSystem] = []
     for child in children(element):
-        tag = child.tag
+        tag = xml.tag(child)
         if tag in _RANGE_FIELDS:
             values[_RANGE_FIELDS[tag]] = parse_range_value(child, ctx)
         elif tag == _J + "CandidateHosts":
@@ -118,7 +119,10 @@ def parse_range_value(element: etree._Element, ctx: Context) -> RangeValue:
     if upper is None and lower is None and not exact and not ranges:
         ctx.problem(element, "the range holds no value at all")
     return RangeValue(
-        upper_bounded_range=upper, lower_bounded_range=lower, exact=tuple(exact), range=tuple(ranges)
+        upper_bounded_range=upper,
+        lower_bounded_range=lower,
+        exact=tuple(exact),
+        range=tuple(ranges),
     )
 
 
@@ -132,7 +136,7 @@ def _boundary(element: etree._Element) -> Boundary:
 def _file_system(element: etree._Element, ctx: Context) -> FileSystem:
     values: dict[str, Any] = {}
     for child in children(element):
-        local = etree.QName(child).localname if child.tag.startswith(_J) else None
+        local = etree.QName(child).localname if xml.tag(child).startswith(_J) else None
         if local == "FileSystemType":
             values["file_system_type"] = FileSystemType(token(child))
         elif local == "Description":

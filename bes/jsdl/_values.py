@@ -15,6 +15,7 @@ from lxml import etree
 
 from bes.errors import JsdlError
 from bes.jsdl.schema import element_path
+from bes.jsdl.xml import tag
 from bes.ns import XSI, qname
 
 _NIL = qname(XSI, "nil")
@@ -32,7 +33,7 @@ class Context:
         """Record ``element`` as an extension this service does not implement."""
         parent = element.getparent()
         where = element_path(parent) if parent is not None else "/"
-        self.unsupported.append(f"{element.tag} in {where}")
+        self.unsupported.append(f"{tag(element)} in {where}")
 
     def problem(self, element: etree._Element, message: str) -> None:
         """Record a semantic error about ``element``."""
@@ -67,9 +68,7 @@ def boolean(element: etree._Element, value: str | None = None) -> bool:
         return True
     if raw in ("false", "0"):
         return False
-    raise JsdlError(
-        f"{raw!r} is not a boolean", [element_path(element)], line=element.sourceline
-    )
+    raise JsdlError(f"{raw!r} is not a boolean", [element_path(element)], line=element.sourceline)
 
 
 def double(element: etree._Element, value: str | None = None) -> float:

@@ -33,9 +33,10 @@ def from_json(text: str) -> JobDefinition:
         JsdlError: The text is not a stored job definition.
     """
     try:
-        return _decode(JobDefinition, json.loads(text))
+        job: JobDefinition = _decode(JobDefinition, json.loads(text))
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise JsdlError(f"stored job definition is unreadable: {exc}") from exc
+    return job
 
 
 def _encode(value: Any) -> Any:

@@ -71,20 +71,6 @@ class CPUArchitectureName(StrEnum):
     """Anything else."""
 
 
-OPERATING_SYSTEM_NAMES: frozenset[str] = frozenset(
-    """Unknown MACOS ATTUNIX DGUX DECNT Tru64_UNIX OpenVMS HPUX AIX MVS OS400 OS_2 JavaVM MSDOS
-    WIN3x WIN95 WIN98 WINNT WINCE NCR3000 NetWare OSF DC_OS Reliant_UNIX SCO_UnixWare
-    SCO_OpenServer Sequent IRIX Solaris SunOS U6000 ASERIES TandemNSK TandemNT BS2000 LINUX Lynx
-    XENIX VM Interactive_UNIX BSDUNIX FreeBSD NetBSD GNU_Hurd OS9 MACH_Kernel Inferno QNX EPOC
-    IxWorks VxWorks MiNT BeOS HP_MPE NextStep PalmPilot Rhapsody Windows_2000 Dedicated OS_390 VSE
-    TPF Windows_R_Me Caldera_Open_UNIX OpenBSD Not_Applicable Windows_XP z_OS other""".split()
-)
-"""The 70 values of JSDL's OperatingSystemTypeEnumeration (from the DMTF CIM list, §6.4.3).
-
-Kept as a set of strings rather than an enum: the list is long, closed by the schema, and only
-compared, never switched on."""
-
-
 # --------------------------------------------------------------------------- RangeValue
 
 
@@ -214,7 +200,7 @@ class EnvironmentVariable:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    """The resource limits of ``jsdl-posix:POSIXApplication`` (GFD.136 §8.1.10–8.1.22).
+    """The resource limits of ``jsdl-posix:POSIXApplication`` (GFD.136 §8.1.10 to §8.1.22).
 
     All optional; ``None`` means "not limited by the job". Sizes are bytes, times seconds.
     """
@@ -332,8 +318,9 @@ class FileSystem:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OperatingSystem:
-    """``jsdl:OperatingSystem`` (§6.3.4). ``operating_system_name`` is one of
-    :data:`OPERATING_SYSTEM_NAMES` (e.g. ``LINUX``)."""
+    """``jsdl:OperatingSystem`` (§6.3.4). ``operating_system_name`` is one of the 70 names of
+    JSDL's OperatingSystemTypeEnumeration (from the DMTF CIM list, e.g. ``LINUX``, ``WINNT``),
+    enforced by the schema."""
 
     operating_system_name: str | None = None
     operating_system_version: str | None = None

@@ -31,6 +31,7 @@ from bes.jsdl.model import (
     UsernameToken,
 )
 from bes.jsdl.xml import parse_untrusted
+from bes.jsdl.xml import tag as xml_tag
 from bes.ns import HPCP_AC, JSDL, WSSE, qname
 
 _J = "{" + JSDL + "}"
@@ -110,7 +111,7 @@ def _job_description(element: etree._Element, ctx: Context) -> JobDescription:
     values: dict[str, Any] = {}
     staging: list[DataStaging] = []
     for child in children(element):
-        tag = child.tag
+        tag = xml_tag(child)
         if tag == _J + "DataStaging":
             staging.append(_data_staging(child, ctx))
         elif tag == _J + "Application":
@@ -130,7 +131,7 @@ def _job_identification(element: etree._Element, ctx: Context) -> JobIdentificat
     annotations: list[str] = []
     projects: list[str] = []
     for child in children(element):
-        tag = child.tag
+        tag = xml_tag(child)
         if tag == _J + "JobName":
             values["job_name"] = text(child)
         elif tag == _J + "Description":
@@ -141,25 +142,27 @@ def _job_identification(element: etree._Element, ctx: Context) -> JobIdentificat
             projects.append(text(child))
         else:
             ctx.unsupported_here(child)
-    return JobIdentification(job_annotation=tuple(annotations), job_project=tuple(projects), **values)
+    return JobIdentification(
+        job_annotation=tuple(annotations), job_project=tuple(projects), **values
+    )
 
 
 def _data_staging(element: etree._Element, ctx: Context) -> DataStaging:
     """Parse ``jsdl:DataStaging`` (§6.5)::
 
-        <jsdl:DataStaging name="...">
-          <jsdl:FileName>input.dat</jsdl:FileName>
-          <jsdl:FilesystemName>scratch</jsdl:FilesystemName>?
-          <jsdl:CreationFlag>overwrite</jsdl:CreationFlag>
-          <jsdl:DeleteOnTermination>true</jsdl:DeleteOnTermination>?
-          <jsdl:Source><jsdl:URI>http://...</jsdl:URI></jsdl:Source>?
-          <jsdl:Target><jsdl:URI>ftp://...</jsdl:URI></jsdl:Target>?
-          <ac:Credential><wsse:UsernameToken>...</wsse:UsernameToken></ac:Credential>?
-        </jsdl:DataStaging>
+    <jsdl:DataStaging name="...">
+      <jsdl:FileName>input.dat</jsdl:FileName>
+      <jsdl:FilesystemName>scratch</jsdl:FilesystemName>?
+      <jsdl:CreationFlag>overwrite</jsdl:CreationFlag>
+      <jsdl:DeleteOnTermination>true</jsdl:DeleteOnTermination>?
+      <jsdl:Source><jsdl:URI>http://...</jsdl:URI></jsdl:Source>?
+      <jsdl:Target><jsdl:URI>ftp://...</jsdl:URI></jsdl:Target>?
+      <ac:Credential><wsse:UsernameToken>...</wsse:UsernameToken></ac:Credential>?
+    </jsdl:DataStaging>
     """
     values: dict[str, Any] = {}
     for child in children(element):
-        tag = child.tag
+        tag = xml_tag(child)
         if tag == _J + "FileName":
             values["file_name"] = token(child)
         elif tag == _J + "FilesystemName":

@@ -62,7 +62,7 @@ def validate(element: etree._Element) -> list[SchemaProblem]:
         SchemaProblem(
             path=_readable_path(element, e.path),
             line=e.line or None,
-            message=_CLARK.sub(lambda m: readable("{%s}%s" % m.groups()), e.message),
+            message=_CLARK.sub(lambda m: readable(f"{{{m[1]}}}{m[2]}"), e.message),
         )
         for e in errors
     ]

@@ -69,3 +69,8 @@ def parse_stored(text: str | bytes) -> etree._Element:
     data = text.encode("utf-8") if isinstance(text, str) else text
     return etree.fromstring(data, _TRUSTED_PARSER)
 
+
+def tag(element: etree._Element) -> str:
+    """The element's name in Clark notation; always text for elements the parsers produce (the
+    stubs also allow the bytes and QName forms that lxml accepts when *setting* a tag)."""
+    return element.tag  # type: ignore[return-value]

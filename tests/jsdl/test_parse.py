@@ -24,11 +24,13 @@ P = 'xmlns:posix="http://schemas.ggf.org/jsdl/2005/11/jsdl-posix"'
 
 
 def doc(description: str, extra_ns: str = "") -> bytes:
-    return (f"<jsdl:JobDefinition {J} {P} {extra_ns}><jsdl:JobDescription>{description}"
-            "</jsdl:JobDescription></jsdl:JobDefinition>").encode()
+    return (
+        f"<jsdl:JobDefinition {J} {P} {extra_ns}><jsdl:JobDescription>{description}"
+        "</jsdl:JobDescription></jsdl:JobDefinition>"
+    ).encode()
 
 
-def load(name: str):  # noqa: ANN201
+def load(name: str):
     return load_job_definition((FIXTURES / name).read_bytes())
 
 
@@ -100,10 +102,17 @@ def test_every_resources_element() -> None:
     assert r.individual_cpu_count is not None and r.individual_cpu_count.contains(4.5)
     bandwidth = r.individual_network_bandwidth_bps
     assert bandwidth is not None and bandwidth.contains(1e6) and not bandwidth.contains(1e9)
-    for name in ("individual_physical_memory_bytes", "individual_virtual_memory_bytes",
-                 "individual_disk_space_bytes", "total_cpu_time_s", "total_cpu_count",
-                 "total_physical_memory_bytes", "total_virtual_memory_bytes",
-                 "total_disk_space_bytes", "total_resource_count"):
+    for name in (
+        "individual_physical_memory_bytes",
+        "individual_virtual_memory_bytes",
+        "individual_disk_space_bytes",
+        "total_cpu_time_s",
+        "total_cpu_count",
+        "total_physical_memory_bytes",
+        "total_virtual_memory_bytes",
+        "total_disk_space_bytes",
+        "total_resource_count",
+    ):
         assert getattr(r, name) is not None, name
 
 
@@ -155,13 +164,17 @@ def test_invalid_element_paths_are_readable() -> None:
 
 def test_wrong_root_namespace() -> None:
     with pytest.raises(JsdlError, match="urn:wrongnamespace"):
-        load_job_definition((corpus_dir() / "jsdl/gridsam-invalid-wrong-namespace-NEG.jsdl").read_bytes())
+        load_job_definition(
+            (corpus_dir() / "jsdl/gridsam-invalid-wrong-namespace-NEG.jsdl").read_bytes()
+        )
 
 
 def test_unknown_extensions_are_listed_not_ignored() -> None:
-    data = doc('<jsdl:Application><x:Magic/><posix:POSIXApplication/></jsdl:Application>'
-               '<jsdl:Resources><y:GPU>1</y:GPU></jsdl:Resources>',
-               'xmlns:x="urn:example:x" xmlns:y="urn:example:y"')
+    data = doc(
+        "<jsdl:Application><x:Magic/><posix:POSIXApplication/></jsdl:Application>"
+        "<jsdl:Resources><y:GPU>1</y:GPU></jsdl:Resources>",
+        'xmlns:x="urn:example:x" xmlns:y="urn:example:y"',
+    )
     with pytest.raises(UnsupportedFeature) as info:
         load_job_definition(data)
     assert info.value.features == (
@@ -173,25 +186,47 @@ def test_unknown_extensions_are_listed_not_ignored() -> None:
 @pytest.mark.parametrize(
     ("description", "expected"),
     [
-        ("<jsdl:Resources><jsdl:TotalCPUCount><jsdl:Range><jsdl:LowerBound>8</jsdl:LowerBound>"
-         "<jsdl:UpperBound>2</jsdl:UpperBound></jsdl:Range></jsdl:TotalCPUCount></jsdl:Resources>",
-         "empty range from 8.0 to 2.0"),
-        ("<jsdl:Resources><jsdl:TotalCPUCount><jsdl:Exact epsilon='-1'>2</jsdl:Exact>"
-         "</jsdl:TotalCPUCount></jsdl:Resources>", "epsilon -1.0 is negative"),
+        (
+            "<jsdl:Resources><jsdl:TotalCPUCount><jsdl:Range><jsdl:LowerBound>8</jsdl:LowerBound>"
+            "<jsdl:UpperBound>2</jsdl:UpperBound></jsdl:Range></jsdl:TotalCPUCount></jsdl:Resources>",
+            "empty range from 8.0 to 2.0",
+        ),
+        (
+            "<jsdl:Resources><jsdl:TotalCPUCount><jsdl:Exact epsilon='-1'>2</jsdl:Exact>"
+            "</jsdl:TotalCPUCount></jsdl:Resources>",
+            "epsilon -1.0 is negative",
+        ),
         ("<jsdl:Resources><jsdl:TotalCPUCount/></jsdl:Resources>", "holds no value"),
-        ("<jsdl:Resources><jsdl:TotalCPUTime><jsdl:Exact>NaN</jsdl:Exact></jsdl:TotalCPUTime>"
-         "</jsdl:Resources>", "not a usable number"),
-        ("<jsdl:DataStaging><jsdl:FileName>a</jsdl:FileName><jsdl:FilesystemName>nowhere"
-         "</jsdl:FilesystemName><jsdl:CreationFlag>overwrite</jsdl:CreationFlag></jsdl:DataStaging>",
-         "file system 'nowhere' is not declared"),
-        ("<jsdl:Resources><jsdl:FileSystem name='a'/><jsdl:FileSystem name='a'/></jsdl:Resources>",
-         "declared more than once"),
-        ("<jsdl:Application><posix:POSIXApplication/><h:HPCProfileApplication "
-         "xmlns:h='http://schemas.ggf.org/jsdl/2006/07/jsdl-hpcpa'/></jsdl:Application>",
-         "more than one of POSIXApplication"),
+        (
+            "<jsdl:Resources><jsdl:TotalCPUTime><jsdl:Exact>NaN</jsdl:Exact></jsdl:TotalCPUTime>"
+            "</jsdl:Resources>",
+            "not a usable number",
+        ),
+        (
+            "<jsdl:DataStaging><jsdl:FileName>a</jsdl:FileName><jsdl:FilesystemName>nowhere"
+            "</jsdl:FilesystemName><jsdl:CreationFlag>overwrite</jsdl:CreationFlag></jsdl:DataStaging>",
+            "file system 'nowhere' is not declared",
+        ),
+        (
+            "<jsdl:Resources><jsdl:FileSystem name='a'/><jsdl:FileSystem name='a'/>"
+            "</jsdl:Resources>",
+            "declared more than once",
+        ),
+        (
+            "<jsdl:Application><posix:POSIXApplication/><h:HPCProfileApplication "
+            "xmlns:h='http://schemas.ggf.org/jsdl/2006/07/jsdl-hpcpa'/></jsdl:Application>",
+            "more than one of POSIXApplication",
+        ),
     ],
-    ids=["inverted-range", "negative-epsilon", "empty-range-value", "nan", "undeclared-filesystem",
-         "duplicate-filesystem", "two-executables"],
+    ids=[
+        "inverted-range",
+        "negative-epsilon",
+        "empty-range-value",
+        "nan",
+        "undeclared-filesystem",
+        "duplicate-filesystem",
+        "two-executables",
+    ],
 )
 def test_semantic_errors(description: str, expected: str) -> None:
     with pytest.raises(JsdlError, match=expected) as info:

@@ -17,12 +17,23 @@ def test_union_of_all_parts() -> None:
         range=(Range(lower=Boundary(value=20), upper=Boundary(value=30)),),
     )
     assert [x for x in (0, 1, 5, 10, 15, 20, 25, 30, 31, 99, 100, 1e6) if rv.contains(x)] == [
-        0, 1, 10, 20, 25, 30, 100, 1e6]
+        0,
+        1,
+        10,
+        20,
+        25,
+        30,
+        100,
+        1e6,
+    ]
 
 
 def test_exclusive_bounds() -> None:
-    rv = RangeValue(range=(Range(lower=Boundary(value=2, exclusive=True),
-                                 upper=Boundary(value=4, exclusive=True)),))
+    rv = RangeValue(
+        range=(
+            Range(lower=Boundary(value=2, exclusive=True), upper=Boundary(value=4, exclusive=True)),
+        )
+    )
     assert not rv.contains(2) and rv.contains(2.0001) and rv.contains(3.9999) and not rv.contains(4)
     assert not RangeValue(upper_bounded_range=Boundary(value=5, exclusive=True)).contains(5)
     assert RangeValue(upper_bounded_range=Boundary(value=5)).contains(5)
@@ -44,8 +55,10 @@ def test_nan_is_never_inside() -> None:
 
 
 def test_lowest_and_highest() -> None:
-    rv = RangeValue(exact=(Exact(value=8, epsilon=1),),
-                    range=(Range(lower=Boundary(value=2), upper=Boundary(value=4)),))
+    rv = RangeValue(
+        exact=(Exact(value=8, epsilon=1),),
+        range=(Range(lower=Boundary(value=2), upper=Boundary(value=4)),),
+    )
     assert (rv.lowest(), rv.highest()) == (2, 9)
     assert RangeValue(lower_bounded_range=Boundary(value=3)).lowest() == 3
     assert RangeValue(lower_bounded_range=Boundary(value=3)).highest() is None

@@ -23,7 +23,9 @@ def _documents() -> list[Path]:
 
 def _parse(path: Path) -> etree._Element | None:
     try:
-        return etree.parse(str(path), etree.XMLParser(resolve_entities=False, no_network=True)).getroot()
+        return etree.parse(
+            str(path), etree.XMLParser(resolve_entities=False, no_network=True)
+        ).getroot()
     except etree.XMLSyntaxError:
         return None
 

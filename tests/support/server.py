@@ -40,15 +40,32 @@ class LiveServer:
         return self.url + "/bes"
 
     def start(self, timeout_s: float = 30.0) -> LiveServer:
-        argv = [sys.executable, "-m", "bes", "serve", "--host", "127.0.0.1",
-                "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra]
-        log = self.log.open("ab")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        argv = [
+            sys.executable,
+            "-m",
+            "bes",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            *self.extra,
+        ]
+        with self.log.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"bes serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
+                raise RuntimeError(
+                    f"bes serve exited with {self.proc.returncode}:\n{self.log.read_text()}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
                     return self

@@ -14,8 +14,15 @@ JSDL = "http://schemas.ggf.org/jsdl/2005/11/jsdl"
 BESA = "urn:bes-grid:activity:1.0"
 ACTIONS = BES + "/BESFactoryPortType/"
 MGMT_ACTIONS = MGMT + "/BESManagementPortType/"
-NS = {"soap": SOAP, "wsa": WSA, "bes": BES, "mgmt": MGMT, "jsdl": JSDL, "besa": BESA,
-      "fs": "http://schemas.ogf.org/hpcp/2007/01/fs"}
+NS = {
+    "soap": SOAP,
+    "wsa": WSA,
+    "bes": BES,
+    "mgmt": MGMT,
+    "jsdl": JSDL,
+    "besa": BESA,
+    "fs": "http://schemas.ogf.org/hpcp/2007/01/fs",
+}
 
 HELLO_JSDL = b"""<jsdl:JobDefinition xmlns:jsdl="http://schemas.ggf.org/jsdl/2005/11/jsdl"
     xmlns:posix="http://schemas.ggf.org/jsdl/2005/11/jsdl-posix">
@@ -42,8 +49,11 @@ def envelope(body: str | bytes, *, headers: str = "") -> bytes:
     ).encode()
 
 
-def wsa_headers(action: str, message_id: str = "urn:uuid:11111111-2222-3333-4444-555555555555",
-                to: str = "http://127.0.0.1/bes") -> str:
+def wsa_headers(
+    action: str,
+    message_id: str = "urn:uuid:11111111-2222-3333-4444-555555555555",
+    to: str = "http://127.0.0.1/bes",
+) -> str:
     return (
         f'<wsa:Action xmlns:wsa="{WSA}">{action}</wsa:Action>'
         f'<wsa:MessageID xmlns:wsa="{WSA}">{message_id}</wsa:MessageID>'
@@ -68,9 +78,12 @@ def epr(address: str | None = None, activity_id: str | None = None) -> str:
     """A bes-factory:ActivityIdentifier with an Address and/or our reference parameter."""
     inner = f"<wsa:Address>{address or 'http://elsewhere.example.org/bes'}</wsa:Address>"
     if activity_id is not None:
-        inner += (f'<wsa:ReferenceParameters><besa:ActivityId xmlns:besa="{BESA}">{activity_id}'
-                  "</besa:ActivityId></wsa:ReferenceParameters>")
-    return f'<bes:ActivityIdentifier xmlns:bes="{BES}" xmlns:wsa="{WSA}">{inner}</bes:ActivityIdentifier>'
+        inner += (
+            f'<wsa:ReferenceParameters><besa:ActivityId xmlns:besa="{BESA}">{activity_id}'
+            "</besa:ActivityId></wsa:ReferenceParameters>"
+        )
+    namespaces = f'xmlns:bes="{BES}" xmlns:wsa="{WSA}"'
+    return f"<bes:ActivityIdentifier {namespaces}>{inner}</bes:ActivityIdentifier>"
 
 
 def body_of(response: bytes) -> etree._Element:

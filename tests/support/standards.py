@@ -54,21 +54,34 @@ def official_schema() -> etree.XMLSchema:
 
 @cache
 def draft_schema(tmp_root: str) -> etree.XMLSchema:
-    """The May 2007 draft of bes-factory.xsd, with its imports resolved to the local copies.
+    """The May 2007 BES draft (the JSAGA copy): its types plus the message and fault elements
+    declared in its WSDL, with every import resolved to the local copies.
 
-    libxml2 keeps the first schema it loads for a namespace, so importing soapenv, ws-addr and
-    JSDL first makes the draft's own (remote) schemaLocations irrelevant.
+    The WSDL's embedded schema is extracted into a temporary file, its include pointed at the
+    draft XSD, and the missing import of WS-Addressing added (libxml2 insists on it). libxml2
+    keeps the first schema it loads for a namespace, so the driver imports soapenv, ws-addr and
+    JSDL first and the draft's own remote schemaLocations are never used.
     """
     s = standards_dir()
-    driver = Path(tmp_root) / "draft-driver.xsd"
+    draft = s / "bes-draft-2007"
+    wsdl = etree.parse(str(draft / "bes-factory.wsdl"), _parser())
+    xsd = "http://www.w3.org/2001/XMLSchema"
+    embedded = wsdl.find(f"{{http://schemas.xmlsoap.org/wsdl/}}types/{{{xsd}}}schema")
+    include = embedded.find(f"{{{xsd}}}include")
+    include.set("schemaLocation", (draft / "bes-factory.xsd").as_uri())
+    wsa_import = etree.Element(f"{{{xsd}}}import", namespace="http://www.w3.org/2005/08/addressing")
+    embedded.insert(0, wsa_import)
+    messages = Path(tmp_root) / "draft-messages.xsd"
+    messages.write_bytes(etree.tostring(embedded))
     imports = [
         ("http://schemas.xmlsoap.org/soap/envelope/", s / "ws/soapenv.xsd"),
         ("http://www.w3.org/2005/08/addressing", s / "ws/ws-addr.xsd"),
         ("http://schemas.ggf.org/jsdl/2005/11/jsdl", s / "jsdl/jsdl.xsd"),
         ("http://schemas.ggf.org/jsdl/2005/11/jsdl-posix", s / "jsdl/jsdl-posix.xsd"),
-        ("http://schemas.ggf.org/bes/2006/08/bes-factory", s / "bes-draft-2007/bes-factory.xsd"),
+        ("http://schemas.ggf.org/bes/2006/08/bes-factory", messages),
     ]
-    lines = ['<xsd:schema xmlns:xsd="http://www.w3.org/2001/XMLSchema">']
+    driver = Path(tmp_root) / "draft-driver.xsd"
+    lines = [f'<xsd:schema xmlns:xsd="{xsd}">']
     lines += [f'<xsd:import namespace="{ns}" schemaLocation="{p.as_uri()}"/>' for ns, p in imports]
     lines.append("</xsd:schema>")
     driver.write_text("\n".join(lines))

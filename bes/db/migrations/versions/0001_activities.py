@@ -62,9 +62,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name="pk_activity_event"),
     )
-    op.create_index(
-        "ix_activity_event_activity_id_id", "activity_event", ["activity_id", "id"]
-    )
+    op.create_index("ix_activity_event_activity_id_id", "activity_event", ["activity_id", "id"])
     op.create_table(
         "setting",
         sa.Column("name", sa.String(64), nullable=False),

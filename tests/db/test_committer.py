@@ -1,0 +1,65 @@
+"""Group commit: batching, ordering, and isolation of a failing write."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import pytest
+from sqlalchemy import Connection, insert, select, text
+
+from bes.db.store import Database
+from bes.db.tables import setting
+from bes.errors import StoreError
+
+
+def put(conn: Connection, items: Sequence[tuple[str, str]]) -> list[str]:
+    conn.execute(insert(setting), [{"name": n, "value": v} for n, v in items])
+    return [n for n, _ in items]
+
+
+def read_all(conn: Connection) -> dict[str, str]:
+    return {r.name: r.value for r in conn.execute(select(setting))}
+
+
+def test_writes_from_many_threads_share_transactions(db: Database) -> None:
+    before = db.committer.transactions
+    barrier = threading.Barrier(16)
+    results: list[str] = []
+
+    def writer(i: int) -> None:
+        barrier.wait()
+        for j in range(25):
+            results.append(db.write_sync(put, (f"k{i}-{j}", "v")))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 400
+    assert len(db.read_sync(read_all)) == 400
+    assert db.committer.transactions - before < 400
+
+
+def test_a_failing_write_does_not_fail_its_neighbours(db: Database) -> None:
+    db.write_sync(put, ("taken", "1"))
+    futures = [db.committer.submit(put, (name, "x")) for name in ("a", "taken", "b")]
+    assert futures[0].result(10) == "a"
+    with pytest.raises(StoreError) as info:
+        futures[1].result(10)
+    assert "IntegrityError" in str(info.value)
+    assert futures[2].result(10) == "b"
+    assert set(db.read_sync(read_all)) == {"taken", "a", "b"}
+
+
+def test_read_errors_are_store_errors(db: Database) -> None:
+    with pytest.raises(StoreError):
+        db.read_sync(lambda conn: conn.execute(text("SELECT * FROM no_such_table")).all())
+
+
+def test_closed_database_refuses_writes(db: Database) -> None:
+    db.write_sync(put, ("x", "1"))
+    db.committer.close()
+    with pytest.raises(StoreError):
+        db.write_sync(put, ("y", "1"))

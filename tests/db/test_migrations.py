@@ -1,0 +1,47 @@
+"""Schema migrations: automatic, idempotent, the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import inspect
+
+from bes.db import migrate
+from bes.db.engine import create_engines
+from bes.db.store import Database
+from bes.db.tables import metadata
+
+
+def test_migrated_schema_matches_the_table_definitions(db: Database) -> None:
+    writer, reader = create_engines(db.url)
+    try:
+        assert migrate.current_revision(writer) == migrate.head_revision()
+        inspector = inspect(reader)
+        for table in metadata.sorted_tables:
+            columns = {c["name"] for c in inspector.get_columns(table.name)}
+            assert columns == {c.name for c in table.columns}, table.name
+            indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+            assert indexes == {i.name for i in table.indexes}, table.name
+    finally:
+        writer.dispose()
+        reader.dispose()
+
+
+def test_migrating_twice_is_harmless(db: Database) -> None:
+    db.migrate()
+    db.migrate()
+
+
+def test_sqlite_file_is_in_wal_mode_and_synchronous_full(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    try:
+        database.migrate()
+        modes = database.read_sync(
+            lambda c: (
+                c.exec_driver_sql("PRAGMA journal_mode").scalar(),
+                c.exec_driver_sql("PRAGMA synchronous").scalar(),
+            )
+        )
+        assert modes == ("wal", 2)  # 2 = FULL: every commit reaches the disk
+    finally:
+        database.close()
