@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from copy import deepcopy
 from dataclasses import dataclass
 from typing import Final
 
@@ -131,7 +130,7 @@ class Factory:
             caller = self.identity.identify(transport, request)
             call = Call(request=request, caller=caller, endpoint=endpoint, dialect=dialect)
             payload = await operation.handler(self, call)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a SOAP fault (logged there)
             fault = fault_for(exc)
             default_action = operation.fault_action if operation else FACTORY_ACTIONS + "Fault"
             return 500, render_fault(fault, default_action=default_action, request=request)
@@ -158,7 +157,7 @@ class Factory:
             raise UnsupportedFeature(unsupported)
         document = etree.tostring(job_element, encoding="unicode")
         activity_id = await self.activities.create(call.caller, job, document)
-        log.info(
+        log.debug(
             "%s created activity %s (%s)", call.caller.name, activity_id, job.job_name or "unnamed"
         )
         response = element("CreateActivityResponse")
@@ -172,7 +171,7 @@ class Factory:
         response = element("GetActivityStatusesResponse")
         for epr, activity_id in zip(eprs, ids, strict=True):
             item = sub(response, "Response")
-            item.append(deepcopy(epr))  # echoed as sent: opaque to the client
+            item.append(epr)  # echoed as sent (moved out of the request, which is done with)
             record = found.get(activity_id) if activity_id else None
             if record is None:
                 item_fault(item, unknown_activity(call.dialect, epr))
@@ -187,7 +186,7 @@ class Factory:
         response = element("TerminateActivitiesResponse")
         for epr, activity_id in zip(eprs, ids, strict=True):
             item = sub(response, "Response")
-            item.append(deepcopy(epr))  # echoed as sent: opaque to the client
+            item.append(epr)  # echoed as sent (moved out of the request, which is done with)
             result = results.get(activity_id) if activity_id else None
             if (
                 result is None
@@ -227,7 +226,7 @@ class Factory:
         response = element("GetActivityDocumentsResponse")
         for epr, activity_id in zip(eprs, ids, strict=True):
             item = sub(response, "Response")
-            item.append(deepcopy(epr))  # echoed as sent: opaque to the client
+            item.append(epr)  # echoed as sent (moved out of the request, which is done with)
             document = documents.get(activity_id) if activity_id else None
             if document is None:
                 item_fault(item, unknown_activity(call.dialect, epr))
@@ -341,8 +340,11 @@ def _identifiers(body: etree._Element) -> tuple[list[etree._Element], list[Activ
 
 def _extensions(parent: etree._Element, *, keep: etree._Element | None = None) -> list[str]:
     """Feature names for the extension elements of ``parent`` (every child but ``keep``)."""
+    extras = [e for e in parent.iterchildren(etree.Element) if e is not keep]
+    if not extras:
+        return []
     where = schema.element_path(parent)
-    return [f"{tag(e)} in {where}" for e in parent.iterchildren(etree.Element) if e is not keep]
+    return [f"{tag(e)} in {where}" for e in extras]
 
 
 def _refuse_extensions(body: etree._Element) -> None:

@@ -1,21 +1,30 @@
 """Identifier types and how new ones are minted."""
 
+import base64
+import os
 import re
-import secrets
+import time
 from typing import Final, NewType
 
 ActivityId = NewType("ActivityId", str)
-"""Our identifier of an activity: 22 URL-safe characters, 128 random bits, unguessable."""
+"""Our identifier of an activity: 24 URL-safe characters (see :func:`new_activity_id`)."""
 
 BackendJobId = NewType("BackendJobId", str)
 """A backend's own identifier of the job it runs for an activity."""
 
-_ACTIVITY_ID: Final = re.compile(r"[A-Za-z0-9_-]{22}")
+_ACTIVITY_ID: Final = re.compile(r"[A-Za-z0-9_-]{24}")
 
 
 def new_activity_id() -> ActivityId:
-    """Mint a fresh activity identifier from the system's CSPRNG."""
-    return ActivityId(secrets.token_urlsafe(16))
+    """Mint a fresh activity identifier.
+
+    18 bytes, base64url: the creation time in milliseconds (6 bytes, so that identifiers, and
+    the database indexes over them, grow in order) followed by 96 random bits from the system's
+    CSPRNG, which make them unguessable.
+    """
+    millis = time.time_ns() // 1_000_000
+    raw = millis.to_bytes(6, "big") + os.urandom(12)
+    return ActivityId(base64.urlsafe_b64encode(raw).decode("ascii"))
 
 
 def parse_activity_id(text: str) -> ActivityId | None:

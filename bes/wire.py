@@ -38,7 +38,15 @@ _NSMAP: Final = {"bes-factory": BES_FACTORY, "wsa": WSA, "besa": BES_ACTIVITY}
 _ADDRESS: Final = qname(WSA, "Address")
 _REFERENCE_PARAMETERS: Final = qname(WSA, "ReferenceParameters")
 _ACTIVITY_ID: Final = qname(BES_ACTIVITY, "ActivityId")
-_FS_SUBSTATES: Final = {SubState.STAGING_IN, SubState.STAGING_OUT}
+_ACTIVITY_STATUS: Final = qname(BES_FACTORY, "ActivityStatus")
+_EXIT_CODE: Final = qname(BES_ACTIVITY, "ExitCode")
+_MESSAGE: Final = qname(BES_ACTIVITY, "Message")
+_CHANGED: Final = qname(BES_ACTIVITY, "Changed")
+# Sub-state -> element name: HPC File Staging Profile names for staging, ours for the rest.
+_SUBSTATE_ELEMENTS: Final = {
+    s: qname(HPCP_FS if s in (SubState.STAGING_IN, SubState.STAGING_OUT) else BES_ACTIVITY, s.value)
+    for s in SubState
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,20 +132,23 @@ def activity_id_of(epr: etree._Element) -> ActivityId | None:
 def activity_status(parent: etree._Element, record: ActivityRecord) -> etree._Element:
     """Append ``bes-factory:ActivityStatus`` for an activity: the basic state as ``@state``,
     then the sub-state element, then our details (exit code, message, time of change)."""
-    status = etree.SubElement(parent, bes("ActivityStatus"), state=record.state.value)
+    status = etree.SubElement(parent, _ACTIVITY_STATUS, state=record.state.value)
     if record.substate is not None and not record.state.terminal:
-        ns = HPCP_FS if record.substate in _FS_SUBSTATES else BES_ACTIVITY
-        etree.SubElement(status, qname(ns, record.substate.value))
+        etree.SubElement(status, _SUBSTATE_ELEMENTS[record.substate])
     if record.exit_code is not None:
-        etree.SubElement(status, qname(BES_ACTIVITY, "ExitCode")).text = str(record.exit_code)
+        etree.SubElement(status, _EXIT_CODE).text = str(record.exit_code)
     if record.message:
-        etree.SubElement(status, qname(BES_ACTIVITY, "Message")).text = record.message
-    etree.SubElement(status, qname(BES_ACTIVITY, "Changed")).text = _xsd_datetime(record.changed_at)
+        etree.SubElement(status, _MESSAGE).text = record.message
+    etree.SubElement(status, _CHANGED).text = _xsd_datetime(record.changed_at)
     return status
 
 
 def _xsd_datetime(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    v = value.astimezone(dt.UTC)
+    return (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:"
+        f"{v.second:02d}.{v.microsecond // 1000:03d}Z"
+    )
 
 
 # ------------------------------------------------------------------------------ per-item faults

@@ -13,8 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Connection, Row, and_, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
 
+from bes.db.prepared import Prepared, db_time, from_db_time
 from bes.db.tables import activity, activity_event, setting
 from bes.ids import ActivityId, BackendJobId
 from bes.states import ActivityState, SubState, can_transition
@@ -97,71 +98,131 @@ _RECORD_COLUMNS: Final = (
 )
 
 
-def _record(row: Row[Any, *tuple[Any, ...]]) -> ActivityRecord:
+def _record(row: Sequence[Any]) -> ActivityRecord:
+    """An ActivityRecord from a row of ``_RECORD_COLUMNS`` as the driver returned it."""
+    (
+        id_,
+        owner,
+        state,
+        substate,
+        message,
+        exit_code,
+        job_name,
+        backend,
+        backend_job_id,
+        cancel_requested,
+        created_at,
+        changed_at,
+    ) = row[:12]
     return ActivityRecord(
-        id=ActivityId(row.id),
-        owner=row.owner,
-        state=ActivityState(row.state),
-        substate=SubState(row.substate) if row.substate else None,
-        message=row.message,
-        exit_code=row.exit_code,
-        job_name=row.job_name,
-        backend=row.backend,
-        backend_job_id=BackendJobId(row.backend_job_id) if row.backend_job_id else None,
-        cancel_requested=bool(row.cancel_requested),
-        created_at=row.created_at,
-        changed_at=row.changed_at,
+        id=ActivityId(id_),
+        owner=owner,
+        state=ActivityState(state),
+        substate=SubState(substate) if substate else None,
+        message=message,
+        exit_code=exit_code,
+        job_name=job_name,
+        backend=backend,
+        backend_job_id=BackendJobId(backend_job_id) if backend_job_id else None,
+        cancel_requested=bool(cancel_requested),
+        created_at=from_db_time(created_at),
+        changed_at=from_db_time(changed_at),
     )
 
 
-def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
-    for i in range(0, len(ids), _CHUNK):
-        yield ids[i : i + _CHUNK]
+# Lookups by id use a few fixed IN-list sizes (the last chunk is padded by repeating an id), so
+# each size is compiled once and the ids of a 1,000-item vector call need two statements.
+_BUCKETS: Final = (1, 8, 64, _CHUNK)
+
+
+def _by_ids(columns: tuple[Any, ...], size: int) -> Prepared:
+    ids: list[Any] = [bindparam(f"i{k}") for k in range(size)]
+    return Prepared(select(*columns).where(activity.c.id.in_(ids)))
+
+
+_RECORDS_BY_IDS: Final = {n: _by_ids(_RECORD_COLUMNS, n) for n in _BUCKETS}
+_DOCUMENTS_BY_IDS: Final = {
+    n: _by_ids((*_RECORD_COLUMNS, activity.c.document), n) for n in _BUCKETS
+}
+
+
+def _fetch_by_ids(
+    conn: Connection, statements: dict[int, Prepared], ids: Sequence[str]
+) -> Iterable[tuple[Any, ...]]:
+    unique = list(dict.fromkeys(ids))
+    for i in range(0, len(unique), _CHUNK):
+        chunk = unique[i : i + _CHUNK]
+        size = next(n for n in _BUCKETS if n >= len(chunk))
+        padded = chunk + [chunk[0]] * (size - len(chunk))
+        yield from statements[size].fetchall(conn, {f"i{k}": v for k, v in enumerate(padded)})
 
 
 # ------------------------------------------------------------------------------ writes
+
+
+_INSERT_ACTIVITY: Final = Prepared(
+    insert(activity),
+    column_keys=[
+        "id",
+        "owner",
+        "state",
+        "substate",
+        "job_name",
+        "document",
+        "job",
+        "backend",
+        "cancel_requested",
+        "created_at",
+        "changed_at",
+    ],
+)
+_INSERT_EVENT: Final = Prepared(
+    insert(activity_event), column_keys=["activity_id", "at", "state", "substate", "message"]
+)
+_SELECT_SETTING: Final = Prepared(
+    select(setting.c.value).where(setting.c.name == bindparam("name"))
+)
 
 
 def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[bool]:
     """Insert new Pending activities if the factory accepts them; one flag per item.
 
     The accepting flag is read in the same transaction as the inserts, so no activity is
-    created after a StopAcceptingNewActivities has committed.
+    created after a StopAcceptingNewActivities has committed. This is the hottest write of the
+    service, hence the prepared statements.
     """
     if not _accepting(conn):
         return [False] * len(items)
-    conn.execute(
-        insert(activity),
-        [
+    pending, queued = ActivityState.PENDING.value, SubState.QUEUED.value
+    activities, events = [], []
+    for a in items:
+        at = db_time(conn, a.at)
+        activities.append(
             {
                 "id": a.id,
                 "owner": a.owner,
-                "state": ActivityState.PENDING.value,
-                "substate": SubState.QUEUED.value,
+                "state": pending,
+                "substate": queued,
                 "job_name": a.job_name,
                 "document": a.document,
                 "job": a.job,
                 "backend": a.backend,
                 "cancel_requested": False,
-                "created_at": a.at,
-                "changed_at": a.at,
+                "created_at": at,
+                "changed_at": at,
             }
-            for a in items
-        ],
-    )
-    conn.execute(
-        insert(activity_event),
-        [
+        )
+        events.append(
             {
                 "activity_id": a.id,
-                "at": a.at,
-                "state": ActivityState.PENDING.value,
-                "substate": SubState.QUEUED.value,
+                "at": at,
+                "state": pending,
+                "substate": queued,
                 "message": "accepted",
             }
-            for a in items
-        ],
-    )
+        )
+    _INSERT_ACTIVITY.executemany(conn, activities)
+    _INSERT_EVENT.executemany(conn, events)
     return [True] * len(items)
 
 
@@ -306,10 +367,8 @@ def set_setting(conn: Connection, items: Sequence[tuple[str, str]]) -> list[None
 
 
 def _accepting(conn: Connection) -> bool:
-    value = conn.execute(
-        select(setting.c.value).where(setting.c.name == ACCEPTING_SETTING)
-    ).scalar_one_or_none()
-    return value != "false"
+    found = _SELECT_SETTING.fetchall(conn, {"name": ACCEPTING_SETTING})
+    return not found or found[0][0] != "false"
 
 
 def is_accepting(conn: Connection) -> bool:
@@ -319,13 +378,8 @@ def is_accepting(conn: Connection) -> bool:
 
 def get_activities(conn: Connection, ids: Sequence[ActivityId]) -> dict[ActivityId, ActivityRecord]:
     """The stored activities among ``ids`` (unknown ids are simply absent)."""
-    out: dict[ActivityId, ActivityRecord] = {}
-    unique = list(dict.fromkeys(ids))
-    for chunk in _chunks(unique):
-        for row in conn.execute(select(*_RECORD_COLUMNS).where(activity.c.id.in_(chunk))):
-            record = _record(row)
-            out[record.id] = record
-    return out
+    records = (_record(row) for row in _fetch_by_ids(conn, _RECORDS_BY_IDS, ids))
+    return {r.id: r for r in records}
 
 
 def get_documents(
@@ -333,14 +387,9 @@ def get_documents(
 ) -> dict[ActivityId, tuple[ActivityRecord, str]]:
     """Activities among ``ids`` with the JSDL document each was created from."""
     out: dict[ActivityId, tuple[ActivityRecord, str]] = {}
-    unique = list(dict.fromkeys(ids))
-    for chunk in _chunks(unique):
-        rows = conn.execute(
-            select(*_RECORD_COLUMNS, activity.c.document).where(activity.c.id.in_(chunk))
-        )
-        for row in rows:
-            record = _record(row)
-            out[record.id] = (record, row.document)
+    for row in _fetch_by_ids(conn, _DOCUMENTS_BY_IDS, ids):
+        record = _record(row)
+        out[record.id] = (record, row[12])
     return out
 
 

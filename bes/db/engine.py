@@ -1,7 +1,7 @@
 """Opening the database: engines tuned per dialect, and where the embedded default lives.
 
-Two engines per database: a single-connection *writer* used only by the group committer
-(:mod:`bes.db.committer`), and a pooled *reader* for queries. On SQLite the writer takes the
+Two engines per database: a *writer* used only by the group committers (:mod:`bes.db.committer`,
+one connection each), and a pooled *reader* for queries. On SQLite the writer takes the
 write lock up front (``BEGIN IMMEDIATE``) and every commit is synced to disk
 (``synchronous=FULL``): an acknowledged activity survives a crash and a power cut. WAL mode lets
 readers run beside the writer.
@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 SQLITE_PRAGMAS = (
     "journal_mode=WAL",
     "synchronous=FULL",
-    "busy_timeout=30000",
+    # The service writes from its event loop: never wait long for another process's lock.
+    "busy_timeout=5000",
     "foreign_keys=ON",
 )
 
@@ -51,7 +52,7 @@ def create_engines(url: str) -> tuple[Engine, Engine]:
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         writer = create_engine(
-            parsed, poolclass=QueuePool, pool_size=1, max_overflow=0, pool_pre_ping=True
+            parsed, poolclass=QueuePool, pool_size=2, max_overflow=0, pool_pre_ping=True
         )
         reader = create_engine(parsed, pool_size=4, max_overflow=4, pool_pre_ping=True)
         return writer, reader
@@ -63,9 +64,9 @@ def create_engines(url: str) -> tuple[Engine, Engine]:
 def _sqlite_engine(url: str, *, writer: bool) -> Engine:
     if ":memory:" in url or url.rstrip("/") == "sqlite:":
         raise ConfigError("an in-memory SQLite database cannot be shared; give a file")
-    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
-    if writer:
-        kwargs.update(poolclass=QueuePool, pool_size=1, max_overflow=0)
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 5}}
+    if writer:  # one connection for each committer (the loop's and the thread's)
+        kwargs.update(poolclass=QueuePool, pool_size=2, max_overflow=0)
     else:
         kwargs.update(poolclass=QueuePool, pool_size=4, max_overflow=8)
     engine = create_engine(url, **kwargs)

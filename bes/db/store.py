@@ -1,14 +1,18 @@
 """The database as the rest of the service sees it: awaitable reads and group-committed writes.
 
-Reads run on a small thread pool with pooled connections; writes go through the
-:class:`~bes.db.committer.Committer`. Both have synchronous twins for command-line tools and
-tests. SQLAlchemy errors are wrapped into :class:`~bes.errors.StoreError` here.
+Writes are group-committed (:mod:`bes.db.committer`). On SQLite, a local file, the service's
+reads and writes run inside the event loop: each is a few microseconds of C, and a thread
+would spend more on handing the GIL back and forth than on the query. On PostgreSQL, reached
+over the network, they run on threads so that the loop never waits for a round trip. Every
+operation has a blocking twin for command-line tools and tests. SQLAlchemy errors are wrapped
+into :class:`~bes.errors.StoreError` here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -17,7 +21,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from bes.db import migrate
-from bes.db.committer import BatchFunction, Committer
+from bes.db.committer import BatchFunction, LoopCommitter, ThreadCommitter
 from bes.db.engine import create_engines, dispose_quietly
 from bes.errors import StoreError
 
@@ -40,22 +44,35 @@ class Database:
         self.url = url
         self._writer, self._reader = create_engines(url)
         self.dialect = self._writer.dialect.name
-        self._committer: Committer | None = None
+        self._inline = self.dialect == "sqlite"
+        self._thread_committer: ThreadCommitter | None = None
+        self._loop_committer: LoopCommitter | None = None
         self._pool = ThreadPoolExecutor(read_threads, thread_name_prefix="bes-read")
+        self._lock = threading.Lock()
 
     def migrate(self) -> None:
         """Apply pending schema migrations (idempotent)."""
         migrate.upgrade(self._writer)
 
     @property
-    def committer(self) -> Committer:
-        """The group committer, started on first use."""
-        if self._committer is None:
-            self._committer = Committer(self._writer)
-        return self._committer
+    def committer(self) -> ThreadCommitter:
+        """The thread committer (blocking writes), started on first use."""
+        with self._lock:  # several threads may write first at the same moment
+            if self._thread_committer is None:
+                self._thread_committer = ThreadCommitter(self._writer)
+            return self._thread_committer
+
+    @property
+    def transactions(self) -> int:
+        """Write transactions committed by this process so far."""
+        return sum(c.transactions for c in (self._thread_committer, self._loop_committer) if c)
 
     async def write(self, fn: BatchFunction[A, R], arg: A) -> R:
         """Run one call of a batch function in the next group commit; return its result."""
+        if self._inline:
+            if self._loop_committer is None:
+                self._loop_committer = LoopCommitter(self._writer)
+            return await self._loop_committer.submit(fn, arg)
         return await asyncio.wrap_future(self.committer.submit(fn, arg))
 
     def write_sync(self, fn: BatchFunction[A, R], arg: A) -> R:
@@ -65,7 +82,9 @@ class Database:
     async def read(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        """Run ``fn(connection, *args)`` on a reader connection in the thread pool."""
+        """Run ``fn(connection, *args)`` on a reader connection."""
+        if self._inline:
+            return self.read_sync(fn, *args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: self.read_sync(fn, *args, **kwargs))
 
@@ -82,8 +101,10 @@ class Database:
 
     def close(self) -> None:
         """Finish queued writes and close every connection."""
-        if self._committer is not None:
-            self._committer.close()
+        if self._loop_committer is not None:
+            self._loop_committer.close()
+        if self._thread_committer is not None:
+            self._thread_committer.close()
         self._pool.shutdown(wait=True)
         dispose_quietly(self._writer, self._reader)
 

@@ -1,8 +1,9 @@
 """The JSDL model as JSON, for storage and for workers that never see XML.
 
 ``to_json(from_json(s)) == s`` and ``from_json(to_json(job)) == job``. Fields that hold their
-default value are left out, so documents stay small. The encoding is driven by the dataclass
-annotations, so a field added to the model is carried without touching this module.
+default value are left out, so documents stay small. Encoders and decoders are derived from the
+dataclass annotations once per class, so a field added to the model is carried without touching
+this module, and encoding a job stays cheap (it runs on every CreateActivity).
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Callable
 from enum import Enum
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any
 
 from bes.errors import JsdlError
 from bes.jsdl.model import JobDefinition
 
-T = TypeVar("T")
+Encoder = Callable[[Any], Any]
 
 
 def to_json(job: JobDefinition) -> str:
     """Serialize a job definition to compact JSON text."""
-    return json.dumps(_encode(job), separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(_encoder(JobDefinition)(job), separators=(",", ":"), ensure_ascii=False)
 
 
 def from_json(text: str) -> JobDefinition:
@@ -39,19 +41,59 @@ def from_json(text: str) -> JobDefinition:
     return job
 
 
-def _encode(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out = {}
-        for f, default in _defaults(type(value)):
-            v = getattr(value, f.name)
-            if v != default:
-                out[f.name] = _encode(v)
-        return out
-    if isinstance(value, tuple):
-        return [_encode(v) for v in value]
-    if isinstance(value, Enum):
-        return value.value
+# ------------------------------------------------------------------------------ encoding
+
+
+def _identity(value: Any) -> Any:
     return value
+
+
+def _enum_value(value: Any) -> Any:
+    return value.value if value is not None else None
+
+
+@cache
+def _encoder(cls: type) -> Encoder:
+    """An encoder for one dataclass: a dict of its non-default fields, recursively."""
+    hints = typing.get_type_hints(cls)
+    plan = [(f.name, _default(f), _field_encoder(hints[f.name])) for f in dataclasses.fields(cls)]
+
+    def encode(value: Any) -> Any:
+        out = {}
+        for name, default, encode_field in plan:
+            v = getattr(value, name)
+            if v is not default and v != default:
+                out[name] = encode_field(v)
+        return out
+
+    return encode
+
+
+def _field_encoder(hint: Any) -> Encoder:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        encode_inner = _field_encoder(inner)
+        return lambda v: None if v is None else encode_inner(v)
+    if origin is tuple:
+        encode_item = _field_encoder(typing.get_args(hint)[0])
+        return lambda v: [encode_item(x) for x in v]
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _encoder(hint)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return _enum_value
+    return _identity
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+# ------------------------------------------------------------------------------ decoding
 
 
 def _decode(hint: Any, data: Any) -> Any:
@@ -82,17 +124,3 @@ def _decode(hint: Any, data: Any) -> Any:
 @cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
-
-
-@cache
-def _defaults(cls: type) -> tuple[tuple[dataclasses.Field[Any], Any], ...]:
-    out = []
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = dataclasses.MISSING
-        out.append((f, default))
-    return tuple(out)

@@ -23,7 +23,7 @@ def read_all(conn: Connection) -> dict[str, str]:
 
 
 def test_writes_from_many_threads_share_transactions(db: Database) -> None:
-    before = db.committer.transactions
+    before = db.transactions
     barrier = threading.Barrier(16)
     results: list[str] = []
 
@@ -39,7 +39,7 @@ def test_writes_from_many_threads_share_transactions(db: Database) -> None:
         t.join(30)
     assert len(results) == 400
     assert len(db.read_sync(read_all)) == 400
-    assert db.committer.transactions - before < 400
+    assert db.transactions - before < 400
 
 
 def test_a_failing_write_does_not_fail_its_neighbours(db: Database) -> None:
@@ -63,3 +63,16 @@ def test_closed_database_refuses_writes(db: Database) -> None:
     db.committer.close()
     with pytest.raises(StoreError):
         db.write_sync(put, ("y", "1"))
+
+
+@pytest.mark.anyio
+async def test_loop_committer_isolates_a_failing_write_too(db: Database) -> None:
+    import asyncio
+
+    db.write_sync(put, ("taken", "1"))
+    results = await asyncio.gather(
+        *(db.write(put, (name, "x")) for name in ("a", "taken", "b")), return_exceptions=True
+    )
+    assert results[0] == "a" and results[2] == "b"
+    assert isinstance(results[1], StoreError)
+    assert set(await db.read(read_all)) == {"taken", "a", "b"}

@@ -57,7 +57,7 @@ async def test_create_activity_returns_a_full_endpoint_reference(client: httpx.A
     (address,) = soap.xpath(epr, "wsa:Address/text()")
     (activity_id,) = soap.xpath(epr, "wsa:ReferenceParameters/besa:ActivityId/text()")
     assert address == f"http://bes.test/bes/activities/{activity_id}"
-    assert len(activity_id) == 22
+    assert len(activity_id) == 24
 
 
 async def test_identifiers_are_unguessable(client: httpx.AsyncClient) -> None:
@@ -66,8 +66,9 @@ async def test_identifiers_are_unguessable(client: httpx.AsyncClient) -> None:
         epr = await create(client)
         ids.add(soap.xpath(epr, "string(wsa:ReferenceParameters/besa:ActivityId)"))
     assert len(ids) == 20
-    # 22 URL-safe base64 characters: 128 random bits from the system's CSPRNG.
-    assert all(len(i) == 22 for i in ids)
+    # 24 URL-safe base64 characters: 48 bits of time, then 96 random bits (16 characters).
+    assert all(len(i) == 24 for i in ids)
+    assert len({i[8:] for i in ids}) == 20
 
 
 async def test_soapaction_only_quoted_or_not(client: httpx.AsyncClient) -> None:
@@ -241,7 +242,7 @@ async def test_extension_beside_the_job_definition_is_not_ignored(
 
 async def test_statuses_one_response_per_identifier_in_order(client: httpx.AsyncClient) -> None:
     a, b = await create(client), await create(client)
-    unknown = soap.epr("http://bes.test/bes/activities/AAAAAAAAAAAAAAAAAAAAAA")
+    unknown = soap.epr("http://bes.test/bes/activities/AAAAAAAAAAAAAAAAAAAAAAAA")
     foreign = soap.epr("https://unicore.example.org:8080/DEMO-SITE/services/BESActivity?res=1")
     eprs = [as_request_epr(b), unknown, as_request_epr(a), foreign, as_request_epr(b)]
     r = await call(
@@ -306,7 +307,7 @@ async def test_terminate_then_status_is_cancelled(client: httpx.AsyncClient) -> 
 
 
 async def test_terminate_always_carries_terminated(client: httpx.AsyncClient) -> None:
-    unknown = soap.epr("http://bes.test/bes/activities/BBBBBBBBBBBBBBBBBBBBBB")
+    unknown = soap.epr("http://bes.test/bes/activities/BBBBBBBBBBBBBBBBBBBBBBBB")
     r = await call(client, soap.vector("TerminateActivities", [unknown]))
     (response,) = soap.xpath(soap.body_of(r.content), "bes:Response")
     assert [etree.QName(c).localname for c in response] == [
@@ -441,7 +442,7 @@ async def test_draft_2007_dialect(
 ) -> None:
     schema = draft_schema(str(tmp_path_factory.mktemp("draft")))
     epr = await create(client)
-    unknown = soap.epr("http://bes.test/bes/activities/CCCCCCCCCCCCCCCCCCCCCC")
+    unknown = soap.epr("http://bes.test/bes/activities/CCCCCCCCCCCCCCCCCCCCCCCC")
     r = await call(
         client,
         soap.vector("TerminateActivities", [as_request_epr(epr), unknown]),

@@ -152,7 +152,7 @@ def test_unknown_identifier_is_a_per_item_fault_for_zeep(
     server: LiveServer, recorder: Recorder
 ) -> None:
     factory, _, _ = official_clients(server, recorder, addressing=False)
-    bogus = {"Address": {"_value_1": server.endpoint + "/activities/DDDDDDDDDDDDDDDDDDDDDD"}}
+    bogus = {"Address": {"_value_1": server.endpoint + "/activities/DDDDDDDDDDDDDDDDDDDDDDDD"}}
     (response,) = factory.GetActivityStatuses(ActivityIdentifier=[bogus]).Response
     assert response.ActivityStatus is None
     assert response.Fault.faultcode.endswith(":Client")

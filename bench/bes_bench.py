@@ -1,0 +1,213 @@
+"""Benchmark of the BES endpoint: durable CreateActivity throughput and latency, a 1,000-id
+GetActivityStatuses, and the bare floor of the same HTTP stack, in one run.
+
+Usage::
+
+    .venv/bin/python bench/bes_bench.py [--seconds 8] [--clients 1,8,32]
+
+It starts ``bes serve`` (SQLite in a temporary directory, synchronous=FULL: every acknowledged
+CreateActivity is on disk) and the floor server (bench/floor.py) one after the other, each on one
+CPU when ``taskset`` is available, and drives them from this process (on the other CPU) with
+keep-alive HTTP/1.1 connections. Results are printed as a table; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from lxml import etree
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The benchmark reuses the tests' message builders.
+from tests.support import soap
+from tests.support.server import free_port
+
+CREATE = soap.envelope(soap.create_activity())
+ACTION = soap.ACTIONS + "CreateActivity"
+
+
+def _pin(cpu: int) -> list[str]:
+    return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() > 1 else []
+
+
+@contextlib.contextmanager
+def running(argv: list[str], port: int, health: str) -> Iterator[None]:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=1).status_code < 500:
+                    break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"{argv} did not start")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+async def _client(
+    port: int, request: bytes, until: float, latencies: list[float], errors: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+async def load(
+    port: int, body: bytes, clients: int, seconds: float
+) -> tuple[float, list[float], int]:
+    request = (
+        b"POST /bes HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: text/xml; charset=utf-8\r\n"
+        b'SOAPAction: "%s"\r\nContent-Length: %d\r\n\r\n' % (port, ACTION.encode(), len(body))
+    ) + body
+    latencies: list[float] = []
+    errors: list[int] = []
+    await asyncio.gather(
+        *(_client(port, request, time.perf_counter() + 0.5, [], []) for _ in range(clients))
+    )
+    until = time.perf_counter() + seconds
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(_client(port, request, until, latencies, errors) for _ in range(clients))
+    )
+    elapsed = time.perf_counter() - started
+    return len(latencies) / elapsed, sorted(latencies), len(errors)
+
+
+def _pct(sorted_values: list[float], p: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))] * 1000
+
+
+async def statuses(port: int, count: int, repeats: int) -> list[float]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        url = f"http://127.0.0.1:{port}/bes"
+        eprs: list[bytes] = []
+        while len(eprs) < count:
+            r = await client.post(url, content=CREATE)
+            eprs.append(
+                etree_tostring(soap.xpath(soap.body_of(r.content), "bes:ActivityIdentifier")[0])
+            )
+        body = soap.envelope(soap.vector("GetActivityStatuses", eprs))
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            r = await client.post(url, content=body)
+            times.append(time.perf_counter() - started)
+            assert r.status_code == 200 and r.content.count(b"<bes-factory:Response>") == count
+        return sorted(times)
+
+
+def etree_tostring(element: object) -> bytes:
+    return etree.tostring(element)  # type: ignore[arg-type]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--status-ids", type=int, default=1000)
+    args = parser.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+    python = sys.executable
+    bench_dir = Path(__file__).resolve().parent
+    print(
+        f"bes benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"{args.seconds:.0f} s per level, server pinned: {bool(_pin(0))}"
+    )
+    if _pin(1):
+        os.sched_setaffinity(0, {1})
+
+    results: dict[str, dict[int, tuple[float, list[float], int]]] = {}
+    port = free_port()
+    floor_argv = [
+        *_pin(0),
+        python,
+        "-m",
+        "uvicorn",
+        "floor:app",
+        "--app-dir",
+        str(bench_dir),
+        "--port",
+        str(port),
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    with running(floor_argv, port, "/"):
+        results["floor"] = {c: asyncio.run(load(port, CREATE, c, args.seconds)) for c in levels}
+
+    with tempfile.TemporaryDirectory(prefix="bes-bench-") as data:
+        port = free_port()
+        serve_argv = [
+            *_pin(0),
+            python,
+            "-m",
+            "bes",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            data,
+        ]
+        with running(serve_argv, port, "/healthz"):
+            results["create"] = {
+                c: asyncio.run(load(port, CREATE, c, args.seconds)) for c in levels
+            }
+            status_times = asyncio.run(statuses(port, args.status_ids, 30))
+
+    print()
+    print(
+        f"{'clients':>7} | {'CreateActivity/s':>16} | {'p50 ms':>7} | {'p99 ms':>7} | "
+        f"{'floor req/s':>11} | {'floor p99':>9} | {'ratio':>5} | errors"
+    )
+    for c in levels:
+        rate, lat, errors = results["create"][c]
+        floor_rate, floor_lat, _ = results["floor"][c]
+        print(
+            f"{c:>7} | {rate:>16,.0f} | {_pct(lat, 0.5):>7.2f} | {_pct(lat, 0.99):>7.2f} | "
+            f"{floor_rate:>11,.0f} | {_pct(floor_lat, 0.99):>9.2f} | "
+            f"{rate / floor_rate:>5.2f} | {errors}"
+        )
+    print()
+    print(
+        f"GetActivityStatuses, {args.status_ids} ids, 30 calls: "
+        f"p50 {statistics.median(status_times) * 1000:.1f} ms, "
+        f"p99 {_pct(status_times, 0.99):.1f} ms, min {status_times[0] * 1000:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

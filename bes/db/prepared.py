@@ -1,0 +1,85 @@
+"""Hot statements compiled once and executed on the DB-API cursor.
+
+SQLAlchemy Core compiles and processes parameters on every execution; for the few statements
+on the hottest path (CreateActivity inserts, worker claims) that costs more than the database
+work itself. A :class:`Prepared` statement is compiled once per dialect from the same Core
+construct, so the SQL stays portable, and its rows are passed straight to ``executemany``.
+Values must be given in database form: see :func:`db_time`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.sql import ClauseElement
+
+
+class Prepared:
+    """A statement compiled per dialect on first use.
+
+    Args:
+        statement: A Core statement with bind parameters named like the keys of the rows.
+        column_keys: For INSERTs, the columns the rows provide (others take their defaults).
+    """
+
+    def __init__(self, statement: ClauseElement, *, column_keys: Sequence[str] | None = None):
+        self._statement = statement
+        self._column_keys = list(column_keys) if column_keys is not None else None
+        self._by_dialect: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+
+    def _compiled(self, conn: Connection) -> tuple[str, tuple[str, ...] | None]:
+        name = conn.dialect.name
+        found = self._by_dialect.get(name)
+        if found is None:
+            compiled = self._statement.compile(dialect=conn.dialect, column_keys=self._column_keys)
+            positions = getattr(compiled, "positiontup", None)  # None for named paramstyles
+            found = (compiled.string, tuple(positions) if positions is not None else None)
+            self._by_dialect[name] = found
+        return found
+
+    def _params(self, keys: tuple[str, ...] | None, row: Mapping[str, Any]) -> Any:
+        return tuple(row[k] for k in keys) if keys is not None else row
+
+    def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run the statement once per row, in the connection's current transaction."""
+        if not rows:
+            return
+        sql, keys = self._compiled(conn)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, [self._params(keys, r) for r in rows])
+        finally:
+            cursor.close()
+
+    def fetchall(self, conn: Connection, row: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run the statement once and return all result rows as tuples."""
+        sql, keys = self._compiled(conn)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, self._params(keys, row))
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
+
+
+def from_db_time(value: Any) -> dt.datetime:
+    """The inverse of :func:`db_time`: an aware UTC datetime from what the driver returned."""
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+    return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
+
+
+def db_time(conn: Connection, value: dt.datetime) -> Any:
+    """A UTC datetime in the form the driver stores it as (matching ``UtcDateTime``).
+
+    SQLite gets SQLAlchemy's own text form of naive UTC; PostgreSQL the aware datetime.
+    """
+    value = value.astimezone(dt.UTC)
+    if conn.dialect.name == "sqlite":
+        return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return value
