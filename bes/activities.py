@@ -39,7 +39,7 @@ from bes.ids import ActivityId, BackendJobId, new_activity_id
 from bes.jsdl import codec
 from bes.jsdl.model import JobDefinition
 from bes.principal import Principal
-from bes.states import ActivityState, SubState
+from bes.states import ActivityState, SubState, substate_fits
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,7 @@ class Activities:
             return
         interval = min(b.poll_interval_s for b in self._backends.values())
         while not stop.is_set():
+            self._wakeup.clear()  # before dispatching: a create arriving meanwhile sets it again
             try:
                 await self.dispatch_once()
                 await self.poll_once()
@@ -293,7 +294,6 @@ class Activities:
                 log.warning("backend round failed: %s", exc)
             except Exception:
                 log.exception("backend round failed")
-            self._wakeup.clear()
             waiters = [
                 asyncio.ensure_future(stop.wait()),
                 asyncio.ensure_future(self._wakeup.wait()),
@@ -402,6 +402,19 @@ class Activities:
         target = status.state.activity_state
         if target is None:
             return False
+        if not substate_fits(target, status.substate):
+            log.warning(
+                "%s: backend reported sub-state %s with state %s; ignoring the sub-state",
+                record.id,
+                status.substate,
+                target,
+            )
+            status = JobStatus(
+                state=status.state,
+                message=status.message,
+                exit_code=status.exit_code,
+                extra=status.extra,
+            )
         if target is record.state and status.substate is record.substate:
             return False
         now = self._clock()

@@ -101,7 +101,7 @@ class BesApp:
             for backend in self.activities.backends.values():
                 backend.close()
         if self.db is not None:
-            await asyncio.to_thread(self.db.close)
+            self.db.close()  # in the loop: the loop's committer resolves its last futures here
         self.db = self.activities = self.factory = None
 
     # ------------------------------------------------------------------ ASGI

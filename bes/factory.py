@@ -125,9 +125,9 @@ class Factory:
         operation: Operation | None = None
         try:
             request = parse_request(data, soap_action=soap_action)
+            caller = self.identity.identify(transport, request)  # before anything is revealed
             operation = _operation(request)
             _validate(request.body)
-            caller = self.identity.identify(transport, request)
             call = Call(request=request, caller=caller, endpoint=endpoint, dialect=dialect)
             payload = await operation.handler(self, call)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a SOAP fault (logged there)

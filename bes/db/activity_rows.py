@@ -393,13 +393,6 @@ def get_documents(
     return out
 
 
-def get_job(conn: Connection, activity_id: ActivityId) -> str | None:
-    """The stored JSON model of one activity's job."""
-    return conn.execute(
-        select(activity.c.job).where(activity.c.id == activity_id)
-    ).scalar_one_or_none()
-
-
 def count_by_state(conn: Connection, owner: str | None) -> dict[ActivityState, int]:
     """How many activities are in each basic state (of one owner, or of everyone)."""
     query = select(activity.c.state, func.count()).group_by(activity.c.state)

@@ -10,20 +10,21 @@ from bes.db.store import Database
 from bes.ids import new_activity_id
 
 
+def queued(now: dt.datetime) -> rows.NewActivity:
+    return rows.NewActivity(
+        id=new_activity_id(),
+        owner="o",
+        job_name=None,
+        document="<d/>",
+        job="{}",
+        backend="fake",
+        at=now,
+    )
+
+
 def test_concurrent_claims_never_overlap(db: Database) -> None:
     now = dt.datetime.now(dt.UTC)
-    items = [
-        rows.NewActivity(
-            id=new_activity_id(),
-            owner="o",
-            job_name=None,
-            document="<d/>",
-            job="{}",
-            backend="fake",
-            at=now,
-        )
-        for _ in range(300)
-    ]
+    items = [queued(now) for _ in range(300)]
     for item in items:
         db.committer.submit(rows.create_activities, item)
     db.write_sync(rows.set_setting, ("flush", "1"))
@@ -56,15 +57,7 @@ def test_concurrent_claims_never_overlap(db: Database) -> None:
 
 def test_expired_claims_are_taken_over(db: Database) -> None:
     now = dt.datetime.now(dt.UTC)
-    item = rows.NewActivity(
-        id=new_activity_id(),
-        owner="o",
-        job_name=None,
-        document="<d/>",
-        job="{}",
-        backend="fake",
-        at=now,
-    )
+    item = queued(now)
     db.write_sync(rows.create_activities, item)
     first = db.write_sync(rows.claim_for_dispatch, ("a", 10, now, now + dt.timedelta(seconds=30)))
     assert [i for i, _, _ in first] == [item.id]
