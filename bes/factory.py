@@ -9,7 +9,7 @@ item failed (GFD.108 §6.2). Whole-call faults are reserved for failures that ap
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -169,9 +169,7 @@ class Factory:
         eprs, ids = _identifiers(call.request.body)
         found = await self.activities.statuses(call.caller, [i for i in ids if i])
         response = element("GetActivityStatusesResponse")
-        for epr, activity_id in zip(eprs, ids, strict=True):
-            item = sub(response, "Response")
-            item.append(epr)  # echoed as sent (moved out of the request, which is done with)
+        for item, epr, activity_id in _responses(response, eprs, ids):
             record = found.get(activity_id) if activity_id else None
             if record is None:
                 item_fault(item, unknown_activity(call.dialect, epr))
@@ -184,9 +182,7 @@ class Factory:
         eprs, ids = _identifiers(call.request.body)
         results = await self.activities.terminate(call.caller, [i for i in ids if i])
         response = element("TerminateActivitiesResponse")
-        for epr, activity_id in zip(eprs, ids, strict=True):
-            item = sub(response, "Response")
-            item.append(epr)  # echoed as sent (moved out of the request, which is done with)
+        for item, epr, activity_id in _responses(response, eprs, ids):
             result = results.get(activity_id) if activity_id else None
             if (
                 result is None
@@ -224,9 +220,7 @@ class Factory:
         eprs, ids = _identifiers(call.request.body)
         documents = await self.activities.documents(call.caller, [i for i in ids if i])
         response = element("GetActivityDocumentsResponse")
-        for epr, activity_id in zip(eprs, ids, strict=True):
-            item = sub(response, "Response")
-            item.append(epr)  # echoed as sent (moved out of the request, which is done with)
+        for item, epr, activity_id in _responses(response, eprs, ids):
             document = documents.get(activity_id) if activity_id else None
             if document is None:
                 item_fault(item, unknown_activity(call.dialect, epr))
@@ -336,6 +330,17 @@ def _identifiers(body: etree._Element) -> tuple[list[etree._Element], list[Activ
     if unsupported:
         raise UnsupportedFeature(unsupported)
     return eprs, [activity_id_of(epr) for epr in eprs]
+
+
+def _responses(
+    response: etree._Element, eprs: list[etree._Element], ids: list[ActivityId | None]
+) -> Iterator[tuple[etree._Element, etree._Element, ActivityId | None]]:
+    """One ``Response`` per identifier, in request order, each starting with the client's EPR
+    echoed as sent (moved out of the request, which is done with)."""
+    for epr, activity_id in zip(eprs, ids, strict=True):
+        item = sub(response, "Response")
+        item.append(epr)
+        yield item, epr, activity_id
 
 
 def _extensions(parent: etree._Element, *, keep: etree._Element | None = None) -> list[str]:

@@ -191,7 +191,7 @@ def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[bo
     created after a StopAcceptingNewActivities has committed. This is the hottest write of the
     service, hence the prepared statements.
     """
-    if not _accepting(conn):
+    if not is_accepting(conn):
         return [False] * len(items)
     pending, queued = ActivityState.PENDING.value, SubState.QUEUED.value
     activities, events = [], []
@@ -366,14 +366,10 @@ def set_setting(conn: Connection, items: Sequence[tuple[str, str]]) -> list[None
 # ------------------------------------------------------------------------------ reads
 
 
-def _accepting(conn: Connection) -> bool:
-    found = _SELECT_SETTING.fetchall(conn, {"name": ACCEPTING_SETTING})
-    return not found or found[0][0] != "false"
-
-
 def is_accepting(conn: Connection) -> bool:
     """Whether CreateActivity is currently accepted (true unless stopped)."""
-    return _accepting(conn)
+    found = _SELECT_SETTING.fetchall(conn, {"name": ACCEPTING_SETTING})
+    return not found or found[0][0] != "false"
 
 
 def get_activities(conn: Connection, ids: Sequence[ActivityId]) -> dict[ActivityId, ActivityRecord]:
