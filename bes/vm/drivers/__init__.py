@@ -1,0 +1,1 @@
+"""Hypervisor drivers: one interface (base.py), one module per hypervisor."""

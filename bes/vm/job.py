@@ -1,0 +1,205 @@
+"""Run one job in one throwaway VM: media, create, start, watch, collect, destroy.
+
+The VM is destroyed whatever happens (results read, wall time exceeded, cancelled, error),
+and its directory goes with it. The outcome always carries what could be learned: the exit
+code, stdout and stderr from the output disk when the guest wrote them, the VM's time, and
+the console's last lines when it did not.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from pathlib import Path
+
+from bes.errors import BesError, HypervisorError
+from bes.vm import guest, media, seed
+from bes.vm.drivers.base import HypervisorDriver, VmHandle, VmState
+from bes.vm.spec import ContextFile, Disk, ImageFormat, KernelBoot, Network, VmSpec, vm_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_DISK_MIB = 1024
+_CONSOLE_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class BootImage:
+    """A resolved image: a cached disk, a kernel to boot directly, or both."""
+
+    disk: Disk | None = None
+    kernel: KernelBoot | None = None
+    runs_cloud_config: bool = True  # False for tiny: only "#!" user-data
+
+
+@dataclass(frozen=True)
+class VmJob:
+    job_id: str
+    boot: BootImage
+    task: guest.GuestTask
+    wall_time_s: float
+    inputs: Mapping[str, Path] = field(default_factory=dict)
+    files: tuple[ContextFile, ...] = ()
+    memory_mib: int = 256
+    vcpus: int = 1
+    os_type: str = "Linux_64"
+    network: Network = field(default_factory=Network)
+    scratch_disk_mib: int | None = None
+    output_disk_mib: int = DEFAULT_OUTPUT_DISK_MIB
+    user_data: str | None = None  # extra cloud-init user-data, merged as MIME multipart
+    cpu_cap_percent: int = 100
+
+
+@dataclass(frozen=True)
+class VmOutcome:
+    completed: bool  # the job ran to its end and its results came back
+    exit_code: int | None
+    reason: str  # why it did not complete, or ""
+    results: media.GuestResults | None
+    vm_seconds: float
+    console_tail: str
+
+
+def run_vm_job(
+    job: VmJob,
+    driver: HypervisorDriver,
+    results_dir: Path,
+    *,
+    cancelled: Callable[[], bool] = lambda: False,
+    clock: Callable[[], float] = time.monotonic,
+    poll_s: float = 0.05,
+) -> VmOutcome:
+    """Run ``job`` to its end under ``driver``; results land in ``results_dir``."""
+    name = vm_name(job.job_id)
+    workdir = driver.workdir_for(name)
+    _remove_stale(driver, name)
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    vm: VmHandle | None = None
+    started = clock()
+    try:
+        spec = _prepare(job, name, workdir)
+        vm = driver.create(spec, workdir)
+        started = clock()
+        driver.start(vm)
+        state, reason = _watch(job, driver, vm, cancelled, clock, poll_s)
+        vm_seconds = round(clock() - started, 3)
+        console = _console_tail(workdir)
+        if reason:
+            return VmOutcome(False, None, reason, None, vm_seconds, console)
+        if state is VmState.CRASHED:
+            return VmOutcome(False, None, "the VM crashed", None, vm_seconds, console)
+        try:
+            results = media.read_results(workdir / "output.img", job.job_id, results_dir)
+        except media.GuestResultsMissing as exc:
+            return VmOutcome(False, None, str(exc), None, vm_seconds, console)
+        return VmOutcome(True, results.exit_code, "", results, vm_seconds, console)
+    finally:
+        if vm is not None:
+            driver.destroy(vm)
+        else:
+            _remove_dir(workdir)
+
+
+def _prepare(job: VmJob, name: str, workdir: Path) -> VmSpec:
+    if job.user_data and not job.boot.runs_cloud_config:
+        raise BesError("this image runs shell-script user-data only, not extra user-data")
+    script = guest.user_data(job.task, job.job_id, scratch_disk=job.scratch_disk_mib is not None)
+    seed.write_seed(
+        workdir / "seed.iso",
+        instance_id=job.job_id,
+        hostname=name,
+        user_data=_combined_user_data(script, job.user_data),
+    )
+    media.write_input_disk(workdir / "input.tar", job.job_id, inputs=job.inputs, files=job.files)
+    media.create_output_disk(workdir / "output.img", job.job_id, job.output_disk_mib)
+    disks = [
+        Disk(workdir / "input.tar", ImageFormat.RAW, read_only=True),
+        Disk(workdir / "output.img", ImageFormat.RAW, read_only=False),
+    ]
+    if job.scratch_disk_mib is not None:
+        media.create_scratch_disk(workdir / "scratch.img", job.job_id, job.scratch_disk_mib)
+        disks.append(Disk(workdir / "scratch.img", ImageFormat.RAW, read_only=False))
+    return VmSpec(
+        name=name,
+        memory_mib=job.memory_mib,
+        vcpus=job.vcpus,
+        os_type=job.os_type,
+        base_disk=job.boot.disk,
+        kernel=job.boot.kernel,
+        seed=workdir / "seed.iso",
+        disks=tuple(disks),
+        network=job.network,
+        cpu_cap_percent=job.cpu_cap_percent,
+    )
+
+
+def _watch(
+    job: VmJob,
+    driver: HypervisorDriver,
+    vm: VmHandle,
+    cancelled: Callable[[], bool],
+    clock: Callable[[], float],
+    poll_s: float,
+) -> tuple[VmState, str]:
+    deadline = clock() + job.wall_time_s
+    while True:
+        state = driver.state(vm)
+        if state in (VmState.STOPPED, VmState.CRASHED, VmState.MISSING):
+            return state, ""
+        if cancelled():
+            driver.stop(vm, grace_s=0)
+            return VmState.STOPPED, "cancelled"
+        if clock() >= deadline:
+            log.info("VM %s exceeded its wall-time limit of %s s; killing it", vm.name, job.wall_time_s)
+            driver.stop(vm, grace_s=0)
+            return VmState.STOPPED, f"wall-time limit of {job.wall_time_s:g} s exceeded"
+        time.sleep(poll_s)
+
+
+def _combined_user_data(script: str, extra: str | None) -> str:
+    """Our job script, plus the user's own user-data as a second MIME part if given."""
+    if not extra:
+        return script
+    message = MIMEMultipart()
+    message.attach(MIMEText(extra, _subtype=_mime_subtype(extra)))
+    message.attach(MIMEText(script, _subtype="x-shellscript"))
+    return message.as_string()
+
+
+def _mime_subtype(user_data: str) -> str:
+    if user_data.startswith("#cloud-config"):
+        return "cloud-config"
+    if user_data.startswith("#!"):
+        return "x-shellscript"
+    if user_data.startswith("#cloud-boothook"):
+        return "cloud-boothook"
+    return "plain"
+
+
+def _console_tail(workdir: Path) -> str:
+    try:
+        text = (workdir / "console.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.replace("\r", "").splitlines()[-_CONSOLE_TAIL_LINES:])
+
+
+def _remove_stale(driver: HypervisorDriver, name: str) -> None:
+    if not driver.workdir_for(name).exists():
+        return
+    for stale in driver.find_stale():
+        if stale.name == name:
+            driver.destroy(stale)
+        else:
+            stale.release()
+    if driver.workdir_for(name).exists():
+        raise HypervisorError(f"VM {name} is already running")
+
+
+def _remove_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
