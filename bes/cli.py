@@ -106,3 +106,92 @@ def serve(
         timeout_keep_alive=30,
         server_header=False,
     )
+
+
+@main.group()
+def vm() -> None:
+    """Run VM jobs on this machine, without the service."""
+
+
+@vm.command("run")
+@click.argument("document", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--results",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for stdout, stderr and output files (default: ./JOBNAME-ID).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Image cache and VM directory (default: $XDG_CACHE_HOME/bes).",
+)
+@click.option(
+    "--catalog",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A site's template catalog (JSON) besides the built-in tiny template.",
+)
+@click.option(
+    "--hypervisor",
+    type=click.Choice(["qemu", "virtualbox"]),
+    help="Use this hypervisor (default: the document's preference, else the first that works).",
+)
+@click.option(
+    "--accel",
+    type=click.Choice(["auto", "kvm", "tcg"]),
+    default="auto",
+    show_default=True,
+    help="QEMU accelerator; auto uses KVM only where it really runs guests.",
+)
+def vm_run(
+    document: Path,
+    results: Path | None,
+    cache_dir: Path | None,
+    catalog: Path | None,
+    hypervisor: str | None,
+    accel: str,
+) -> None:
+    """Run the VM job of a JSDL DOCUMENT here and print its stdout.
+
+    The exit status is the job's; 125 means the VM did not bring the job to its end.
+    """
+    from bes.jsdl.parse import load_job_definition
+    from bes.vm.repository import Catalog
+    from bes.vm.spec import Hypervisor
+    from bes.vmlocal import default_cache_dir, run_local
+
+    try:
+        job = load_job_definition(document.read_bytes())
+        run = run_local(
+            job,
+            document_dir=document.resolve().parent,
+            results_dir=results,
+            cache_dir=cache_dir or default_cache_dir(),
+            catalog=Catalog.load(catalog) if catalog else None,
+            hypervisor=Hypervisor(hypervisor) if hypervisor else None,
+            accelerator=accel,
+        )
+    except BesError as exc:
+        raise click.ClickException(str(exc)) from exc
+    outcome = run.outcome
+    if outcome.results is not None:
+        sys.stdout.buffer.write(outcome.results.stdout.read_bytes())
+        sys.stdout.flush()
+        sys.stderr.buffer.write(outcome.results.stderr.read_bytes())
+    summary = (
+        f"bes: job {run.job_id} in a {run.host.hypervisor.value} VM ({run.host.accelerator}), "
+        f"{outcome.vm_seconds:.1f} s; results in {run.results_dir}"
+    )
+    if not outcome.completed or outcome.exit_code is None:
+        click.echo(f"{summary}\nbes: the job did not complete: {outcome.reason}", err=True)
+        if outcome.console_tail:
+            click.echo(f"bes: last console lines:\n{outcome.console_tail}", err=True)
+        sys.exit(125)
+    outputs = sorted(outcome.results.outputs) if outcome.results else []
+    click.echo(f"{summary}; exit status {outcome.exit_code}", err=True)
+    if outputs:
+        click.echo(f"bes: outputs: {', '.join(outputs)}", err=True)
+    if outcome.results is not None and outcome.results.missing:
+        click.echo(f"bes: missing outputs: {', '.join(outcome.results.missing)}", err=True)
+    for path in run.delivered:
+        click.echo(f"bes: delivered {path}", err=True)
+    sys.exit(outcome.exit_code)

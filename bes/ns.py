@@ -37,6 +37,7 @@ HPCP_FS: Final = "http://schemas.ogf.org/hpcp/2007/01/fs"
 
 # Our own vocabulary: activity references, sub-states and status details.
 BES_ACTIVITY: Final = "urn:bes-grid:activity:1.0"
+BES_VM: Final = "urn:bes-grid:vm:1.0"
 
 PREFIXES: Final[dict[str, str]] = {
     "soap": SOAP_ENV,
@@ -51,6 +52,7 @@ PREFIXES: Final[dict[str, str]] = {
     "fs": HPCP_FS,
     "wsse": WSSE,
     "besa": BES_ACTIVITY,
+    "vm": BES_VM,
 }
 
 _BY_URI: Final = {uri: prefix for prefix, uri in PREFIXES.items()}

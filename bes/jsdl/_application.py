@@ -12,6 +12,7 @@ from lxml import etree
 
 from bes.jsdl import xml
 from bes.jsdl._values import Context, boolean, children, integer, is_nil, normalized, text, token
+from bes.jsdl._vm import VIRTUAL_MACHINE, parse_virtual_machine
 from bes.jsdl.model import (
     Application,
     Argument,
@@ -88,6 +89,8 @@ def parse_application(element: etree._Element, ctx: Context) -> Application:
         elif tag == SPMD_APPLICATION:
             values["spmd"] = parse_spmd_application(child, ctx)
             executables.append(child)
+        elif tag == VIRTUAL_MACHINE:
+            values["virtual_machine"] = parse_virtual_machine(child, ctx)
         else:
             ctx.unsupported_here(child)
     if len(executables) > 1:

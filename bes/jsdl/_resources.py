@@ -8,6 +8,7 @@ from lxml import etree
 
 from bes.jsdl import xml
 from bes.jsdl._values import Context, boolean, children, double, text, token
+from bes.jsdl._vm import VIRTUAL_MACHINE, parse_virtual_machine
 from bes.jsdl.model import (
     Boundary,
     CPUArchitectureName,
@@ -72,6 +73,8 @@ def parse_resources(element: etree._Element, ctx: Context) -> Resources:
             values["operating_system"] = _operating_system(child, ctx)
         elif tag == _J + "CPUArchitecture":
             values["cpu_architecture"] = _cpu_architecture(child, ctx)
+        elif tag == VIRTUAL_MACHINE:
+            values["virtual_machine"] = parse_virtual_machine(child, ctx)
         else:
             ctx.unsupported_here(child)
     names = [fs.name for fs in file_systems]

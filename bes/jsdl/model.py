@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from bes.vm.spec import VirtualMachine
+
 
 class CreationFlag(StrEnum):
     """What to do when a staged file already exists (JSDL §6.5.3)."""
@@ -295,6 +297,7 @@ class Application:
     posix: POSIXApplication | None = None
     hpc_profile: HPCProfileApplication | None = None
     spmd: SPMDApplication | None = None
+    virtual_machine: VirtualMachine | None = None  # our extension, urn:bes-grid:vm:1.0
 
     @property
     def executable_part(self) -> ApplicationKind | None:
@@ -353,6 +356,7 @@ class Resources:
     total_virtual_memory_bytes: RangeValue | None = None
     total_disk_space_bytes: RangeValue | None = None
     total_resource_count: RangeValue | None = None
+    virtual_machine: VirtualMachine | None = None  # our extension, urn:bes-grid:vm:1.0
 
 
 # --------------------------------------------------------------------------- data staging
@@ -406,6 +410,13 @@ class JobDescription:
     application: Application | None = None
     resources: Resources | None = None
     data_staging: tuple[DataStaging, ...] = ()
+
+    @property
+    def virtual_machine(self) -> VirtualMachine | None:
+        """The VM the job asks for, in Application or in Resources (never both)."""
+        if self.application is not None and self.application.virtual_machine is not None:
+            return self.application.virtual_machine
+        return self.resources.virtual_machine if self.resources is not None else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

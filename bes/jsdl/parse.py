@@ -21,6 +21,7 @@ from bes.jsdl import schema
 from bes.jsdl._application import parse_application
 from bes.jsdl._resources import parse_resources
 from bes.jsdl._values import Context, boolean, children, text, token
+from bes.jsdl._vm import VIRTUAL_MACHINE
 from bes.jsdl.model import (
     CreationFlag,
     Credential,
@@ -74,6 +75,7 @@ def parse_job_definition(element: etree._Element, *, validated: bool = False) ->
     ctx = Context()
     job = _job_definition(element, ctx)
     _check_file_system_references(job, element, ctx)
+    _check_one_virtual_machine(element, ctx)
     if ctx.problems:
         raise JsdlError(
             "; ".join(f"{schema.element_path(e)}: {msg}" for e, msg in ctx.problems),
@@ -204,6 +206,12 @@ def _credential(element: etree._Element, ctx: Context) -> Credential:
         else:
             ctx.unsupported_here(child)
     return Credential(username_token=token_value)
+
+
+def _check_one_virtual_machine(element: etree._Element, ctx: Context) -> None:
+    machines = list(element.iter(VIRTUAL_MACHINE))
+    for extra in machines[1:]:
+        ctx.problem(extra, "a job runs in one virtual machine; this is a second VirtualMachine")
 
 
 def _check_file_system_references(

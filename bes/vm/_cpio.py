@@ -5,14 +5,13 @@ from __future__ import annotations
 import gzip
 import stat
 from pathlib import Path
-from typing import BinaryIO
 
 
 class InitramfsWriter:
     """Writes directories, files and symlinks; close() adds the trailer."""
 
     def __init__(self, path: Path) -> None:
-        self._file: BinaryIO = gzip.open(path, "wb", compresslevel=6)  # noqa: SIM115 - closed in close()
+        self._file = gzip.GzipFile(path, "wb", compresslevel=6, mtime=0)
         self._inode = 1
 
     def directory(self, name: str, mode: int = 0o755) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from bes.errors import UnsupportedFeature
 
-DEFAULT_WORKING_DIRECTORY = "/var/tmp/bes-job"
+DEFAULT_WORKING_DIRECTORY = "/var/tmp/bes-job"  # noqa: S108 - a path in the guest
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -165,7 +165,8 @@ finish() {{
 
 OUT=$(find_disk {output_marker}) || {{ echo "bes: no output disk" >&2; finish; }}
 WORK={workdir}
-{scratch}mkdir -p "$WORK" && cd "$WORK" || {{ echo "bes: cannot use working directory $WORK" >&2; finish; }}
+{scratch}mkdir -p "$WORK" && cd "$WORK" ||
+    {{ echo "bes: cannot use working directory $WORK" >&2; finish; }}
 I=/run/bes-input
 if IN=$(find_disk {input_marker}); then
     mkdir -p "$I" && (cd "$I" && tar -xf "$IN")

@@ -86,7 +86,7 @@ def run_vm_job(
         vm = driver.create(spec, workdir)
         started = clock()
         driver.start(vm)
-        state, reason = _watch(job, driver, vm, cancelled, clock, poll_s)
+        state, reason = _watch(job, driver, vm, cancelled=cancelled, clock=clock, poll_s=poll_s)
         vm_seconds = round(clock() - started, 3)
         console = _console_tail(workdir)
         if reason:
@@ -142,6 +142,7 @@ def _watch(
     job: VmJob,
     driver: HypervisorDriver,
     vm: VmHandle,
+    *,
     cancelled: Callable[[], bool],
     clock: Callable[[], float],
     poll_s: float,
@@ -155,7 +156,9 @@ def _watch(
             driver.stop(vm, grace_s=0)
             return VmState.STOPPED, "cancelled"
         if clock() >= deadline:
-            log.info("VM %s exceeded its wall-time limit of %s s; killing it", vm.name, job.wall_time_s)
+            log.info(
+                "VM %s exceeded its wall-time limit of %s s; killing it", vm.name, job.wall_time_s
+            )
             driver.stop(vm, grace_s=0)
             return VmState.STOPPED, f"wall-time limit of {job.wall_time_s:g} s exceeded"
         time.sleep(poll_s)

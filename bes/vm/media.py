@@ -57,7 +57,7 @@ def write_input_disk(
         modes = []
         for context in files:
             relative = safe_relative(context.path.lstrip("/"))
-            _add_bytes(archive, f"context/{relative}", context.content, 0o600)
+            _add_bytes(archive, f"context/{relative}", context.content.encode(), 0o600)
             modes.append(f"{context.mode:o} /{relative}\n")
         if modes:
             _add_bytes(archive, "modes", "".join(modes).encode(), 0o644)

@@ -72,11 +72,11 @@ class ContextFile:
     """A file the guest gets before the job runs (absolute path in the guest)."""
 
     path: str
-    content: bytes
+    content: str
     mode: int = 0o644
 
     def __repr__(self) -> str:
-        return f"ContextFile({self.path!r}, {len(self.content)} bytes, mode={self.mode:o})"
+        return f"ContextFile({self.path!r}, {len(self.content)} characters, mode={self.mode:o})"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from bes.errors import HypervisorError
-from bes.vm.spec import VM_NAME_PREFIX, Hypervisor, VmSpec
+from bes.vm.spec import VM_NAME_PREFIX, Hypervisor, ImageFormat, VmSpec
 
 LOCK_FILE = ".owner"
 
@@ -65,6 +65,8 @@ class VmHandle:
 class HypervisorDriver(ABC):
     hypervisor: ClassVar[Hypervisor]
     capabilities: ClassVar[frozenset[Capability]]
+    # Disk formats it boots, preferred first; others are converted (qemu-img) beforehand.
+    disk_formats: ClassVar[tuple[ImageFormat, ...]] = tuple(ImageFormat)
 
     def __init__(self, root: Path) -> None:
         self.root = root

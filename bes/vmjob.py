@@ -1,0 +1,169 @@
+"""From a JSDL job definition to a VM job: what runs in the guest, in which VM, with what.
+
+The POSIXApplication (or HPCProfileApplication) says what runs; the vm:VirtualMachine
+extension says in which VM. A document without the extension runs in the default VM
+(``VmDefaults``), sized from its Resources (IndividualPhysicalMemory, IndividualCPUCount)
+when it gives them. Inputs are the DataStaging files with a Source, which the caller has
+already fetched to local paths; outputs are those with a Target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bes.errors import UnsupportedFeature
+from bes.jsdl.model import JobDefinition, Limits, RangeValue
+from bes.vm.guest import GuestLimits, GuestTask
+from bes.vm.job import VmJob
+from bes.vm.repository import ImageRepository
+from bes.vm.spec import ImageFormat, ImageRef, VirtualMachine
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class VmDefaults:
+    """The VM of a job that names none, and the values a VirtualMachine leaves out."""
+
+    template: str = "tiny"
+    memory_mib: int = 256
+    vcpus: int = 1
+    wall_time_s: int = 3600
+    os_type: str = "Linux_64"
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    file_name: str
+    uri: str
+
+
+def staged_inputs(job: JobDefinition) -> list[StagedFile]:
+    return [
+        StagedFile(staging.file_name, staging.source)
+        for staging in job.job_description.data_staging
+        if staging.source is not None
+    ]
+
+
+def staged_outputs(job: JobDefinition) -> list[StagedFile]:
+    return [
+        StagedFile(staging.file_name, staging.target)
+        for staging in job.job_description.data_staging
+        if staging.target is not None
+    ]
+
+
+def guest_task(job: JobDefinition) -> GuestTask:
+    """What runs inside the guest, from the application element."""
+    application = job.job_description.application
+    outputs = tuple(dict.fromkeys(staged.file_name for staged in staged_outputs(job)))
+    if application is not None and application.posix is not None:
+        posix = application.posix
+        if posix.executable is None:
+            raise UnsupportedFeature(["POSIXApplication without an Executable"])
+        if posix.user_name or posix.group_name:
+            raise UnsupportedFeature(["POSIXApplication UserName/GroupName in a VM"])
+        return GuestTask(
+            executable=posix.executable.path,
+            arguments=tuple(argument.value for argument in posix.argument),
+            environment=tuple((env.name, env.value) for env in posix.environment),
+            working_directory=posix.working_directory.path if posix.working_directory else None,
+            stdin=posix.input.path if posix.input else None,
+            stdout=posix.output.path if posix.output else None,
+            stderr=posix.error.path if posix.error else None,
+            outputs=outputs,
+            limits=_limits(posix.limits),
+        )
+    if application is not None and application.hpc_profile is not None:
+        hpc = application.hpc_profile
+        if hpc.executable is None:
+            raise UnsupportedFeature(["HPCProfileApplication without an Executable"])
+        return GuestTask(
+            executable=hpc.executable,
+            arguments=hpc.argument,
+            environment=tuple((env.name, env.value) for env in hpc.environment),
+            working_directory=hpc.working_directory,
+            stdin=hpc.input,
+            stdout=hpc.output,
+            stderr=hpc.error,
+            outputs=outputs,
+        )
+    if application is not None and application.spmd is not None:
+        raise UnsupportedFeature(["SPMDApplication (parallel jobs) in a VM"])
+    raise UnsupportedFeature(["a job without a POSIXApplication or HPCProfileApplication"])
+
+
+def virtual_machine(job: JobDefinition, defaults: VmDefaults) -> VirtualMachine:
+    """The job's VM description, or the default VM sized from its Resources."""
+    requested = job.job_description.virtual_machine
+    if requested is not None:
+        return requested
+    resources = job.job_description.resources
+    memory = vcpus = None
+    if resources is not None:
+        memory = _at_least(resources.individual_physical_memory_bytes, _MIB)
+        vcpus = _at_least(resources.individual_cpu_count, 1)
+    return VirtualMachine(
+        image=ImageRef(template=defaults.template), memory_mib=memory, vcpus=vcpus
+    )
+
+
+def plan(
+    job: JobDefinition,
+    job_id: str,
+    *,
+    repository: ImageRepository,
+    inputs: Mapping[str, Path],
+    formats: tuple[ImageFormat, ...] = tuple(ImageFormat),
+    defaults: VmDefaults | None = None,
+) -> VmJob:
+    """The VM job for ``job``: image fetched, verified and in one of ``formats``."""
+    defaults = defaults or VmDefaults()
+    machine = virtual_machine(job, defaults)
+    task = guest_task(job)
+    boot, template = repository.resolve(machine.image, formats)
+    minimum = template.min_memory_mib if template is not None else 0
+    wall_time = machine.wall_time_s or defaults.wall_time_s
+    application = job.job_description.application
+    posix = application.posix if application is not None else None
+    if posix is not None and posix.limits.wall_time_limit_s is not None:
+        wall_time = min(wall_time, posix.limits.wall_time_limit_s)
+    vm_job = VmJob(
+        job_id=job_id,
+        boot=boot,
+        task=task,
+        wall_time_s=wall_time,
+        inputs=dict(inputs),
+        files=machine.files,
+        memory_mib=max(machine.memory_mib or defaults.memory_mib, minimum),
+        vcpus=machine.vcpus or defaults.vcpus,
+        os_type=machine.os_type or (template.os_type if template is not None else defaults.os_type),
+        network=machine.network,
+        scratch_disk_mib=machine.scratch_disk_mib,
+        user_data=machine.user_data,
+    )
+    return vm_job
+
+
+def _limits(limits: Limits) -> GuestLimits:
+    def kib(value: int | None) -> int | None:
+        return None if value is None else max(1, value // 1024)
+
+    return GuestLimits(
+        cpu_time_s=limits.cpu_time_limit_s,
+        open_files=limits.open_descriptors_limit,
+        virtual_memory_kib=kib(limits.virtual_memory_limit_bytes),
+        stack_kib=kib(limits.stack_size_limit_bytes),
+        core_file_kib=kib(limits.core_dump_limit_bytes),
+    )
+
+
+def _at_least(value: RangeValue | None, unit: int) -> int | None:
+    lowest = value.lowest() if value is not None else None
+    if lowest is None or lowest <= 0:
+        return None
+    return max(1, math.ceil(lowest / unit))
