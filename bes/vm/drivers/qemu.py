@@ -141,6 +141,12 @@ class QemuDriver(HypervisorDriver):
         argv = (vm.workdir / _ARGV_FILE).read_text().split("\0")
         process = self._runner.spawn(argv, stdout=vm.workdir / "qemu.log", cwd=vm.workdir)
         self._processes[vm.name] = process
+        # Until QEMU has written its pid file, a crash of ours would leave it unfindable.
+        deadline = self._clock() + 10.0
+        while not (vm.workdir / _PID_FILE).exists() and process.poll() is None:
+            if self._clock() >= deadline:
+                break
+            time.sleep(0.01)
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, process.pid, 10)  # volunteers' own work comes first
 
@@ -213,15 +219,16 @@ class QemuDriver(HypervisorDriver):
         process = self._processes.get(vm.name)
         if process is not None:
             return process.pid if process.poll() is None else None
+        marker = f"guest={vm.name},".encode()
         try:
             pid = int((vm.workdir / _PID_FILE).read_text().strip())
         except (OSError, ValueError):
-            return None
+            return _find_process(marker, str(vm.workdir).encode())
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return None
-        return pid if f"guest={vm.name}".encode() in cmdline else None
+        return pid if marker in cmdline else None
 
     def _alive(self, vm: VmHandle) -> bool:
         return self._pid(vm) is not None
@@ -335,6 +342,20 @@ def free_port(address: str) -> int:
 def _escape(path: Path) -> str:
     """QEMU option values escape a comma by doubling it."""
     return str(path).replace(",", ",,")
+
+
+def _find_process(*parts: bytes) -> int | None:
+    """A live process whose command line holds every one of ``parts``."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if all(part in cmdline for part in parts):
+            return int(proc.name)
+    return None
 
 
 def _remove_tree(path: Path) -> None:
