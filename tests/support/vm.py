@@ -65,9 +65,11 @@ def qemu_driver(root: Path) -> QemuDriver:
 def cloud_init_python() -> str:
     """Debian's python3 with Debian's cloud-init importable."""
     python = "/usr/bin/python3"
-    probe = subprocess.run(
-        [python, "-c", "import cloudinit"], capture_output=True, check=False
-    ) if Path(python).exists() else None
+    probe = (
+        subprocess.run([python, "-c", "import cloudinit"], capture_output=True, check=False)
+        if Path(python).exists()
+        else None
+    )
     if probe is None or probe.returncode != 0:
         message = "Debian's cloud-init is not installed (apt-get install cloud-init)"
         if os.environ.get("BES_REQUIRE_VM") == "1":
