@@ -156,10 +156,11 @@ class QemuDriver(HypervisorDriver):
             code = process.poll()
             if code is not None:
                 return VmState.STOPPED if code == 0 else VmState.CRASHED
-        elif not vm.workdir.exists():
+        elif not (vm.workdir / _ARGV_FILE).exists():
             return VmState.MISSING
         elif self._pid(vm) is None:
-            return VmState.STOPPED if (vm.workdir / _ARGV_FILE).exists() else VmState.MISSING
+            started = (vm.workdir / _PID_FILE).exists() or (vm.workdir / "qemu.log").exists()
+            return VmState.STOPPED if started else VmState.CREATED
         try:
             status = _qmp.execute(self._socket_path(vm), "query-status")
         except HypervisorError:

@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bes.errors import HypervisorError, HypervisorUnavailable
 from bes.vm.drivers.base import Capability, HostInfo, HypervisorDriver, VmHandle, VmState
@@ -30,6 +31,7 @@ SERVER_EXEC_FAILURE = "0x80080005"  # CO_E_SERVER_EXEC_FAILURE: VBoxSVC unreacha
 _TRANSIENT = {SESSION_LOCKED, SERVER_EXEC_FAILURE}
 _HRESULT = re.compile(r"\((0x[0-9a-fA-F]{8})\)")
 _CONTROLLER = "SATA"
+_STARTED = ".started"
 _STATES = {
     "running": VmState.RUNNING,
     "starting": VmState.RUNNING,
@@ -53,17 +55,20 @@ def hresult(result: CommandResult) -> str | None:
     return match.group(1).lower() if match else None
 
 
-def vbox_runner(root: Path, **kwargs: object) -> CommandRunner:
-    """A runner with the driver's own VirtualBox registry and vboxwrapper's retry rules."""
+def vbox_runner_settings(root: Path) -> dict[str, Any]:
+    """CommandRunner arguments: the driver's own VirtualBox registry, vboxwrapper's retries."""
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return CommandRunner(
-        env={"VBOX_USER_HOME": str(root / "VirtualBox")},
-        trace_path=root / "vbox_trace.txt",
-        replay_path=root / "vbox_replay.txt",
-        transient=lambda result: hresult(result) in _TRANSIENT,
-        error_code=hresult,
-        **kwargs,  # type: ignore[arg-type]
-    )
+    return {
+        "env": {"VBOX_USER_HOME": str(root / "VirtualBox")},
+        "trace_path": root / "vbox_trace.txt",
+        "replay_path": root / "vbox_replay.txt",
+        "transient": lambda result: hresult(result) in _TRANSIENT,
+        "error_code": hresult,
+    }
+
+
+def vbox_runner(root: Path) -> CommandRunner:
+    return CommandRunner(**vbox_runner_settings(root))
 
 
 def parse_machinereadable(text: str) -> dict[str, str]:
@@ -133,6 +138,8 @@ class VirtualBoxDriver(HypervisorDriver):
                 f"VM {spec.name}: VirtualBox's NAT cannot forward ports while blocking outbound "
                 "traffic; allow outbound access or use QEMU"
             )
+        if self._version is None:
+            self.probe()  # the option spellings depend on the version
         vm = self._claim(spec.name, workdir)
         try:
             self._define(spec, workdir)
@@ -274,6 +281,7 @@ class VirtualBoxDriver(HypervisorDriver):
         )
 
     def start(self, vm: VmHandle) -> None:
+        (vm.workdir / _STARTED).touch()
         self._vbm("startvm", vm.name, "--type", "headless")
 
     def state(self, vm: VmHandle) -> VmState:
@@ -288,7 +296,12 @@ class VirtualBoxDriver(HypervisorDriver):
                 code=hresult(result),
                 stderr_tail=result.output[-500:],
             )
-        return _STATES.get(parse_machinereadable(result.stdout).get("VMState", ""), VmState.CREATED)
+        state = _STATES.get(
+            parse_machinereadable(result.stdout).get("VMState", ""), VmState.CREATED
+        )
+        if state is VmState.STOPPED and not (vm.workdir / _STARTED).exists():
+            return VmState.CREATED  # VirtualBox calls a VM that never ran "poweroff"
+        return state
 
     def stop(self, vm: VmHandle, *, grace_s: float) -> None:
         if self.state(vm) not in (VmState.RUNNING, VmState.PAUSED):
