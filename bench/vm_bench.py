@@ -35,7 +35,7 @@ from bes.vm.images import ImageCache, file_sha256
 from bes.vm.job import run_vm_job
 from bes.vm.repository import ImageRepository
 from bes.vm.runner import CommandRunner
-from bes.vm.spec import ImageFormat
+from bes.vm.spec import ImageFormat, ImageRef
 from bes.vmjob import plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,9 +123,7 @@ def main() -> None:
 
     repository = ImageRepository(ImageCache(args.cache_dir / "images"))
     started = time.perf_counter()
-    repository.resolve(load_job_definition(
-        (ROOT / "examples" / "hello-vm.jsdl").read_bytes()
-    ).job_description.virtual_machine.image)  # type: ignore[union-attr]
+    repository.resolve(ImageRef(template="tiny"))
     prepare = time.perf_counter() - started
 
     verdict = kvm.probe(CommandRunner())
@@ -146,8 +144,10 @@ def main() -> None:
         f"            ratio {copy / statistics.median(overlays):.0f}x"
     )
     first, second = second_job_bytes()
-    print(f"\nbytes fetched: first job {first:,}; second job with the same image {second:,}"
-          " (target 0)")
+    print(
+        f"\nbytes fetched: first job {first:,}; second job with the same image {second:,}"
+        " (target 0)"
+    )
 
 
 if __name__ == "__main__":

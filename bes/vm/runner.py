@@ -23,6 +23,7 @@ from bes.errors import HypervisorError
 log = logging.getLogger(__name__)
 
 _TAIL_CHARS = 2000
+_ROTATE_BYTES = 10 * 1024 * 1024  # a long-lived node keeps one previous file of each
 
 
 @dataclass(frozen=True)
@@ -180,14 +181,26 @@ class CommandRunner:
     def _record_line(self, text: str) -> None:
         if self._trace_path is None:
             return
-        with self._lock, self._trace_path.open("a", encoding="utf-8") as trace:
-            trace.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
+        with self._lock:
+            _rotate(self._trace_path)
+            with self._trace_path.open("a", encoding="utf-8") as trace:
+                trace.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n")
 
     def _replay(self, argv: Sequence[str]) -> None:
         if self._replay_path is None:
             return
-        with self._lock, self._replay_path.open("a", encoding="utf-8") as replay:
-            replay.write(shlex.join(argv) + "\n")
+        with self._lock:
+            _rotate(self._replay_path)
+            with self._replay_path.open("a", encoding="utf-8") as replay:
+                replay.write(shlex.join(argv) + "\n")
+
+
+def _rotate(path: Path) -> None:
+    try:
+        if path.stat().st_size > _ROTATE_BYTES:
+            path.replace(path.with_name(path.name + ".1"))
+    except OSError:
+        pass
 
 
 def _text(data: bytes | str | None) -> str:
