@@ -7,6 +7,7 @@ Routes::
     POST /bes/draft-2007            the same for clients of the May 2007 BES draft
     GET  /bes?wsdl                  the service WSDL
     GET  /bes/schemas/<file>        the XSD and WSDL files it imports
+    GET  /bes/images                the template image catalog (JSON)
     GET  /healthz                   liveness and database check
 
 Request bodies over the configured limit are refused before parsing, with a SOAP fault.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -34,6 +36,8 @@ from bes.factory import Factory
 from bes.identity import AnonymousPolicy, IdentityPolicy, Transport
 from bes.schemas import schema_file
 from bes.soap import CLIENT, SoapFault, render_fault
+from bes.vm.images import ImageError
+from bes.vm.repository import CATALOG_FILE, TINY, TINY_TEMPLATE, Catalog
 from bes.wire import ACTIVITY_PATH, DRAFT_2007, FINAL, Dialect, ResourceDescription
 from bes.wsdl import SCHEMA_PATH, service_wsdl
 
@@ -140,6 +144,8 @@ class BesApp:
                 )
         elif path.startswith(SCHEMA_PATH) and method in ("GET", "HEAD"):
             await self._schema(path[len(SCHEMA_PATH) :], send)
+        elif path == "/bes/images" and method in ("GET", "HEAD"):
+            await self._images(send)
         elif path == "/healthz" and method in ("GET", "HEAD"):
             await self._health(send)
         else:
@@ -180,6 +186,19 @@ class BesApp:
             await _respond(send, 404, b"no such schema\n", _TEXT)
             return
         await _respond(send, 200, data, _XML)
+
+    async def _images(self, send: Send) -> None:
+        """The site's templates (``<data-dir>/templates.json``) and the built-in tiny."""
+        try:
+            catalog = await asyncio.to_thread(Catalog.load, self.config.data_dir / CATALOG_FILE)
+        except ImageError as exc:
+            log.error("%s", exc)
+            await _respond(send, 503, b"the image catalog is unreadable; see the log\n", _TEXT)
+            return
+        if catalog.get(TINY) is None:
+            catalog.add(TINY_TEMPLATE)
+        body = json.dumps(catalog.to_json(), indent=1).encode() + b"\n"
+        await _respond(send, 200, body, b"application/json")
 
     async def _health(self, send: Send) -> None:
         activities = self.activities

@@ -18,6 +18,7 @@ from bes.errors import UnsupportedFeature
 from bes.jsdl.model import JobDefinition, Limits, RangeValue
 from bes.vm.guest import GuestLimits, GuestTask
 from bes.vm.job import VmJob
+from bes.vm.media import UnsafePath, safe_relative
 from bes.vm.repository import ImageRepository
 from bes.vm.spec import ImageFormat, ImageRef, VirtualMachine
 
@@ -60,7 +61,14 @@ def staged_outputs(job: JobDefinition) -> list[StagedFile]:
 def guest_task(job: JobDefinition) -> GuestTask:
     """What runs inside the guest, from the application element."""
     application = job.job_description.application
-    outputs = tuple(dict.fromkeys(staged.file_name for staged in staged_outputs(job)))
+    try:
+        outputs = tuple(
+            dict.fromkeys(safe_relative(staged.file_name) for staged in staged_outputs(job))
+        )
+    except UnsafePath as exc:
+        raise UnsupportedFeature(
+            [f"DataStaging FileName outside the job directory: {exc}"]
+        ) from exc
     if application is not None and application.posix is not None:
         posix = application.posix
         if posix.executable is None:

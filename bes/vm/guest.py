@@ -89,9 +89,8 @@ def user_data(task: GuestTask, instance_id: str, *, scratch_disk: bool = False) 
         )
         if value is not None
     )
-    stdin = f"$WORK/{q(task.stdin)}" if task.stdin else "/dev/null"
     copies = "".join(
-        f'cp "$R/{stream}" "$WORK"/{q(name)} 2>/dev/null\n'
+        f'cp "$R/{stream}" {_in_workdir(name)} 2>/dev/null\n'
         for stream, name in (("stdout", task.stdout), ("stderr", task.stderr))
         if name
     )
@@ -108,10 +107,15 @@ def user_data(task: GuestTask, instance_id: str, *, scratch_disk: bool = False) 
         exports=exports,
         limits=limits,
         command=command,
-        stdin=stdin,
+        stdin=_in_workdir(task.stdin) if task.stdin else "/dev/null",
         copies=copies,
         outputs=outputs,
     )
+
+
+def _in_workdir(name: str) -> str:
+    """A shell word for a file name: absolute as given, relative to the working directory."""
+    return shlex.quote(name) if name.startswith("/") else f'"$WORK"/{shlex.quote(name)}'
 
 
 _SCRATCH = """\

@@ -17,7 +17,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
 
-from bes.errors import BesError, HypervisorError
+from bes.errors import HypervisorError, UnsupportedFeature
 from bes.vm import guest, media, seed
 from bes.vm.drivers.base import HypervisorDriver, VmHandle, VmState
 from bes.vm.spec import ContextFile, Disk, ImageFormat, KernelBoot, Network, VmSpec, vm_name
@@ -107,7 +107,9 @@ def run_vm_job(
 
 def _prepare(job: VmJob, name: str, workdir: Path) -> VmSpec:
     if job.user_data and not job.boot.runs_cloud_config:
-        raise BesError("this image runs shell-script user-data only, not extra user-data")
+        raise UnsupportedFeature(
+            ["vm:Contextualization/vm:UserData for an image without cloud-init (e.g. tiny)"]
+        )
     script = guest.user_data(job.task, job.job_id, scratch_disk=job.scratch_disk_mib is not None)
     seed.write_seed(
         workdir / "seed.iso",

@@ -23,6 +23,10 @@ class GuestResultsMissing(BesError):
     """The guest wrote no results on its output disk."""
 
 
+class UnsafePath(BesError):
+    """A file name that would leave the job's directory."""
+
+
 @dataclass(frozen=True)
 class GuestResults:
     exit_code: int
@@ -34,10 +38,10 @@ class GuestResults:
 
 
 def safe_relative(name: str) -> str:
-    """A relative path inside the job's directory, or ValueError."""
+    """A relative path inside the job's directory, or UnsafePath."""
     normal = posixpath.normpath(name)
     if not name or posixpath.isabs(name) or normal == ".." or normal.startswith("../"):
-        raise ValueError(f"{name!r} is not a path inside the job's directory")
+        raise UnsafePath(f"{name!r} is not a path inside the job's directory")
     return normal
 
 
@@ -111,7 +115,7 @@ def _extract(archive: tarfile.TarFile, dest: Path) -> None:
     for member in archive:
         try:
             relative = safe_relative(member.name)
-        except ValueError:
+        except UnsafePath:
             continue
         if relative == ".":
             continue

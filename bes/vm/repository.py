@@ -29,7 +29,8 @@ from bes.vm.spec import Disk, ImageFormat, ImageRef, KernelBoot
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
-_LOCAL_CATALOG = "templates.json"
+CATALOG_FILE = "templates.json"  # a site's catalog in the data directory; a node's in its cache
+_LOCAL_CATALOG = CATALOG_FILE
 
 
 class UnknownTemplate(BesError):
@@ -97,6 +98,15 @@ class Catalog:
 
     def to_json(self) -> dict[str, Any]:
         return {"templates": [self._templates[name].to_json() for name in self.names()]}
+
+
+TINY_TEMPLATE = Template(
+    TINY,
+    "Debian kernel and busybox; runs shell-script user-data; built on each node on first use "
+    "from Debian packages",
+    min_memory_mib=128,
+    runs_cloud_config=False,
+)
 
 
 class ImageRepository:

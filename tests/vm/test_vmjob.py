@@ -9,10 +9,12 @@ import pytest
 
 from bes.errors import UnsupportedFeature
 from bes.jsdl import load_job_definition
+from bes.vm.drivers.qemu import QemuDriver
 from bes.vm.guest import GuestLimits, GuestTask
 from bes.vm.images import ImageCache
+from bes.vm.job import BootImage, VmJob, run_vm_job
 from bes.vm.repository import ImageRepository
-from bes.vm.spec import ImageRef
+from bes.vm.spec import ImageRef, KernelBoot
 from bes.vmjob import VmDefaults, guest_task, plan, virtual_machine
 
 NS = (
@@ -157,3 +159,28 @@ def test_plan_takes_the_smaller_wall_time_and_the_template_minimum_memory(tmp_pa
     assert vm_job.memory_mib == 256
     assert vm_job.boot.disk is not None
     assert vm_job.boot.disk.path == repository.cache.path(sha)
+
+
+def test_an_output_outside_the_job_directory_is_refused() -> None:
+    job = load_job_definition(
+        doc(
+            """<jsdl:Application><posix:POSIXApplication>
+              <posix:Executable>/bin/true</posix:Executable></posix:POSIXApplication>
+            </jsdl:Application>
+            <jsdl:DataStaging><jsdl:FileName>../../etc/shadow</jsdl:FileName>
+              <jsdl:CreationFlag>overwrite</jsdl:CreationFlag>
+              <jsdl:Target><jsdl:URI>http://x.example.org/loot</jsdl:URI></jsdl:Target>
+            </jsdl:DataStaging>"""
+        )
+    )
+    with pytest.raises(UnsupportedFeature, match="outside the job directory"):
+        guest_task(job)
+
+
+def test_extra_user_data_needs_an_image_with_cloud_init(tmp_path: Path) -> None:
+    boot = BootImage(kernel=KernelBoot(tmp_path / "k", None, ""), runs_cloud_config=False)
+    job = VmJob("C" * 24, boot, GuestTask("/bin/true"), 60, user_data="#cloud-config\n{}\n")
+    driver = QemuDriver(tmp_path / "vms", accelerator="tcg")
+    with pytest.raises(UnsupportedFeature, match="without cloud-init"):
+        run_vm_job(job, driver, tmp_path / "results")
+    assert list((tmp_path / "vms").iterdir()) == []
