@@ -40,6 +40,8 @@ class ActivityRecord:
     cancel_requested: bool
     created_at: dt.datetime
     changed_at: dt.datetime
+    outputs: bool = False
+    """The service keeps files this activity produced (retrievable under its URL)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +64,8 @@ class Transition:
     Attributes:
         expect_backend_job_id: Apply only while the activity still has this backend job
             (guards against late reports about an earlier attempt).
+        outputs: The backend kept files of the activity for its owner (set with the terminal
+            state).
     """
 
     id: ActivityId
@@ -71,6 +75,7 @@ class Transition:
     exit_code: int | None = None
     at: dt.datetime
     expect_backend_job_id: BackendJobId | None = None
+    outputs: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +100,7 @@ _RECORD_COLUMNS: Final = (
     activity.c.cancel_requested,
     activity.c.created_at,
     activity.c.changed_at,
+    activity.c.outputs,
 )
 
 
@@ -113,7 +119,8 @@ def _record(row: Sequence[Any]) -> ActivityRecord:
         cancel_requested,
         created_at,
         changed_at,
-    ) = row[:12]
+        outputs,
+    ) = row[:13]
     return ActivityRecord(
         id=ActivityId(id_),
         owner=owner,
@@ -127,6 +134,7 @@ def _record(row: Sequence[Any]) -> ActivityRecord:
         cancel_requested=bool(cancel_requested),
         created_at=from_db_time(created_at),
         changed_at=from_db_time(changed_at),
+        outputs=bool(outputs),
     )
 
 
@@ -245,6 +253,8 @@ def apply_transitions(conn: Connection, items: Sequence[Transition]) -> list[Tra
         }
         if t.exit_code is not None:
             values["exit_code"] = t.exit_code
+        if t.outputs:
+            values["outputs"] = True
         if t.state.terminal:
             values.update(dispatch_owner=None, dispatch_until=None)
         updated = conn.execute(update(activity).where(and_(*where)).values(values)).rowcount
@@ -385,7 +395,7 @@ def get_documents(
     out: dict[ActivityId, tuple[ActivityRecord, str]] = {}
     for row in _fetch_by_ids(conn, _DOCUMENTS_BY_IDS, ids):
         record = _record(row)
-        out[record.id] = (record, row[12])
+        out[record.id] = (record, row[13])
     return out
 
 

@@ -17,6 +17,23 @@ from sqlalchemy import Connection
 from sqlalchemy.sql import ClauseElement
 
 
+class _Compiled:
+    """A statement's SQL for one dialect and how to lay out its parameters."""
+
+    __slots__ = ("defaults", "keys", "sql")
+
+    def __init__(self, sql: str, keys: tuple[str, ...] | None, defaults: dict[str, Any]) -> None:
+        self.sql = sql
+        self.keys = keys
+        self.defaults = defaults
+
+    def params(self, row: Mapping[str, Any]) -> Any:
+        if self.keys is None:
+            return {**self.defaults, **row}
+        defaults = self.defaults
+        return tuple(row[k] if k in row else defaults[k] for k in self.keys)
+
+
 class Prepared:
     """A statement compiled per dialect on first use.
 
@@ -28,38 +45,41 @@ class Prepared:
     def __init__(self, statement: ClauseElement, *, column_keys: Sequence[str] | None = None):
         self._statement = statement
         self._column_keys = list(column_keys) if column_keys is not None else None
-        self._by_dialect: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+        self._by_dialect: dict[str, _Compiled] = {}
 
-    def _compiled(self, conn: Connection) -> tuple[str, tuple[str, ...] | None]:
+    def _compiled(self, conn: Connection) -> _Compiled:
         name = conn.dialect.name
         found = self._by_dialect.get(name)
         if found is None:
             compiled = self._statement.compile(dialect=conn.dialect, column_keys=self._column_keys)
             positions = getattr(compiled, "positiontup", None)  # None for named paramstyles
-            found = (compiled.string, tuple(positions) if positions is not None else None)
+            # Values written into the statement itself (``state == 'queued'``) are anonymous
+            # bind parameters: their values come from the compiled form, rows add the rest.
+            found = _Compiled(
+                compiled.string,
+                tuple(positions) if positions is not None else None,
+                dict(compiled.params),
+            )
             self._by_dialect[name] = found
         return found
-
-    def _params(self, keys: tuple[str, ...] | None, row: Mapping[str, Any]) -> Any:
-        return tuple(row[k] for k in keys) if keys is not None else row
 
     def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run the statement once per row, in the connection's current transaction."""
         if not rows:
             return
-        sql, keys = self._compiled(conn)
+        compiled = self._compiled(conn)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.executemany(sql, [self._params(keys, r) for r in rows])
+            cursor.executemany(compiled.sql, [compiled.params(r) for r in rows])
         finally:
             cursor.close()
 
     def fetchall(self, conn: Connection, row: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run the statement once and return all result rows as tuples."""
-        sql, keys = self._compiled(conn)
+        compiled = self._compiled(conn)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.execute(sql, self._params(keys, row))
+            cursor.execute(compiled.sql, compiled.params(row))
             return list(cursor.fetchall())
         finally:
             cursor.close()

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
 metadata = MetaData(
@@ -26,6 +27,7 @@ metadata = MetaData(
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
         "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
         "pk": "pk_%(table_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
     }
 )
 
@@ -72,6 +74,7 @@ activity = Table(
     Column("backend", String(64)),
     Column("backend_job_id", String(256)),
     Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("outputs", Boolean, nullable=False, server_default=false()),
     Column("dispatch_owner", String(64)),
     Column("dispatch_until", UtcDateTime()),
     Column("created_at", UtcDateTime(), nullable=False),
@@ -106,4 +109,50 @@ setting = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+# Volunteer and worker nodes of the desktop grid. A worker authenticates with a token that an
+# administrator issued (``bes worker-token create``); only its sha256 is stored.
+worker = Table(
+    "worker",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime()),
+    Column("facts", Text),
+    Column("last_seen_at", UtcDateTime()),
+)
+
+# The desktop grid's queue: one row per job handed to the backend, leased to one worker at a
+# time. ``lease_epoch`` grows with every claim, so a report about an earlier lease never
+# matches the current one.
+grid_job = Table(
+    "grid_job",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("activity_id", String(32), nullable=False),
+    Column("job", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("substate", String(32)),
+    Column("memory_mib", Integer, nullable=False),
+    Column("vcpus", Integer, nullable=False),
+    Column("disk_mib", Integer, nullable=False),
+    Column("needs_network", Boolean, nullable=False),
+    Column("hypervisors", String(64), nullable=False),
+    Column("worker_id", String(32)),
+    Column("lease_epoch", Integer, nullable=False),
+    Column("lease_until", UtcDateTime()),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("ran", Boolean, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("exit_code", Integer),
+    Column("message", Text),
+    Column("result", Text),
+    Column("queued_at", UtcDateTime(), nullable=False),
+    Column("changed_at", UtcDateTime(), nullable=False),
+    Index(None, "state", "queued_at"),
+    Index(None, "activity_id"),
 )

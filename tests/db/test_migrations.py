@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import inspect
+from sqlalchemy import UniqueConstraint, inspect
 
 from bes.db import migrate
 from bes.db.engine import create_engines
@@ -20,8 +20,16 @@ def test_migrated_schema_matches_the_table_definitions(db: Database) -> None:
         for table in metadata.sorted_tables:
             columns = {c["name"] for c in inspector.get_columns(table.name)}
             assert columns == {c.name for c in table.columns}, table.name
-            indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+            # PostgreSQL lists the index behind each unique constraint too.
+            indexes = {
+                i["name"]
+                for i in inspector.get_indexes(table.name)
+                if not i.get("duplicates_constraint")
+            }
             assert indexes == {i.name for i in table.indexes}, table.name
+            uniques = {u["name"] for u in inspector.get_unique_constraints(table.name)}
+            declared = {c.name for c in table.constraints if isinstance(c, UniqueConstraint)}
+            assert uniques == declared, table.name
     finally:
         writer.dispose()
         reader.dispose()

@@ -1,0 +1,680 @@
+"""SQL for the desktop grid: workers, the job queue and its leases. SQLite and PostgreSQL alike.
+
+A job is ``queued`` until a worker claims it; it is then ``leased`` to that worker until
+``lease_until``, which heartbeats push forward. Every claim increments ``lease_epoch``, and
+every report names the lease it is about (job, epoch, worker): a report about a lease that
+expired or was taken over matches no row and is refused, so it can never overwrite the
+result of the job's new owner. Expired leases go back to the queue until ``max_attempts``
+claims were made, then the job fails with the reason.
+
+Hot statements (token lookup, claim, heartbeat, completion) are :class:`Prepared`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    true,
+    update,
+)
+
+from bes.db.prepared import Prepared, db_time, from_db_time
+from bes.db.tables import grid_job, worker
+from bes.ids import ActivityId, BackendJobId
+
+
+class GridState(StrEnum):
+    """States of a job in the desktop grid's queue."""
+
+    QUEUED = "queued"
+    """Waiting for a worker."""
+    LEASED = "leased"
+    """A worker has it, until its lease expires."""
+    FINISHED = "finished"
+    """The job ran and exited with status 0."""
+    FAILED = "failed"
+    """The job failed, or the grid gave up on it."""
+    CANCELLED = "cancelled"
+    """Cancelled on request."""
+
+
+TERMINAL: Final = (GridState.FINISHED, GridState.FAILED, GridState.CANCELLED)
+
+
+class LeaseAction(StrEnum):
+    """What a heartbeat tells the worker about one lease."""
+
+    CONTINUE = "continue"
+    """Keep going; the lease was renewed."""
+    CANCEL = "cancel"
+    """Stop the job: its activity is being terminated. Release the lease afterwards."""
+    LOST = "lost"
+    """The lease is not the worker's any more (expired, or the job ended): drop the job."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerRecord:
+    """A registered worker."""
+
+    id: str
+    name: str
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+    facts: dict[str, Any]
+    last_seen_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewGridJob:
+    """A job handed to the desktop grid, with what a worker needs to run it."""
+
+    id: BackendJobId
+    activity_id: ActivityId
+    job: str
+    memory_mib: int
+    vcpus: int
+    disk_mib: int
+    needs_network: bool
+    hypervisors: tuple[str, ...]
+    """Hypervisors the job may run under; empty for any."""
+    max_attempts: int
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim:
+    """One worker asking for work that fits it."""
+
+    worker_id: str
+    limit: int
+    memory_mib: int
+    vcpus: int
+    disk_mib: int
+    hypervisors: tuple[str, ...]
+    network: bool
+    now: dt.datetime
+    until: dt.datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseRef:
+    """Which lease a report is about."""
+
+    job_id: BackendJobId
+    epoch: int
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """A job leased to a worker."""
+
+    ref: LeaseRef
+    activity_id: ActivityId
+    job: str
+    attempt: int
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat:
+    """A worker renewing one lease and saying what the job is doing."""
+
+    ref: LeaseRef
+    substate: str | None
+    running: bool
+    """The substate is one of the Running state's (the job has started)."""
+    now: dt.datetime
+    until: dt.datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finish:
+    """A worker ending its lease.
+
+    Attributes:
+        state: FINISHED or FAILED (the job ran to its end), QUEUED (give it back).
+        retry: With QUEUED: the attempt counts and the job fails once none are left;
+            otherwise (a hand-back on shutdown) it does not count.
+    """
+
+    ref: LeaseRef
+    state: GridState
+    exit_code: int | None = None
+    message: str | None = None
+    result: dict[str, Any] | None = None
+    retry: bool = False
+    now: dt.datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GridJobStatus:
+    """A queue row as the backend reports it."""
+
+    id: BackendJobId
+    activity_id: ActivityId
+    state: GridState
+    substate: str | None
+    attempts: int
+    max_attempts: int
+    ran: bool
+    cancel_requested: bool
+    exit_code: int | None
+    message: str | None
+    result: dict[str, Any] | None
+    worker: str | None
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+def create_worker(
+    conn: Connection, items: Sequence[tuple[str, str, str, dt.datetime]]
+) -> list[bool]:
+    """Insert workers ``(id, name, token_hash, at)``; False where the name is taken."""
+    out = []
+    for worker_id, name, token_hash, at in items:
+        taken = conn.execute(select(worker.c.id).where(worker.c.name == name)).first()
+        if taken is not None:
+            out.append(False)
+            continue
+        conn.execute(
+            insert(worker).values(id=worker_id, name=name, token_hash=token_hash, created_at=at)
+        )
+        out.append(True)
+    return out
+
+
+def revoke_worker(conn: Connection, items: Sequence[tuple[str, dt.datetime]]) -> list[bool]:
+    """Revoke the token of each named worker; False where there is no such live worker."""
+    out = []
+    for name, at in items:
+        updated = conn.execute(
+            update(worker)
+            .where(worker.c.name == name, worker.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        ).rowcount
+        out.append(bool(updated))
+    return out
+
+
+def register_worker(
+    conn: Connection, items: Sequence[tuple[str, dict[str, Any], dt.datetime]]
+) -> list[None]:
+    """Store the host facts a worker reported ``(id, facts, at)``."""
+    for worker_id, facts, at in items:
+        conn.execute(
+            update(worker)
+            .where(worker.c.id == worker_id)
+            .values(facts=json.dumps(facts, sort_keys=True), last_seen_at=at)
+        )
+    return [None] * len(items)
+
+
+_WORKER_COLUMNS: Final = (
+    worker.c.id,
+    worker.c.name,
+    worker.c.created_at,
+    worker.c.revoked_at,
+    worker.c.facts,
+    worker.c.last_seen_at,
+)
+_WORKER_BY_TOKEN: Final = Prepared(
+    select(*_WORKER_COLUMNS).where(worker.c.token_hash == bindparam("token_hash"))
+)
+
+
+def _worker(row: Sequence[Any]) -> WorkerRecord:
+    id_, name, created_at, revoked_at, facts, last_seen_at = row
+    return WorkerRecord(
+        id=id_,
+        name=name,
+        created_at=from_db_time(created_at),
+        revoked_at=from_db_time(revoked_at) if revoked_at is not None else None,
+        facts=json.loads(facts) if facts else {},
+        last_seen_at=from_db_time(last_seen_at) if last_seen_at is not None else None,
+    )
+
+
+def worker_by_token(conn: Connection, token_hash: str) -> WorkerRecord | None:
+    """The worker holding the token with this sha256 (revoked ones too)."""
+    rows = _WORKER_BY_TOKEN.fetchall(conn, {"token_hash": token_hash})
+    return _worker(rows[0]) if rows else None
+
+
+def list_workers(conn: Connection) -> list[WorkerRecord]:
+    """Every worker, by name."""
+    return [_worker(r) for r in conn.execute(select(*_WORKER_COLUMNS).order_by(worker.c.name))]
+
+
+# ------------------------------------------------------------------------------ the queue
+
+
+def add_grid_jobs(conn: Connection, items: Sequence[NewGridJob]) -> list[None]:
+    """Queue new jobs."""
+    rows = [
+        {
+            "id": j.id,
+            "activity_id": j.activity_id,
+            "job": j.job,
+            "state": GridState.QUEUED.value,
+            "memory_mib": j.memory_mib,
+            "vcpus": j.vcpus,
+            "disk_mib": j.disk_mib,
+            "needs_network": j.needs_network,
+            "hypervisors": _hypervisor_list(j.hypervisors),
+            "lease_epoch": 0,
+            "attempts": 0,
+            "max_attempts": j.max_attempts,
+            "ran": False,
+            "cancel_requested": False,
+            "queued_at": j.at,
+            "changed_at": j.at,
+        }
+        for j in items
+    ]
+    if rows:
+        conn.execute(insert(grid_job), rows)
+    return [None] * len(items)
+
+
+def _hypervisor_list(names: Sequence[str]) -> str:
+    """``,qemu,virtualbox,`` (so that LIKE '%,qemu,%' matches one name), or '' for any."""
+    return "," + ",".join(names) + "," if names else ""
+
+
+class _ByDialect:
+    """One Prepared statement per dialect, where the SQL must differ (FOR UPDATE)."""
+
+    def __init__(self, statements: dict[str, Prepared]) -> None:
+        self._statements = statements
+
+    def fetchall(self, conn: Connection, row: dict[str, Any]) -> list[tuple[Any, ...]]:
+        statement = self._statements.get(conn.dialect.name, self._statements["sqlite"])
+        return statement.fetchall(conn, row)
+
+
+_CLAIMS: dict[tuple[str, ...], _ByDialect] = {}
+
+
+def _claim_statement(hypervisors: tuple[str, ...]) -> _ByDialect:
+    """The claim for a worker with these hypervisors, compiled once per distinct list."""
+    found = _CLAIMS.get(hypervisors)
+    if found is not None:
+        return found
+    fits = [grid_job.c.hypervisors == ""] + [
+        grid_job.c.hypervisors.like(f"%,{name},%") for name in hypervisors
+    ]
+    candidates = (
+        select(grid_job.c.id)
+        .where(
+            grid_job.c.state == GridState.QUEUED.value,
+            grid_job.c.cancel_requested.is_(False),
+            grid_job.c.memory_mib <= bindparam("memory_mib"),
+            grid_job.c.vcpus <= bindparam("vcpus"),
+            grid_job.c.disk_mib <= bindparam("disk_mib"),
+            or_(grid_job.c.needs_network.is_(False), bindparam("network") == true()),
+            or_(*fits),
+        )
+        .order_by(grid_job.c.queued_at)
+        .limit(bindparam("limit"))
+    )
+    # PostgreSQL: replicas claiming at once skip each other's rows instead of queueing on
+    # them. SQLite serializes writers (BEGIN IMMEDIATE), so the plain statement is atomic.
+    skip_locked = candidates.with_for_update(skip_locked=True)
+    statement = {
+        name: Prepared(
+            update(grid_job)
+            .where(grid_job.c.id.in_(query.scalar_subquery()))
+            .values(
+                state=GridState.LEASED.value,
+                substate=None,
+                worker_id=bindparam("worker_id"),
+                lease_epoch=grid_job.c.lease_epoch + 1,
+                lease_until=bindparam("until"),
+                attempts=grid_job.c.attempts + 1,
+                changed_at=bindparam("now"),
+            )
+            .returning(
+                grid_job.c.id,
+                grid_job.c.activity_id,
+                grid_job.c.job,
+                grid_job.c.lease_epoch,
+                grid_job.c.attempts,
+                grid_job.c.max_attempts,
+            )
+        )
+        for name, query in (("sqlite", candidates), ("postgresql", skip_locked))
+    }
+    prepared = _ByDialect(statement)
+    _CLAIMS[hypervisors] = prepared
+    return prepared
+
+
+def claim_grid_jobs(conn: Connection, items: Sequence[Claim]) -> list[list[Lease]]:
+    """Lease queued jobs that fit each claiming worker: one ``UPDATE ... RETURNING`` each,
+    so no job is ever leased to two workers."""
+    out = []
+    for c in items:
+        rows = _claim_statement(tuple(sorted(c.hypervisors))).fetchall(
+            conn,
+            {
+                "memory_mib": c.memory_mib,
+                "vcpus": c.vcpus,
+                "disk_mib": c.disk_mib,
+                "network": c.network,
+                "limit": c.limit,
+                "worker_id": c.worker_id,
+                "until": db_time(conn, c.until),
+                "now": db_time(conn, c.now),
+            },
+        )
+        out.append(
+            [
+                Lease(
+                    ref=LeaseRef(job_id=BackendJobId(r[0]), epoch=r[3], worker_id=c.worker_id),
+                    activity_id=ActivityId(r[1]),
+                    job=r[2],
+                    attempt=r[4],
+                    max_attempts=r[5],
+                )
+                for r in rows
+            ]
+        )
+    return out
+
+
+def _holds(prefix: str = "") -> Any:
+    """WHERE clause: the lease named by the bind parameters is current and unexpired."""
+    return and_(
+        grid_job.c.id == bindparam(prefix + "job_id"),
+        grid_job.c.lease_epoch == bindparam(prefix + "epoch"),
+        grid_job.c.worker_id == bindparam(prefix + "worker_id"),
+        grid_job.c.state == GridState.LEASED.value,
+        grid_job.c.lease_until >= bindparam(prefix + "now"),
+    )
+
+
+_HEARTBEAT: Final = Prepared(
+    update(grid_job)
+    .where(_holds())
+    .values(
+        lease_until=bindparam("until"),
+        substate=bindparam("substate"),
+        ran=or_(grid_job.c.ran, bindparam("running") == true()),
+        changed_at=bindparam("now"),
+    )
+    .returning(grid_job.c.cancel_requested)
+)
+_TOUCH_WORKER: Final = Prepared(
+    update(worker).where(worker.c.id == bindparam("w")).values(last_seen_at=bindparam("at"))
+)
+
+
+def _lease_params(conn: Connection, ref: LeaseRef, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "job_id": ref.job_id,
+        "epoch": ref.epoch,
+        "worker_id": ref.worker_id,
+        "now": db_time(conn, now),
+    }
+
+
+def heartbeat(conn: Connection, items: Sequence[Heartbeat]) -> list[LeaseAction]:
+    """Renew leases; say for each whether to go on, cancel, or drop the job."""
+    out = []
+    seen: dict[str, dt.datetime] = {}
+    for h in items:
+        params = _lease_params(conn, h.ref, h.now)
+        params.update(until=db_time(conn, h.until), substate=h.substate, running=h.running)
+        rows = _HEARTBEAT.fetchall(conn, params)
+        if not rows:
+            out.append(LeaseAction.LOST)
+        else:
+            out.append(LeaseAction.CANCEL if rows[0][0] else LeaseAction.CONTINUE)
+        seen[h.ref.worker_id] = h.now
+    for worker_id, at in seen.items():
+        _TOUCH_WORKER.executemany(conn, [{"w": worker_id, "at": db_time(conn, at)}])
+    return out
+
+
+def lease_holds(conn: Connection, ref: LeaseRef, now: dt.datetime) -> bool:
+    """True while ``ref`` is the job's current, unexpired lease (read-only check)."""
+    found = conn.execute(
+        select(grid_job.c.id).where(
+            grid_job.c.id == ref.job_id,
+            grid_job.c.lease_epoch == ref.epoch,
+            grid_job.c.worker_id == ref.worker_id,
+            grid_job.c.state == GridState.LEASED.value,
+            grid_job.c.lease_until >= now,
+        )
+    ).first()
+    return found is not None
+
+
+_ENDED: Final = Prepared(
+    update(grid_job)
+    .where(_holds())
+    .values(
+        state=bindparam("state"),
+        substate=None,
+        exit_code=bindparam("exit_code"),
+        message=bindparam("message"),
+        result=bindparam("result"),
+        lease_until=None,
+        changed_at=bindparam("now"),
+    )
+    .returning(grid_job.c.state)
+)
+# Give a job back: a retried failure counts as an attempt (the job fails when none are left);
+# a hand-back on shutdown does not. A job whose cancellation was asked for is cancelled.
+_REQUEUED: Final = Prepared(
+    update(grid_job)
+    .where(_holds())
+    .values(
+        state=case(
+            (grid_job.c.cancel_requested, GridState.CANCELLED.value),
+            (
+                and_(bindparam("retry") == true(), grid_job.c.attempts >= grid_job.c.max_attempts),
+                GridState.FAILED.value,
+            ),
+            else_=GridState.QUEUED.value,
+        ),
+        attempts=case(
+            (bindparam("retry") == true(), grid_job.c.attempts),
+            else_=grid_job.c.attempts - 1,
+        ),
+        substate=None,
+        worker_id=case(
+            (grid_job.c.cancel_requested, grid_job.c.worker_id),
+            else_=literal_column("NULL"),
+        ),
+        message=bindparam("message"),
+        exit_code=bindparam("exit_code"),
+        lease_until=None,
+        changed_at=bindparam("now"),
+    )
+    .returning(grid_job.c.state)
+)
+
+
+def finish_leases(conn: Connection, items: Sequence[Finish]) -> list[GridState | None]:
+    """End leases; for each the job's new state, or None if the lease no longer holds."""
+    out: list[GridState | None] = []
+    for f in items:
+        params = _lease_params(conn, f.ref, f.now)
+        params.update(message=f.message, exit_code=f.exit_code)
+        if f.state is GridState.QUEUED:
+            params["retry"] = f.retry
+            rows = _REQUEUED.fetchall(conn, params)
+        else:
+            params.update(
+                state=f.state.value,
+                result=json.dumps(f.result, sort_keys=True) if f.result is not None else None,
+            )
+            rows = _ENDED.fetchall(conn, params)
+        out.append(GridState(rows[0][0]) if rows else None)
+    return out
+
+
+def expire_leases(conn: Connection, items: Sequence[dt.datetime]) -> list[int]:
+    """Take back leases that expired before each given time; return how many.
+
+    Each goes back to the queue, or fails once its attempts are used up, or ends cancelled
+    if cancellation was asked for. Conditional on the lease epoch, so replicas sweeping at
+    once do each lease once.
+    """
+    out = []
+    for now in items:
+        expired = conn.execute(
+            select(
+                grid_job.c.id,
+                grid_job.c.lease_epoch,
+                grid_job.c.attempts,
+                grid_job.c.max_attempts,
+                grid_job.c.cancel_requested,
+                worker.c.name,
+            )
+            .select_from(grid_job.outerjoin(worker, worker.c.id == grid_job.c.worker_id))
+            .where(grid_job.c.state == GridState.LEASED.value, grid_job.c.lease_until < now)
+        ).all()
+        for job_id, epoch, attempts, max_attempts, cancel_requested, name in expired:
+            who = f"worker {name}" if name else "its worker"
+            if cancel_requested:
+                state, message = GridState.CANCELLED, f"cancelled ({who} stopped reporting)"
+            elif attempts >= max_attempts:
+                state = GridState.FAILED
+                message = (
+                    f"given up after {attempts} attempts: {who} stopped reporting "
+                    "(its lease expired)"
+                )
+            else:
+                state = GridState.QUEUED
+                message = (
+                    f"{who} stopped reporting (its lease expired); back in the queue "
+                    f"(attempt {attempts} of {max_attempts} used)"
+                )
+            conn.execute(
+                update(grid_job)
+                .where(
+                    grid_job.c.id == job_id,
+                    grid_job.c.lease_epoch == epoch,
+                    grid_job.c.state == GridState.LEASED.value,
+                )
+                .values(
+                    state=state.value,
+                    substate=None,
+                    worker_id=None if state is GridState.QUEUED else grid_job.c.worker_id,
+                    lease_until=None,
+                    message=message,
+                    changed_at=now,
+                )
+            )
+        out.append(len(expired))
+    return out
+
+
+def cancel_grid_jobs(
+    conn: Connection, items: Sequence[tuple[BackendJobId, dt.datetime]]
+) -> list[GridState | None]:
+    """Cancel each job: a queued one at once, a leased one at its worker's next heartbeat.
+
+    Returns the job's state afterwards (CANCELLED, LEASED with the request recorded, or the
+    terminal state it already had), None for an unknown id.
+    """
+    out: list[GridState | None] = []
+    for job_id, at in items:
+        cancelled = conn.execute(
+            update(grid_job)
+            .where(grid_job.c.id == job_id, grid_job.c.state == GridState.QUEUED.value)
+            .values(
+                state=GridState.CANCELLED.value,
+                cancel_requested=True,
+                message="cancelled before a worker took it",
+                changed_at=at,
+            )
+        ).rowcount
+        if cancelled:
+            out.append(GridState.CANCELLED)
+            continue
+        conn.execute(
+            update(grid_job)
+            .where(grid_job.c.id == job_id, grid_job.c.state == GridState.LEASED.value)
+            .values(cancel_requested=True)
+        )
+        current = conn.execute(
+            select(grid_job.c.state).where(grid_job.c.id == job_id)
+        ).scalar_one_or_none()
+        out.append(GridState(current) if current is not None else None)
+    return out
+
+
+_STATUS_COLUMNS: Final = (
+    grid_job.c.id,
+    grid_job.c.activity_id,
+    grid_job.c.state,
+    grid_job.c.substate,
+    grid_job.c.attempts,
+    grid_job.c.max_attempts,
+    grid_job.c.ran,
+    grid_job.c.cancel_requested,
+    grid_job.c.exit_code,
+    grid_job.c.message,
+    grid_job.c.result,
+    worker.c.name,
+)
+_STATUS_CHUNK: Final = 500
+
+
+def grid_statuses(
+    conn: Connection, ids: Sequence[BackendJobId]
+) -> dict[BackendJobId, GridJobStatus]:
+    """The queue rows among ``ids`` (unknown ids are absent)."""
+    out: dict[BackendJobId, GridJobStatus] = {}
+    unique = list(dict.fromkeys(ids))
+    for i in range(0, len(unique), _STATUS_CHUNK):
+        rows = conn.execute(
+            select(*_STATUS_COLUMNS)
+            .select_from(grid_job.outerjoin(worker, worker.c.id == grid_job.c.worker_id))
+            .where(grid_job.c.id.in_(unique[i : i + _STATUS_CHUNK]))
+        )
+        for r in rows:
+            status = GridJobStatus(
+                id=BackendJobId(r[0]),
+                activity_id=ActivityId(r[1]),
+                state=GridState(r[2]),
+                substate=r[3],
+                attempts=r[4],
+                max_attempts=r[5],
+                ran=bool(r[6]),
+                cancel_requested=bool(r[7]),
+                exit_code=r[8],
+                message=r[9],
+                result=json.loads(r[10]) if r[10] else None,
+                worker=r[11],
+            )
+            out[status.id] = status
+    return out
+
+
+def queue_counts(conn: Connection) -> dict[GridState, int]:
+    """How many jobs are in each queue state."""
+    counts = dict.fromkeys(GridState, 0)
+    for state, n in conn.execute(select(grid_job.c.state, func.count()).group_by(grid_job.c.state)):
+        counts[GridState(state)] = n
+    return counts

@@ -1,0 +1,75 @@
+"""Desktop grid: workers, the queue of leased jobs, and kept outputs of activities.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-01
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+from bes.db.tables import UtcDateTime
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("activity") as batch:
+        batch.add_column(
+            sa.Column("outputs", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+    op.create_table(
+        "worker",
+        sa.Column("id", sa.String(32), nullable=False),
+        sa.Column("name", sa.String(128), nullable=False),
+        sa.Column("token_hash", sa.String(64), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("revoked_at", UtcDateTime()),
+        sa.Column("facts", sa.Text()),
+        sa.Column("last_seen_at", UtcDateTime()),
+        sa.PrimaryKeyConstraint("id", name="pk_worker"),
+        sa.UniqueConstraint("name", name="uq_worker_name"),
+        sa.UniqueConstraint("token_hash", name="uq_worker_token_hash"),
+    )
+    op.create_table(
+        "grid_job",
+        sa.Column("id", sa.String(32), nullable=False),
+        sa.Column("activity_id", sa.String(32), nullable=False),
+        sa.Column("job", sa.Text(), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("substate", sa.String(32)),
+        sa.Column("memory_mib", sa.Integer(), nullable=False),
+        sa.Column("vcpus", sa.Integer(), nullable=False),
+        sa.Column("disk_mib", sa.Integer(), nullable=False),
+        sa.Column("needs_network", sa.Boolean(), nullable=False),
+        sa.Column("hypervisors", sa.String(64), nullable=False),
+        sa.Column("worker_id", sa.String(32)),
+        sa.Column("lease_epoch", sa.Integer(), nullable=False),
+        sa.Column("lease_until", UtcDateTime()),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("max_attempts", sa.Integer(), nullable=False),
+        sa.Column("ran", sa.Boolean(), nullable=False),
+        sa.Column("cancel_requested", sa.Boolean(), nullable=False),
+        sa.Column("exit_code", sa.Integer()),
+        sa.Column("message", sa.Text()),
+        sa.Column("result", sa.Text()),
+        sa.Column("queued_at", UtcDateTime(), nullable=False),
+        sa.Column("changed_at", UtcDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_grid_job"),
+    )
+    op.create_index("ix_grid_job_state_queued_at", "grid_job", ["state", "queued_at"])
+    op.create_index("ix_grid_job_activity_id", "grid_job", ["activity_id"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_grid_job_activity_id", table_name="grid_job")
+    op.drop_index("ix_grid_job_state_queued_at", table_name="grid_job")
+    op.drop_table("grid_job")
+    op.drop_table("worker")
+    with op.batch_alter_table("activity") as batch:
+        batch.drop_column("outputs")
