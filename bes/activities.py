@@ -20,9 +20,10 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Final
 
-from bes.backends.base import Backend, CancelOutcome, JobState, JobStatus, missing_capabilities
+from bes.backends.base import Backend, CancelOutcome, JobState, JobStatus
 from bes.db import activity_rows as rows
 from bes.db.activity_rows import ActivityRecord, NewActivity, Transition
 from bes.db.store import Database
@@ -141,7 +142,7 @@ class Activities:
         """
         backend = self.default_backend
         if backend is not None:
-            missing = missing_capabilities(job, self._backends[backend].capabilities)
+            missing = self._backends[backend].unsupported(job)
             if missing:
                 raise UnsupportedFeature(
                     missing, f"backend {backend!r} cannot run: " + ", ".join(missing)
@@ -218,6 +219,16 @@ class Activities:
     async def is_accepting(self) -> bool:
         """Whether CreateActivity is accepted right now."""
         return await self._db.read(rows.is_accepting)
+
+    async def outputs(self, caller: Principal, activity_id: ActivityId) -> Path | None:
+        """The directory of files kept for a visible activity, if its backend kept any."""
+        record = (await self.statuses(caller, [activity_id])).get(activity_id)
+        if record is None or not record.outputs or record.backend_job_id is None:
+            return None
+        backend = self._backends.get(record.backend or "")
+        if backend is None:
+            return None
+        return await asyncio.to_thread(backend.kept_outputs, record.backend_job_id)
 
     async def history(
         self, caller: Principal, activity_id: ActivityId
@@ -302,7 +313,7 @@ class Activities:
             for w in waiters:
                 w.cancel()
 
-    async def dispatch_once(self, limit: int = 64) -> int:
+    async def dispatch_once(self, limit: int = 256) -> int:
         """Submit queued activities to their backends; return how many were handled."""
         now = self._clock()
         claimed = await self._db.write(
@@ -364,7 +375,7 @@ class Activities:
             return 0
         statuses = await asyncio.to_thread(backend.status, [w[1] for w in watched])
         records = await self._db.read(rows.get_activities, [w[0] for w in watched])
-        changed = 0
+        updates: list[tuple[ActivityRecord, JobStatus]] = []
         retry_cancel: list[BackendJobId] = []
         for activity_id, job_id, _state, cancel_requested in watched:
             status = statuses.get(job_id)
@@ -387,9 +398,12 @@ class Activities:
                     substate=SubState.TERMINATING,
                     message=status.message,
                     exit_code=status.exit_code,
+                    extra=status.extra,
                 )
-            if await self._apply(record, status):
-                changed += 1
+            updates.append((record, status))
+        # Concurrent writes of one round share a commit.
+        applied = await asyncio.gather(*(self._apply(r, s) for r, s in updates))
+        changed = sum(applied)
         if retry_cancel:
             try:
                 await asyncio.to_thread(backend.cancel, retry_cancel)
@@ -439,6 +453,7 @@ class Activities:
                 exit_code=status.exit_code,
                 at=now,
                 expect_backend_job_id=record.backend_job_id,
+                outputs=target.terminal and status.extra.get("outputs") == "kept",
             )
         )
         applied = False

@@ -24,33 +24,38 @@ import os
 import platform
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 from bes.activities import Activities
-from bes.backends.base import Backend
+from bes.backends.base import Backend, BackendContext
+from bes.backends.desktopgrid import DesktopGridBackend
 from bes.backends.registry import backend_class
 from bes.config import ServiceConfig
 from bes.db.store import Database
 from bes.factory import Factory
+from bes.http import (
+    TEXT,
+    XML,
+    Receive,
+    Scope,
+    Send,
+    headers_of,
+    not_allowed,
+    read_body,
+    respond,
+)
 from bes.identity import AnonymousPolicy, IdentityPolicy, Transport
+from bes.results import serve_outputs
 from bes.schemas import schema_file
 from bes.soap import CLIENT, SoapFault, render_fault
 from bes.vm.images import ImageError
 from bes.vm.repository import CATALOG_FILE, TINY, TINY_TEMPLATE, Catalog
 from bes.wire import ACTIVITY_PATH, DRAFT_2007, FINAL, Dialect, ResourceDescription
+from bes.workerapi import PREFIX as WORKER_PREFIX
+from bes.workerapi import WorkerApi
 from bes.wsdl import SCHEMA_PATH, service_wsdl
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-_XML: Final = b"text/xml; charset=utf-8"
-_TEXT: Final = b"text/plain; charset=utf-8"
-_DRAIN_FACTOR: Final = 16  # read (and discard) at most this many limits of an oversized body
 
 
 class BesApp:
@@ -73,6 +78,7 @@ class BesApp:
         self.db: Database | None = None
         self.activities: Activities | None = None
         self.factory: Factory | None = None
+        self.workers: WorkerApi | None = None
         self._stop = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -87,10 +93,20 @@ class BesApp:
         await asyncio.to_thread(db.migrate)
         backends = self._backends
         if backends is None:
-            backends = {config.backend: backend_class(config.backend)()} if config.backend else {}
+            backends = {}
+            if config.backend:
+                context = BackendContext(
+                    db=db,
+                    data_dir=config.data_dir,
+                    loop=asyncio.get_running_loop(),
+                    options=config.backend_options,
+                )
+                backends[config.backend] = backend_class(config.backend).build(context)
         self.db = db
         self.activities = Activities(db, backends=backends, default_backend=config.backend)
         self.factory = Factory(self.activities, identity=self.identity, resource=_describe(config))
+        grid = next((b for b in backends.values() if isinstance(b, DesktopGridBackend)), None)
+        self.workers = WorkerApi(grid.gateway) if grid is not None else None
         self._stop.clear()
         self._loop_task = asyncio.create_task(self.activities.run(self._stop), name="bes-backends")
         log.info("bes ready: database %s, backend %s", _redact(db.url), config.backend or "none")
@@ -106,7 +122,7 @@ class BesApp:
                 backend.close()
         if self.db is not None:
             self.db.close()  # in the loop: the loop's committer resolves its last futures here
-        self.db = self.activities = self.factory = None
+        self.db = self.activities = self.factory = self.workers = None
 
     # ------------------------------------------------------------------ ASGI
 
@@ -121,7 +137,7 @@ class BesApp:
         except Exception:
             reference = secrets.token_hex(4)
             log.exception("internal error %s on %s %s", reference, scope["method"], scope["path"])
-            await _respond(send, 500, f"internal error (reference {reference})\n".encode(), _TEXT)
+            await respond(send, 500, f"internal error (reference {reference})\n".encode(), TEXT)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -130,14 +146,30 @@ class BesApp:
             if method == "POST":
                 await self._soap(scope, receive, send, FINAL)
             elif method in ("GET", "HEAD") and scope["query_string"].lower() == b"wsdl":
-                await _respond(send, 200, service_wsdl(self._endpoint(scope)), _XML)
+                await respond(send, 200, service_wsdl(self._endpoint(scope)), XML)
             elif method in ("GET", "HEAD"):
-                await _respond(send, 200, _usage(self._endpoint(scope)), _TEXT)
+                await respond(send, 200, _usage(self._endpoint(scope)), TEXT)
             else:
-                await _not_allowed(send, "GET, POST")
+                await not_allowed(send, "GET, POST")
+        elif path.startswith(WORKER_PREFIX):
+            if self.workers is None:
+                await respond(send, 404, b"this service has no desktop grid\n", TEXT)
+            else:
+                await self.workers(scope, receive, send)
+        elif path.startswith(ACTIVITY_PATH) and "/outputs" in path and method in ("GET", "HEAD"):
+            if self.activities is None:
+                await respond(send, 503, b"starting up\n", TEXT)
+            else:
+                await serve_outputs(
+                    scope,
+                    send,
+                    activities=self.activities,
+                    identity=self.identity,
+                    endpoint=self._endpoint(scope),
+                )
         elif path.startswith(ACTIVITY_PATH) or path == "/bes/draft-2007":
             if method != "POST":
-                await _not_allowed(send, "POST")
+                await not_allowed(send, "POST")
             else:
                 await self._soap(
                     scope, receive, send, DRAFT_2007 if path.endswith("draft-2007") else FINAL
@@ -149,22 +181,22 @@ class BesApp:
         elif path == "/healthz" and method in ("GET", "HEAD"):
             await self._health(send)
         else:
-            await _respond(send, 404, b"not found; the BES endpoint is /bes\n", _TEXT)
+            await respond(send, 404, b"not found; the BES endpoint is /bes\n", TEXT)
 
     async def _soap(self, scope: Scope, receive: Receive, send: Send, dialect: Dialect) -> None:
         factory = self.factory
         if factory is None:
-            await _respond(send, 503, b"starting up\n", _TEXT)
+            await respond(send, 503, b"starting up\n", TEXT)
             return
-        headers = _headers(scope)
-        body = await _read_body(receive, headers, self.config.max_request_bytes)
+        headers = headers_of(scope)
+        body = await read_body(receive, headers, self.config.max_request_bytes)
         if body is None:
             fault = SoapFault(
                 CLIENT,
                 f"the request body exceeds {self.config.max_request_bytes} bytes and was not read",
             )
             envelope = render_fault(fault, default_action=_FACTORY_FAULT, request=None)
-            await _respond(send, 500, envelope, _XML, close=True)
+            await respond(send, 500, envelope, XML, close=True)
             return
         client = scope.get("client") or ("", 0)
         transport = Transport(
@@ -177,15 +209,15 @@ class BesApp:
             transport=transport,
             dialect=dialect,
         )
-        await _respond(send, status, envelope, _XML)
+        await respond(send, status, envelope, XML)
 
     async def _schema(self, name: str, send: Send) -> None:
         try:
             data = await asyncio.to_thread(schema_file(name).read_bytes)
         except FileNotFoundError:
-            await _respond(send, 404, b"no such schema\n", _TEXT)
+            await respond(send, 404, b"no such schema\n", TEXT)
             return
-        await _respond(send, 200, data, _XML)
+        await respond(send, 200, data, XML)
 
     async def _images(self, send: Send) -> None:
         """The site's templates (``<data-dir>/templates.json``) and the built-in tiny."""
@@ -193,25 +225,25 @@ class BesApp:
             catalog = await asyncio.to_thread(Catalog.load, self.config.data_dir / CATALOG_FILE)
         except ImageError as exc:
             log.error("%s", exc)
-            await _respond(send, 503, b"the image catalog is unreadable; see the log\n", _TEXT)
+            await respond(send, 503, b"the image catalog is unreadable; see the log\n", TEXT)
             return
         if catalog.get(TINY) is None:
             catalog.add(TINY_TEMPLATE)
         body = json.dumps(catalog.to_json(), indent=1).encode() + b"\n"
-        await _respond(send, 200, body, b"application/json")
+        await respond(send, 200, body, b"application/json")
 
     async def _health(self, send: Send) -> None:
         activities = self.activities
         if activities is None:
-            await _respond(send, 503, b"starting up\n", _TEXT)
+            await respond(send, 503, b"starting up\n", TEXT)
             return
         accepting = await activities.is_accepting()
-        await _respond(send, 200, f"ok; accepting new activities: {accepting}\n".encode(), _TEXT)
+        await respond(send, 200, f"ok; accepting new activities: {accepting}\n".encode(), TEXT)
 
     def _endpoint(self, scope: Scope) -> str:
         if self.config.public_url:
             return self.config.public_url.rstrip("/")
-        host = _headers(scope).get("host")
+        host = headers_of(scope).get("host")
         if not host:
             server = scope.get("server") or (self.config.host, self.config.port)
             host = f"{server[0]}:{server[1]}"
@@ -261,52 +293,6 @@ def _describe(config: ServiceConfig) -> ResourceDescription:
 _JSDL_ARCHITECTURES: Final = frozenset(
     {"sparc", "powerpc", "x86", "x86_32", "x86_64", "parisc", "mips", "ia64", "arm"}
 )
-
-
-def _headers(scope: Scope) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-
-
-async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes | None:
-    """The request body, or None (after draining a bounded amount) if it exceeds ``limit``."""
-    declared = headers.get("content-length", "")
-    too_big = declared.isdigit() and int(declared) > limit
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            too_big = True
-        if not too_big:
-            chunks.append(chunk)
-        if not message.get("more_body", False) or size > limit * _DRAIN_FACTOR:
-            break
-    return None if too_big else b"".join(chunks)
-
-
-async def _respond(
-    send: Send, status: int, body: bytes, content_type: bytes, *, close: bool = False
-) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _not_allowed(send: Send, allow: str) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 405,
-            "headers": [(b"content-type", _TEXT), (b"allow", allow.encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": b"method not allowed\n"})
 
 
 def _usage(endpoint: str) -> bytes:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bes.db.engine import default_url
@@ -21,6 +22,7 @@ class ServiceConfig:
             derives it from each request's Host header.
         max_request_bytes: Larger request bodies are refused before parsing.
         backend: Backend new activities go to; None keeps them queued (Pending).
+        backend_options: Settings of that backend (``key=value`` from the command line).
         resource_name: Name in the factory attributes document; None uses the host name.
     """
 
@@ -31,6 +33,7 @@ class ServiceConfig:
     public_url: str | None = None
     max_request_bytes: int = 4 * 1024 * 1024
     backend: str | None = None
+    backend_options: Mapping[str, str] = field(default_factory=dict)
     resource_name: str | None = None
 
     @property

@@ -136,3 +136,7 @@ class HypervisorUnavailable(HypervisorError):
 
 class VmNotFound(HypervisorError):
     """The named virtual machine does not exist (any more)."""
+
+
+class LeaseLost(BesError):
+    """A worker reported on a lease that is no longer its own (expired, taken over, ended)."""

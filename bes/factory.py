@@ -174,7 +174,7 @@ class Factory:
             if record is None:
                 item_fault(item, unknown_activity(call.dialect, epr))
             else:
-                activity_status(item, record)
+                activity_status(item, record, endpoint=call.endpoint)
         return response
 
     async def terminate_activities(self, call: Call) -> etree._Element:

@@ -44,6 +44,14 @@ class IdentityPolicy(Protocol):
         ...
 
 
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    """The credential of an ``Authorization: Bearer TOKEN`` header (how workers sign in)."""
+    scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
 class AnonymousPolicy:
     """No authentication: every caller is the anonymous administrator (loopback default)."""
 

@@ -58,13 +58,35 @@ def staged_outputs(job: JobDefinition) -> list[StagedFile]:
     ]
 
 
+def kept_files(job: JobDefinition) -> tuple[str, ...]:
+    """DataStaging files the service keeps for the job's owner (besides stdout and stderr).
+
+    JSDL lets the consumer decide when DeleteOnTermination is absent (GFD.56 §8.5). Kept are:
+    a file with neither Source nor Target unless DeleteOnTermination is true (naming it is
+    asking for it), and any other file whose DeleteOnTermination is false (an input as it is
+    at the end, or an output also delivered to its Target).
+    """
+    kept = []
+    for staging in job.job_description.data_staging:
+        named_only = staging.source is None and staging.target is None
+        if staging.delete_on_termination is False or (
+            named_only and staging.delete_on_termination is None
+        ):
+            kept.append(staging.file_name)
+    return tuple(dict.fromkeys(kept))
+
+
+def returned_files(job: JobDefinition) -> tuple[str, ...]:
+    """Files the guest brings back: those to deliver to a Target and those to keep."""
+    names = [staged.file_name for staged in staged_outputs(job)] + list(kept_files(job))
+    return tuple(dict.fromkeys(names))
+
+
 def guest_task(job: JobDefinition) -> GuestTask:
     """What runs inside the guest, from the application element."""
     application = job.job_description.application
     try:
-        outputs = tuple(
-            dict.fromkeys(safe_relative(staged.file_name) for staged in staged_outputs(job))
-        )
+        outputs = tuple(dict.fromkeys(safe_relative(name) for name in returned_files(job)))
     except UnsafePath as exc:
         raise UnsupportedFeature(
             [f"DataStaging FileName outside the job directory: {exc}"]
@@ -128,8 +150,10 @@ def plan(
     inputs: Mapping[str, Path],
     formats: tuple[ImageFormat, ...] = tuple(ImageFormat),
     defaults: VmDefaults | None = None,
+    cpu_cap_percent: int = 100,
 ) -> VmJob:
-    """The VM job for ``job``: image fetched, verified and in one of ``formats``."""
+    """The VM job for ``job``: image fetched, verified and in one of ``formats``;
+    ``cpu_cap_percent`` is the host's limit on the VM's CPU use (a volunteer's setting)."""
     defaults = defaults or VmDefaults()
     machine = virtual_machine(job, defaults)
     task = guest_task(job)
@@ -153,6 +177,7 @@ def plan(
         network=machine.network,
         scratch_disk_mib=machine.scratch_disk_mib,
         user_data=machine.user_data,
+        cpu_cap_percent=cpu_cap_percent,
     )
     return vm_job
 

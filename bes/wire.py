@@ -42,6 +42,7 @@ _ACTIVITY_STATUS: Final = qname(BES_FACTORY, "ActivityStatus")
 _EXIT_CODE: Final = qname(BES_ACTIVITY, "ExitCode")
 _MESSAGE: Final = qname(BES_ACTIVITY, "Message")
 _CHANGED: Final = qname(BES_ACTIVITY, "Changed")
+_OUTPUTS: Final = qname(BES_ACTIVITY, "Outputs")
 # Sub-state -> element name: HPC File Staging Profile names for staging, ours for the rest.
 _SUBSTATE_ELEMENTS: Final = {
     s: qname(HPCP_FS if s in (SubState.STAGING_IN, SubState.STAGING_OUT) else BES_ACTIVITY, s.value)
@@ -129,9 +130,12 @@ def activity_id_of(epr: etree._Element) -> ActivityId | None:
 # ------------------------------------------------------------------------------ statuses
 
 
-def activity_status(parent: etree._Element, record: ActivityRecord) -> etree._Element:
+def activity_status(
+    parent: etree._Element, record: ActivityRecord, *, endpoint: str | None = None
+) -> etree._Element:
     """Append ``bes-factory:ActivityStatus`` for an activity: the basic state as ``@state``,
-    then the sub-state element, then our details (exit code, message, time of change)."""
+    then the sub-state element, then our details (exit code, message, time of change, and
+    where its kept files are, when it has some and ``endpoint`` is given)."""
     status = etree.SubElement(parent, _ACTIVITY_STATUS, state=record.state.value)
     if record.substate is not None and not record.state.terminal:
         etree.SubElement(status, _SUBSTATE_ELEMENTS[record.substate])
@@ -140,6 +144,8 @@ def activity_status(parent: etree._Element, record: ActivityRecord) -> etree._El
     if record.message:
         etree.SubElement(status, _MESSAGE).text = record.message
     etree.SubElement(status, _CHANGED).text = _xsd_datetime(record.changed_at)
+    if record.outputs and endpoint is not None:
+        etree.SubElement(status, _OUTPUTS).text = f"{endpoint}{ACTIVITY_PATH}{record.id}/outputs"
     return status
 
 

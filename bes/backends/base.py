@@ -21,16 +21,24 @@ Contract, checked for every implementation by ``tests/backends/test_contract.py`
   activity registry *before* submitting (the caller gets UnsupportedFeatureFault at once).
 * Methods are called from worker threads, possibly concurrently: implementations are
   thread-safe.
+* A backend is built by :meth:`Backend.build` from a :class:`BackendContext` (the service's
+  database, data directory and event loop), never from module-level state.
+* Optional hooks with safe defaults: :meth:`Backend.unsupported` (checks beyond the declared
+  capabilities, e.g. staging URI schemes), :meth:`Backend.kept_outputs` (files the service
+  keeps for the activity's owner).
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import ClassVar
 
+from bes.db.store import Database
 from bes.ids import ActivityId, BackendJobId
 from bes.jsdl.model import JobDefinition
 from bes.states import ActivityState, SubState
@@ -113,8 +121,35 @@ class Capability(StrEnum):
     """Accepts jobs without an executable (pure data staging, no-op)."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendContext:
+    """What the service gives a backend it builds.
+
+    Attributes:
+        db: The service's database (backends that keep their own rows use it).
+        data_dir: The service's data directory (for files a backend keeps).
+        loop: The service's event loop, when the backend may schedule work on it.
+        options: Backend-specific settings (``--backend-option key=value``).
+    """
+
+    db: Database
+    data_dir: Path
+    loop: asyncio.AbstractEventLoop | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
 class Backend(abc.ABC):
     """Base class of every backend. See the module docstring for the contract."""
+
+    @classmethod
+    def build(cls, context: BackendContext) -> Backend:
+        """A backend configured for the service described by ``context``.
+
+        Raises:
+            ConfigError: The options are wrong for this backend.
+        """
+        del context
+        return cls()
 
     name: ClassVar[str]
     """Registry name, e.g. ``desktopgrid``."""
@@ -147,6 +182,18 @@ class Backend(abc.ABC):
         Raises:
             BackendError: The backend cannot be asked at all.
         """
+
+    def unsupported(self, job: JobDefinition) -> list[str]:
+        """The features of ``job`` this backend cannot run, as readable names (empty: none).
+
+        The default checks the declared capabilities; backends add their own checks.
+        """
+        return missing_capabilities(job, self.capabilities)
+
+    def kept_outputs(self, job_id: BackendJobId) -> Path | None:
+        """The directory of files the service keeps for this job's owner, if any."""
+        del job_id
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook with a sensible empty default
         """Release connections and threads. The backend is not used afterwards."""

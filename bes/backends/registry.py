@@ -10,6 +10,7 @@ from bes.backends.base import Backend
 from bes.errors import ConfigError
 
 BACKENDS: Final[dict[str, str]] = {
+    "desktopgrid": "bes.backends.desktopgrid:DesktopGridBackend",
     "fake": "bes.backends.fake:FakeBackend",
 }
 

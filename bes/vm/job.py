@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bes.errors import HypervisorError, UnsupportedFeature
 from bes.vm import guest, media, seed
-from bes.vm.drivers.base import HypervisorDriver, VmHandle, VmState
+from bes.vm.drivers.base import Capability, HypervisorDriver, VmHandle, VmState
 from bes.vm.spec import ContextFile, Disk, ImageFormat, KernelBoot, Network, VmSpec, vm_name
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,16 @@ def run_vm_job(
     results_dir: Path,
     *,
     cancelled: Callable[[], bool] = lambda: False,
+    paused: Callable[[], bool] = lambda: False,
     clock: Callable[[], float] = time.monotonic,
     poll_s: float = 0.05,
 ) -> VmOutcome:
-    """Run ``job`` to its end under ``driver``; results land in ``results_dir``."""
+    """Run ``job`` to its end under ``driver``; results land in ``results_dir``.
+
+    ``cancelled`` is asked while the VM runs: once true, the VM is stopped and the outcome
+    says "cancelled". While ``paused`` is true the VM is suspended (if the driver can) and the
+    time does not count against its wall-time limit: a volunteer's machine is busy.
+    """
     name = vm_name(job.job_id)
     workdir = driver.workdir_for(name)
     _remove_stale(driver, name)
@@ -86,7 +92,9 @@ def run_vm_job(
         vm = driver.create(spec, workdir)
         started = clock()
         driver.start(vm)
-        state, reason = _watch(job, driver, vm, cancelled=cancelled, clock=clock, poll_s=poll_s)
+        state, reason = _watch(
+            job, driver, vm, cancelled=cancelled, paused=paused, clock=clock, poll_s=poll_s
+        )
         vm_seconds = round(clock() - started, 3)
         console = _console_tail(workdir)
         if reason:
@@ -146,17 +154,32 @@ def _watch(
     vm: VmHandle,
     *,
     cancelled: Callable[[], bool],
+    paused: Callable[[], bool],
     clock: Callable[[], float],
     poll_s: float,
 ) -> tuple[VmState, str]:
     deadline = clock() + job.wall_time_s
+    can_pause = Capability.PAUSE in driver.capabilities
+    paused_since: float | None = None
     while True:
-        state = driver.state(vm)
-        if state in (VmState.STOPPED, VmState.CRASHED, VmState.MISSING):
-            return state, ""
         if cancelled():
             driver.stop(vm, grace_s=0)
             return VmState.STOPPED, "cancelled"
+        if can_pause and paused_since is None and paused():
+            driver.pause(vm)
+            paused_since = clock()
+            log.info("VM %s paused: the host is busy", vm.name)
+        elif paused_since is not None and not paused():
+            driver.resume(vm)
+            deadline += clock() - paused_since
+            paused_since = None
+            log.info("VM %s resumed", vm.name)
+        if paused_since is not None:
+            time.sleep(poll_s)
+            continue
+        state = driver.state(vm)
+        if state in (VmState.STOPPED, VmState.CRASHED, VmState.MISSING):
+            return state, ""
         if clock() >= deadline:
             log.info(
                 "VM %s exceeded its wall-time limit of %s s; killing it", vm.name, job.wall_time_s

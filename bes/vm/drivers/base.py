@@ -97,6 +97,14 @@ class HypervisorDriver(ABC):
     def find_stale(self) -> list[VmHandle]:
         """VMs of this driver whose owning process is gone."""
 
+    def pause(self, vm: VmHandle) -> None:
+        """Suspend a running VM (drivers with the PAUSE capability)."""
+        raise HypervisorError(f"{self.hypervisor.value} VMs cannot be paused here")
+
+    def resume(self, vm: VmHandle) -> None:
+        """Resume a paused VM (drivers with the PAUSE capability)."""
+        raise HypervisorError(f"{self.hypervisor.value} VMs cannot be paused here")
+
     def workdir_for(self, name: str) -> Path:
         return self.root / name
 

@@ -315,6 +315,12 @@ class VirtualBoxDriver(HypervisorDriver):
                 self._sleep(0.5)
         self._vbm("controlvm", vm.name, "poweroff", check=False)
 
+    def pause(self, vm: VmHandle) -> None:
+        self._vbm("controlvm", vm.name, "pause")
+
+    def resume(self, vm: VmHandle) -> None:
+        self._vbm("controlvm", vm.name, "resume")
+
     def destroy(self, vm: VmHandle) -> None:
         if self.state(vm) is not VmState.MISSING:
             self.stop(vm, grace_s=0)

@@ -1,0 +1,135 @@
+"""Tables and converters of the desktop grid: what a job needs of a worker, what the service
+can accept, and queue rows as BES job statuses."""
+
+from __future__ import annotations
+
+import math
+import urllib.parse
+from dataclasses import dataclass
+from typing import Final
+
+from bes.backends.base import JobState, JobStatus
+from bes.db.grid_rows import GridJobStatus, GridState
+from bes.errors import UnsupportedFeature
+from bes.jsdl.model import JobDefinition
+from bes.states import SubState
+from bes.vm.job import DEFAULT_OUTPUT_DISK_MIB
+from bes.vm.repository import Catalog
+from bes.vm.spec import NetworkMode
+from bes.vmjob import VmDefaults, guest_task, virtual_machine
+
+SOURCE_SCHEMES: Final = frozenset({"http", "https", "file"})
+"""DataStaging Source URI schemes a worker fetches."""
+TARGET_SCHEMES: Final = frozenset({"http", "https", "file"})
+"""DataStaging Target URI schemes a worker delivers to (file: only under its allowed roots)."""
+
+WORKER_SUBSTATES: Final = {
+    s.value: s
+    for s in (SubState.PROVISIONING, SubState.STAGING_IN, SubState.EXECUTING, SubState.STAGING_OUT)
+}
+"""Sub-states a worker reports while it holds a lease."""
+
+_STATES: Final = {
+    GridState.FINISHED: JobState.FINISHED,
+    GridState.FAILED: JobState.FAILED,
+    GridState.CANCELLED: JobState.CANCELLED,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Requirements:
+    """What a worker must offer to run a job."""
+
+    memory_mib: int
+    vcpus: int
+    disk_mib: int
+    needs_network: bool
+    hypervisors: tuple[str, ...]
+    """Acceptable hypervisors, preferred first; empty for any."""
+
+
+def requirements(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> Requirements:
+    """The job's VM as a worker must fit it (memory at least the template's minimum)."""
+    machine = virtual_machine(job, defaults)
+    template = catalog.get(machine.image.template) if machine.image.template else None
+    minimum = template.min_memory_mib if template is not None else 0
+    return Requirements(
+        memory_mib=max(machine.memory_mib or defaults.memory_mib, minimum),
+        vcpus=machine.vcpus or defaults.vcpus,
+        disk_mib=(machine.scratch_disk_mib or 0) + DEFAULT_OUTPUT_DISK_MIB,
+        needs_network=machine.network.mode is not NetworkMode.NONE,
+        hypervisors=tuple(h.value for h in machine.hypervisors),
+    )
+
+
+def unsupported(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> list[str]:
+    """What in ``job`` the desktop grid cannot run, as readable feature names."""
+    features: list[str] = []
+    try:
+        guest_task(job)
+    except UnsupportedFeature as exc:
+        features.extend(exc.features)
+    for staging in job.job_description.data_staging:
+        for role, uri, schemes in (
+            ("Source", staging.source, SOURCE_SCHEMES),
+            ("Target", staging.target, TARGET_SCHEMES),
+        ):
+            if uri is None:
+                continue
+            scheme = urllib.parse.urlsplit(uri).scheme.lower()
+            if scheme not in schemes:
+                shown = ", ".join(sorted(schemes))
+                features.append(
+                    f"DataStaging {role} {uri!r} for {staging.file_name!r}: "
+                    f"{scheme or 'relative'} URIs (this service stages {shown})"
+                )
+    machine = virtual_machine(job, defaults)
+    name = machine.image.template
+    if name is not None:
+        template = catalog.get(name)
+        if template is None:
+            known = ", ".join(catalog.names())
+            features.append(f"vm:Template {name!r} (this site's templates: {known})")
+        elif machine.user_data and not template.runs_cloud_config:
+            features.append(
+                f"vm:Contextualization/vm:UserData for template {name!r}, which runs only the "
+                "job's own script (it has no cloud-init)"
+            )
+    return features
+
+
+def to_job_status(row: GridJobStatus) -> JobStatus:
+    """A queue row in BES terms.
+
+    A job back in the queue after it started stays Running (BES has no way back to Pending);
+    a worker's Provisioning before the job ever ran is Pending.
+    """
+    extra: dict[str, str] = {"attempt": f"{row.attempts}/{row.max_attempts}"}
+    if row.worker:
+        extra["worker"] = row.worker
+    if row.state in _STATES:
+        if row.result and row.result.get("files"):
+            extra["outputs"] = "kept"
+        return JobStatus(
+            state=_STATES[row.state],
+            message=row.message,
+            exit_code=row.exit_code,
+            extra=extra,
+        )
+    if row.state is GridState.QUEUED:
+        if row.ran:
+            return JobStatus(state=JobState.RUNNING, message=row.message, extra=extra)
+        return JobStatus(
+            state=JobState.PENDING, substate=SubState.QUEUED, message=row.message, extra=extra
+        )
+    substate = WORKER_SUBSTATES.get(row.substate or "", SubState.PROVISIONING)
+    if substate is SubState.PROVISIONING:
+        if row.ran:
+            return JobStatus(state=JobState.RUNNING, extra=extra)
+        return JobStatus(state=JobState.PENDING, substate=substate, extra=extra)
+    return JobStatus(state=JobState.RUNNING, substate=substate, extra=extra)
+
+
+def mib(value_bytes: float) -> int:
+    """Bytes to whole MiB, rounded up."""
+    return max(0, math.ceil(value_bytes / (1024 * 1024)))

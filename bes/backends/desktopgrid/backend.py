@@ -1,0 +1,225 @@
+"""The desktop-grid backend: jobs wait in a queue in the service's database until a worker
+(a volunteer's machine or a worker node running ``bes worker``) pulls one, runs it in a VM
+and reports back through the worker protocol (:mod:`~bes.backends.desktopgrid.gateway`).
+
+Cancelling a job that a worker holds takes effect at the worker's next heartbeat, so it
+answers WILL_APPLY_LATER; a job nobody took yet is cancelled at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from bes.backends.base import (
+    Backend,
+    BackendContext,
+    CancelOutcome,
+    Capability,
+    JobState,
+    JobStatus,
+)
+from bes.backends.desktopgrid import _translate
+from bes.backends.desktopgrid.config import DesktopGridConfig
+from bes.backends.desktopgrid.gateway import WorkerGateway
+from bes.backends.desktopgrid.outputs import OutputStore
+from bes.db import grid_rows as grid
+from bes.db.committer import BatchFunction
+from bes.db.grid_rows import GridState
+from bes.db.store import Database
+from bes.errors import ConfigError, StoreError
+from bes.ids import ActivityId, BackendJobId
+from bes.jsdl import codec
+from bes.jsdl.model import JobDefinition
+from bes.vm.images import ImageError
+from bes.vm.repository import TINY, TINY_TEMPLATE, Catalog
+
+log = logging.getLogger(__name__)
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+_CANCEL: Final = {
+    GridState.CANCELLED: CancelOutcome.CANCELLED,
+    GridState.LEASED: CancelOutcome.WILL_APPLY_LATER,
+    GridState.QUEUED: CancelOutcome.WILL_APPLY_LATER,
+    GridState.FINISHED: CancelOutcome.ALREADY_TERMINAL,
+    GridState.FAILED: CancelOutcome.ALREADY_TERMINAL,
+}
+_SWEEP_EVERY_S: Final = 1.0
+_WRITE_TIMEOUT_S: Final = 60.0
+
+
+def utc_now() -> dt.datetime:
+    """The default clock."""
+    return dt.datetime.now(dt.UTC)
+
+
+class DesktopGridBackend(Backend):
+    """Pull-based execution of VM jobs by workers (see the module docstring).
+
+    Args:
+        db: The service's database, which holds the queue.
+        config: Settings.
+        loop: The service's event loop; writes from the registry's threads are run there, so
+            the service keeps a single writer.
+        clock: The current time (aware, UTC).
+    """
+
+    name = "desktopgrid"
+    capabilities = frozenset(
+        {
+            Capability.POSIX_APPLICATION,
+            Capability.HPC_PROFILE_APPLICATION,
+            Capability.DATA_STAGING,
+            Capability.VM_JOBS,
+        }
+    )
+    poll_interval_s = 0.25
+
+    def __init__(
+        self,
+        db: Database,
+        config: DesktopGridConfig,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        if config.heartbeat_s >= config.lease_s:
+            raise ConfigError("the heartbeat period must be shorter than the lease")
+        self._db = db
+        self.config = config
+        self._loop = loop
+        self._clock = clock
+        self._last_sweep = 0.0
+        self._sweep_lock = threading.Lock()
+        self.outputs = OutputStore(config.outputs_dir, max_bytes=config.max_output_bytes)
+        self.gateway = WorkerGateway(db, config, self.outputs, clock=clock)
+
+    @classmethod
+    def build(cls, context: BackendContext) -> DesktopGridBackend:
+        options = dict(context.options)
+        numbers: dict[str, Any] = {}
+        for key in ("lease_s", "heartbeat_s", "claim_wait_s"):
+            if key in options:
+                numbers[key] = _number(key, options.pop(key), float)
+        for key in ("max_attempts", "max_output_bytes"):
+            if key in options:
+                numbers[key] = _number(key, options.pop(key), int)
+        if options:
+            raise ConfigError(f"unknown desktopgrid options: {', '.join(sorted(options))}")
+        config = DesktopGridConfig(
+            outputs_dir=context.data_dir / "outputs",
+            catalog_path=context.data_dir / "templates.json",
+            **numbers,
+        )
+        return cls(context.db, config, loop=context.loop)
+
+    # ------------------------------------------------------------------ Backend verbs
+
+    def submit(self, job: JobDefinition, *, activity_id: ActivityId) -> BackendJobId:
+        needs = _translate.requirements(job, self.config.vm_defaults, self.catalog())
+        job_id = BackendJobId("g" + secrets.token_urlsafe(18))
+        self._write(
+            grid.add_grid_jobs,
+            grid.NewGridJob(
+                id=job_id,
+                activity_id=activity_id,
+                job=codec.to_json(job),
+                memory_mib=needs.memory_mib,
+                vcpus=needs.vcpus,
+                disk_mib=needs.disk_mib,
+                needs_network=needs.needs_network,
+                hypervisors=needs.hypervisors,
+                max_attempts=self.config.max_attempts,
+                at=self._clock(),
+            ),
+        )
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.gateway.work_added)
+        return job_id
+
+    def status(self, ids: Sequence[BackendJobId]) -> Mapping[BackendJobId, JobStatus]:
+        if not ids:
+            return {}
+        self._sweep()
+        rows = self._db.read_sync(grid.grid_statuses, ids)
+        unknown = JobStatus(state=JobState.UNKNOWN, message="no such job in the desktop grid")
+        return {
+            i: _translate.to_job_status(rows[i]) if i in rows else unknown
+            for i in dict.fromkeys(ids)
+        }
+
+    def cancel(self, ids: Sequence[BackendJobId]) -> Mapping[BackendJobId, CancelOutcome]:
+        now = self._clock()
+        out: dict[BackendJobId, CancelOutcome] = {}
+        for job_id in dict.fromkeys(ids):
+            state = self._write(grid.cancel_grid_jobs, (job_id, now))
+            out[job_id] = CancelOutcome.UNKNOWN_ID if state is None else _CANCEL[state]
+        return out
+
+    def unsupported(self, job: JobDefinition) -> list[str]:
+        missing = super().unsupported(job)
+        if missing:
+            return missing
+        return _translate.unsupported(job, self.config.vm_defaults, self.catalog())
+
+    def kept_outputs(self, job_id: BackendJobId) -> Path | None:
+        row = self._db.read_sync(grid.grid_statuses, [job_id]).get(job_id)
+        if row is None or not row.result or not row.result.get("files"):
+            return None
+        return self.outputs.attempt_dir(job_id, int(row.result["epoch"]))
+
+    # ------------------------------------------------------------------ helpers
+
+    def catalog(self) -> Catalog:
+        """The site's templates and the built-in tiny (read each time: sites edit it)."""
+        try:
+            catalog = (
+                Catalog.load(self.config.catalog_path) if self.config.catalog_path else Catalog()
+            )
+        except ImageError as exc:
+            log.error("%s; only the built-in templates are available", exc)
+            catalog = Catalog()
+        if catalog.get(TINY) is None:
+            catalog.add(TINY_TEMPLATE)
+        return catalog
+
+    def _sweep(self) -> None:
+        """Take back expired leases, at most once a second."""
+        with self._sweep_lock:
+            if time.monotonic() - self._last_sweep < _SWEEP_EVERY_S:
+                return
+            self._last_sweep = time.monotonic()
+        if self._write(grid.expire_leases, self._clock()) and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.gateway.work_added)
+
+    def _write(self, fn: BatchFunction[A, R], arg: A) -> R:
+        """Run a write from a registry thread in the service's loop (one writer), or
+        directly when there is no loop (command-line tools, tests)."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return self._db.write_sync(fn, arg)
+        future = asyncio.run_coroutine_threadsafe(self._db.write(fn, arg), loop)
+        try:
+            return future.result(_WRITE_TIMEOUT_S)
+        except TimeoutError as exc:
+            future.cancel()
+            raise StoreError("the database write did not finish in time") from exc
+
+
+def _number(key: str, text: str, kind: type[float] | type[int]) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ConfigError(f"desktopgrid option {key}={text!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"desktopgrid option {key} must be positive")
+    return value

@@ -1,0 +1,348 @@
+"""The service's side of the worker protocol: what workers may ask, checked and applied.
+
+Workers open every connection (pull only, so volunteers behind NAT take part). Each call
+names a lease as ``<job id>.<epoch>``; the epoch grows with every claim of a job, so a worker
+whose lease expired can neither renew it nor report on it, whatever it sends. Everything
+here runs in the service's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from bes.backends.desktopgrid._translate import WORKER_SUBSTATES
+from bes.backends.desktopgrid.config import DesktopGridConfig
+from bes.backends.desktopgrid.outputs import OutputStore, OutputTooLarge
+from bes.backends.desktopgrid.tokens import token_hash
+from bes.db import grid_rows as grid
+from bes.db.grid_rows import GridState, Lease, LeaseAction, LeaseRef, WorkerRecord
+from bes.db.store import Database
+from bes.errors import InvalidRequest, LeaseLost, NotAuthorized
+from bes.ids import BackendJobId
+from bes.states import SubState
+
+log = logging.getLogger(__name__)
+
+_RUNNING: Final = frozenset(
+    {SubState.STAGING_IN.value, SubState.EXECUTING.value, SubState.STAGING_OUT.value}
+)
+_UPLOAD_CHECK_BYTES: Final = 8 * 1024 * 1024  # re-check the lease this often during uploads
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimRequest:
+    """What a worker can take on now.
+
+    Attributes:
+        slots: How many jobs it would start now.
+        memory_mib, vcpus, disk_mib: What it has free for one job.
+        hypervisors: Hypervisors it can run (``qemu``, ``virtualbox``).
+        network: Whether its owner allows guests a network.
+        wait_s: How long to wait for work if there is none (long poll).
+    """
+
+    slots: int
+    memory_mib: int
+    vcpus: int
+    disk_mib: int
+    hypervisors: tuple[str, ...]
+    network: bool
+    wait_s: float
+
+
+def lease_id(ref: LeaseRef) -> str:
+    """A lease as workers name it."""
+    return f"{ref.job_id}.{ref.epoch}"
+
+
+class WorkerGateway:
+    """Authenticates workers and applies their claims and reports (see module docstring).
+
+    Args:
+        db: The service's database.
+        config: The desktop grid's settings.
+        outputs: Where uploaded files go.
+        clock: The current time (aware, UTC).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        config: DesktopGridConfig,
+        outputs: OutputStore,
+        *,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self._db = db
+        self.config = config
+        self.outputs = outputs
+        self._clock = clock
+        self._work = asyncio.Event()
+
+    # ------------------------------------------------------------------ identity
+
+    async def authenticate(self, token: str | None) -> WorkerRecord:
+        """The worker holding ``token``.
+
+        Raises:
+            NotAuthorized: No token, an unknown one, or a revoked one.
+        """
+        if not token:
+            raise NotAuthorized("a worker token is required (Authorization: Bearer TOKEN)")
+        found = await self._db.read(grid.worker_by_token, token_hash(token))
+        if found is None:
+            raise NotAuthorized("unknown worker token")
+        if found.revoked_at is not None:
+            raise NotAuthorized(f"the token of worker {found.name} was revoked")
+        return found
+
+    async def register(self, worker: WorkerRecord, facts: Mapping[str, Any]) -> dict[str, Any]:
+        """Store what the worker says of its host; answer the protocol's timing."""
+        await self._db.write(grid.register_worker, (worker.id, dict(facts), self._clock()))
+        log.info("worker %s registered: %s", worker.name, dict(facts))
+        return {
+            "worker": worker.name,
+            "heartbeat_s": self.config.heartbeat_s,
+            "lease_s": self.config.lease_s,
+            "claim_wait_s": self.config.claim_wait_s,
+        }
+
+    # ------------------------------------------------------------------ work
+
+    def work_added(self) -> None:
+        """Wake claims that are waiting for work (call in the loop)."""
+        self._work.set()
+        self._work = asyncio.Event()
+
+    async def claim(self, worker: WorkerRecord, request: ClaimRequest) -> list[Lease]:
+        """Lease up to ``request.slots`` jobs that fit; wait up to ``wait_s`` for some."""
+        if request.slots < 1:
+            return []
+        deadline = time.monotonic() + max(0.0, min(request.wait_s, self.config.claim_wait_s))
+        while True:
+            now = self._clock()
+            leases = await self._db.write(
+                grid.claim_grid_jobs,
+                grid.Claim(
+                    worker_id=worker.id,
+                    limit=min(request.slots, 16),
+                    memory_mib=request.memory_mib,
+                    vcpus=request.vcpus,
+                    disk_mib=request.disk_mib,
+                    hypervisors=request.hypervisors,
+                    network=request.network,
+                    now=now,
+                    until=now + dt.timedelta(seconds=self.config.lease_s),
+                ),
+            )
+            if leases:
+                for lease in leases:
+                    log.info(
+                        "%s: leased to worker %s (attempt %d of %d)",
+                        lease.activity_id,
+                        worker.name,
+                        lease.attempt,
+                        lease.max_attempts,
+                    )
+                return leases
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            # Wake on new work here, and look again every second for work that another
+            # replica queued or that came back from an expired lease.
+            event = self._work
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=min(remaining, 1.0))
+
+    async def heartbeat(
+        self, worker: WorkerRecord, reports: Sequence[tuple[str, str | None]]
+    ) -> dict[str, LeaseAction]:
+        """Renew each reported lease ``(lease id, sub-state)``; say what to do with it."""
+        now = self._clock()
+        until = now + dt.timedelta(seconds=self.config.lease_s)
+        actions: dict[str, LeaseAction] = {}
+        beats = []
+        for reported, substate in reports:
+            ref = self._parse(worker, reported)
+            if ref is None or (substate is not None and substate not in WORKER_SUBSTATES):
+                actions[reported] = LeaseAction.LOST
+                continue
+            beats.append(
+                (
+                    reported,
+                    grid.Heartbeat(
+                        ref=ref,
+                        substate=substate,
+                        running=substate in _RUNNING,
+                        now=now,
+                        until=until,
+                    ),
+                )
+            )
+        results = await asyncio.gather(*(self._db.write(grid.heartbeat, b) for _, b in beats))
+        for (reported, _), action in zip(beats, results, strict=True):
+            actions[reported] = action
+        if not beats:
+            await self._db.write(grid.register_worker, (worker.id, worker.facts, now))
+        return actions
+
+    async def upload(
+        self, worker: WorkerRecord, reported: str, name: str, body: AsyncIterator[bytes]
+    ) -> int:
+        """Store one output file of a lease; return its size.
+
+        Raises:
+            LeaseLost: The lease is not the worker's (any more).
+            OutputTooLarge: The attempt's files would exceed the limit.
+            UnsafePath: ``name`` leaves the job's directory.
+        """
+        ref = await self._holding(worker, reported)
+        budget = self.config.max_output_bytes - self.outputs.used_bytes(ref.job_id, ref.epoch)
+        size = checked = 0
+        with self.outputs.writer(ref.job_id, ref.epoch, name) as out:
+            async for chunk in body:
+                size += len(chunk)
+                if size > budget:
+                    raise OutputTooLarge(
+                        f"the outputs of one attempt may not exceed "
+                        f"{self.config.max_output_bytes} bytes"
+                    )
+                out.write(chunk)
+                if size - checked >= _UPLOAD_CHECK_BYTES:
+                    checked = size
+                    await self._holding(worker, reported)
+        return size
+
+    async def complete(
+        self,
+        worker: WorkerRecord,
+        reported: str,
+        *,
+        exit_code: int,
+        failure: str | None,
+        timing: Mapping[str, float],
+    ) -> GridState:
+        """The job ran to its end (``failure``: why it failed nonetheless, e.g. stage-out).
+
+        Raises:
+            LeaseLost: The lease is not the worker's (any more); its files are dropped.
+        """
+        ref = self._required(worker, reported)
+        if failure:
+            state, message = GridState.FAILED, failure
+        elif exit_code != 0:
+            state, message = GridState.FAILED, f"the job exited with status {exit_code}"
+        else:
+            state, message = GridState.FINISHED, None
+        result = {
+            "epoch": ref.epoch,
+            "files": self.outputs.files(ref.job_id, ref.epoch),
+            "timing": dict(timing),
+            "worker": worker.name,
+        }
+        return await self._end(
+            ref,
+            grid.Finish(
+                ref=ref,
+                state=state,
+                exit_code=exit_code,
+                message=message,
+                result=result,
+                now=self._clock(),
+            ),
+        )
+
+    async def fail(
+        self, worker: WorkerRecord, reported: str, *, message: str, retry: bool
+    ) -> GridState:
+        """The job could not run. ``retry``: not the job's fault (hypervisor, host), so
+        another attempt may succeed; otherwise it fails now, keeping what was uploaded.
+
+        Raises:
+            LeaseLost: The lease is not the worker's (any more).
+        """
+        ref = self._required(worker, reported)
+        now = self._clock()
+        if not retry:
+            result = {
+                "epoch": ref.epoch,
+                "files": self.outputs.files(ref.job_id, ref.epoch),
+                "worker": worker.name,
+            }
+            return await self._end(
+                ref,
+                grid.Finish(
+                    ref=ref, state=GridState.FAILED, message=message, result=result, now=now
+                ),
+            )
+        row = (await self._db.read(grid.grid_statuses, [ref.job_id])).get(ref.job_id)
+        attempts = f"attempt {row.attempts} of {row.max_attempts}" if row else "an attempt"
+        give_up = row is not None and row.attempts >= row.max_attempts
+        text = f"{attempts} failed on worker {worker.name}: {message}"
+        text = f"given up: {text}" if give_up else f"{text}; back in the queue"
+        return await self._end(
+            ref, grid.Finish(ref=ref, state=GridState.QUEUED, retry=True, message=text, now=now)
+        )
+
+    async def release(self, worker: WorkerRecord, reported: str, *, message: str) -> GridState:
+        """The worker gives the job back unfinished (shutting down, or it was cancelled).
+
+        Raises:
+            LeaseLost: The lease is not the worker's (any more).
+        """
+        ref = self._required(worker, reported)
+        text = f"handed back by worker {worker.name}: {message}"
+        return await self._end(
+            ref, grid.Finish(ref=ref, state=GridState.QUEUED, message=text, now=self._clock())
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _end(self, ref: LeaseRef, finish: grid.Finish) -> GridState:
+        state = await self._db.write(grid.finish_leases, finish)
+        if state is None:
+            self._drop_attempt(ref)
+            raise LeaseLost(f"lease {lease_id(ref)} is not yours any more")
+        if state is GridState.QUEUED:
+            self._drop_attempt(ref)
+            self.work_added()
+        elif finish.result is not None:
+            self.outputs.keep_only(ref.job_id, ref.epoch)
+        else:
+            self.outputs.keep_only(ref.job_id, None)
+        log.info("%s: lease %s ended, job %s", ref.job_id, lease_id(ref), state.value)
+        return state
+
+    def _drop_attempt(self, ref: LeaseRef) -> None:
+        """Remove what one attempt uploaded (it will not be the job's result)."""
+        shutil.rmtree(self.outputs.attempt_dir(ref.job_id, ref.epoch), ignore_errors=True)
+
+    async def _holding(self, worker: WorkerRecord, reported: str) -> LeaseRef:
+        ref = self._required(worker, reported)
+        if not await self._db.read(grid.lease_holds, ref, self._clock()):
+            raise LeaseLost(f"lease {reported} is not yours any more")
+        return ref
+
+    def _required(self, worker: WorkerRecord, reported: str) -> LeaseRef:
+        ref = self._parse(worker, reported)
+        if ref is None:
+            raise InvalidRequest(f"{reported!r} is not a lease identifier")
+        return ref
+
+    @staticmethod
+    def _parse(worker: WorkerRecord, reported: str) -> LeaseRef | None:
+        job_id, dot, epoch = reported.rpartition(".")
+        if not dot or not job_id or not epoch.isdigit() or len(reported) > 64:
+            return None
+        return LeaseRef(job_id=BackendJobId(job_id), epoch=int(epoch), worker_id=worker.id)
+
+
+__all__ = ["ClaimRequest", "LeaseLost", "OutputTooLarge", "WorkerGateway", "lease_id"]

@@ -1,0 +1,60 @@
+"""Worker tokens: issued by an administrator, shown once, stored only as their sha256.
+
+A token is 256 random bits; hashing it with sha256 is enough (there is nothing to guess that a
+slow hash would protect), and lets the service find the worker with one indexed lookup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import secrets
+from typing import Final
+
+from bes.db import grid_rows as grid
+from bes.db.store import Database
+from bes.errors import ConfigError
+
+TOKEN_PREFIX: Final = "besw_"  # noqa: S105 - a prefix that marks worker tokens, not a secret
+_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def new_token() -> str:
+    """A fresh worker token."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    """What the database stores of a token."""
+    return hashlib.sha256(token.strip().encode()).hexdigest()
+
+
+def create_worker(db: Database, name: str) -> str:
+    """Register a worker named ``name`` and return its token (shown once, never stored).
+
+    Raises:
+        ConfigError: The name is malformed or taken.
+    """
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"worker name {name!r}: use 1 to 64 letters, digits, dots, dashes or underscores"
+        )
+    token = new_token()
+    worker_id = "w-" + secrets.token_hex(8)
+    created = db.write_sync(
+        grid.create_worker, (worker_id, name, token_hash(token), dt.datetime.now(dt.UTC))
+    )
+    if not created:
+        raise ConfigError(f"a worker named {name!r} exists already")
+    return token
+
+
+def revoke_worker(db: Database, name: str) -> None:
+    """Revoke a worker's token: its next call is refused.
+
+    Raises:
+        ConfigError: No worker of that name holds a live token.
+    """
+    if not db.write_sync(grid.revoke_worker, (name, dt.datetime.now(dt.UTC))):
+        raise ConfigError(f"no worker named {name!r} with a live token")

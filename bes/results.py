@@ -1,0 +1,96 @@
+"""An activity's kept files over HTTP, for its owner::
+
+    GET /bes/activities/ID/outputs          JSON: the files (name, bytes, url)
+    GET /bes/activities/ID/outputs/NAME     one file: stdout, stderr, outputs/FILE, ...
+
+The caller is decided by the identity policy, as for SOAP requests; an activity of another
+owner looks exactly like one that does not exist. The activity's status carries the listing's
+URL (``besa:Outputs``) once there are files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Final
+from urllib.parse import quote, unquote
+
+from bes.activities import Activities
+from bes.errors import NotAuthorized
+from bes.http import TEXT, Scope, Send, headers_of, respond, respond_file, respond_json
+from bes.identity import IdentityPolicy, Transport
+from bes.ids import parse_activity_id
+from bes.vm.media import UnsafePath, safe_relative
+from bes.wire import ACTIVITY_PATH
+
+OUTPUTS: Final = "outputs"
+_OCTETS: Final = b"application/octet-stream"
+
+
+def outputs_url(endpoint: str, activity_id: str) -> str:
+    """Where an activity's kept files are listed."""
+    return f"{endpoint}{ACTIVITY_PATH}{activity_id}/{OUTPUTS}"
+
+
+async def serve_outputs(
+    scope: Scope,
+    send: Send,
+    *,
+    activities: Activities,
+    identity: IdentityPolicy,
+    endpoint: str,
+) -> None:
+    """Answer a GET under ``/bes/activities/ID/outputs``."""
+    rest = scope["path"][len(ACTIVITY_PATH) :]
+    raw_id, _, tail = rest.partition("/")
+    name = unquote(tail[len(OUTPUTS) :].lstrip("/")) if tail.startswith(OUTPUTS) else None
+    activity_id = parse_activity_id(raw_id)
+    client = scope.get("client") or ("", 0)
+    transport = Transport(
+        client=f"{client[0]}:{client[1]}",
+        scheme=scope.get("scheme", "http"),
+        headers=headers_of(scope),
+    )
+    try:
+        caller = identity.identify(transport, None)
+    except NotAuthorized as exc:
+        await respond(send, 401, f"{exc}\n".encode(), TEXT)
+        return
+    directory = await activities.outputs(caller, activity_id) if activity_id else None
+    if activity_id is None or name is None or directory is None:
+        await respond(send, 404, b"no such activity, or it has no kept files\n", TEXT)
+        return
+    if not name:
+        files = await asyncio.to_thread(_listing, directory)
+        base = outputs_url(endpoint, activity_id)
+        await respond_json(
+            send,
+            200,
+            {
+                "activity": activity_id,
+                "files": [
+                    {"name": n, "bytes": size, "url": f"{base}/{quote(n)}"} for n, size in files
+                ],
+            },
+        )
+        return
+    try:
+        path = directory / safe_relative(name)
+    except UnsafePath:
+        path = None
+    if path is None or not path.is_file() or path.name.endswith(".partial"):
+        await respond(send, 404, b"no such file\n", TEXT)
+        return
+    await respond_file(send, path, _OCTETS, head=scope["method"] == "HEAD")
+
+
+def _listing(directory: Path) -> list[tuple[str, int]]:
+    found = []
+    for folder, _, names in os.walk(directory):
+        for name in names:
+            if name.endswith(".partial"):
+                continue
+            path = Path(folder) / name
+            found.append((str(path.relative_to(directory)), path.stat().st_size))
+    return sorted(found)
