@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from bes import __version__
 from bes.config import ServiceConfig
 from bes.errors import BesError
+
+if TYPE_CHECKING:
+    from bes.db.store import Database
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,8 +64,29 @@ def main(verbose: int) -> None:
 )
 @click.option(
     "--backend",
-    help="Backend that runs new activities (default: none; they stay "
-    "Pending until one is configured).",
+    default="desktopgrid",
+    show_default=True,
+    help="Backend that runs new activities; 'none' keeps them Pending (queue only).",
+)
+@click.option(
+    "--backend-option",
+    "backend_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A backend setting, e.g. lease_s=60, heartbeat_s=15, max_attempts=3 (repeatable).",
+)
+@click.option(
+    "--local-worker/--no-local-worker",
+    default=True,
+    show_default=True,
+    help="With the desktop grid, also run one worker on this machine.",
+)
+@click.option(
+    "--worker-option",
+    "worker_options",
+    multiple=True,
+    metavar="OPTION",
+    help="An option for the local worker, e.g. --worker-option=--max-vms=2 (repeatable).",
 )
 def serve(
     host: str,
@@ -69,13 +95,24 @@ def serve(
     database_url: str | None,
     public_url: str | None,
     max_request_bytes: int,
-    backend: str | None,
+    backend: str,
+    backend_options: tuple[str, ...],
+    local_worker: bool,
+    worker_options: tuple[str, ...],
 ) -> None:
-    """Run the BES service (SOAP at http://HOST:PORT/bes)."""
+    """Run the BES service (SOAP at http://HOST:PORT/bes), by default with a desktop grid
+    and one local worker, so submitted jobs run in VMs on this machine."""
     import uvicorn
 
     from bes.app import create_app
+    from bes.localworker import LocalWorker
 
+    options = {}
+    for option in backend_options:
+        key, sep, value = option.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{option!r} is not KEY=VALUE", param_hint="--backend-option")
+        options[key.strip()] = value.strip()
     config = ServiceConfig(
         host=host,
         port=port,
@@ -83,29 +120,238 @@ def serve(
         database_url=database_url,
         public_url=public_url,
         max_request_bytes=max_request_bytes,
-        backend=backend,
+        backend=None if backend == "none" else backend,
+        backend_options=options,
     )
+    worker = None
     try:
         app = create_app(config)
+        if local_worker and config.backend == "desktopgrid":
+            data_dir.mkdir(parents=True, exist_ok=True)
+            loopback = "[::1]" if ":" in host else "127.0.0.1"
+            worker = LocalWorker(
+                data_dir=data_dir,
+                database_url=config.effective_database_url,
+                service_url=f"http://{loopback}:{port}",
+                extra=list(worker_options),
+            )
+            worker.start()
     except BesError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"bes {__version__}: BES endpoint http://{host}:{port}/bes "
-        f"(WSDL: http://{host}:{port}/bes?wsdl)",
+        f"(WSDL: http://{host}:{port}/bes?wsdl); backend {config.backend or 'none'}"
+        + ("; with a local worker" if worker else ""),
         err=True,
     )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        timeout_keep_alive=30,
-        server_header=False,
+    try:
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            http="httptools" if importlib.util.find_spec("httptools") else "h11",
+            loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            timeout_keep_alive=30,
+            server_header=False,
+        )
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+@main.command("worker")
+@click.option("--service", "service_url", required=True, help="The service's base URL.")
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="File holding this worker's token (from bes worker-token create).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Image cache and VM directories (default: $XDG_CACHE_HOME/bes/worker).",
+)
+@click.option("--max-vms", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option(
+    "--cpu-cap",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Most CPU a VM may use, percent of its virtual CPUs.",
+)
+@click.option(
+    "--max-memory-mib",
+    type=click.IntRange(64),
+    help="Memory all VMs together may use (default: half of this machine's).",
+)
+@click.option(
+    "--max-vcpus",
+    type=click.IntRange(1),
+    help="Virtual CPUs one VM may have (default: this machine's CPUs).",
+)
+@click.option("--cache-mib", default=20480, show_default=True, type=click.IntRange(256))
+@click.option(
+    "--allow-network/--no-network",
+    default=False,
+    show_default=True,
+    help="Whether jobs that ask for a guest network may run here.",
+)
+@click.option(
+    "--busy-load",
+    type=click.FloatRange(0.0),
+    help="Pause VMs and take no work while the load average besides our VMs is above this.",
+)
+@click.option(
+    "--hypervisor",
+    "hypervisors",
+    multiple=True,
+    type=click.Choice(["qemu", "virtualbox"]),
+    help="Hypervisors to use, preferred first (default: VirtualBox, then QEMU).",
+)
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto")
+@click.option(
+    "--file-root",
+    "file_roots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A directory that file: staging URIs may name (repeatable; default none).",
+)
+@click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone.")
+def worker_command(
+    service_url: str,
+    token_file: Path,
+    cache_dir: Path | None,
+    max_vms: int,
+    cpu_cap: int,
+    max_memory_mib: int | None,
+    max_vcpus: int | None,
+    cache_mib: int,
+    allow_network: bool,
+    busy_load: float | None,
+    hypervisors: tuple[str, ...],
+    accel: str,
+    file_roots: tuple[Path, ...],
+    parent_pid: int | None,
+) -> None:
+    """Pull jobs from a bes service and run them in VMs on this machine.
+
+    Exit status 3 means the service refused this worker (unknown or revoked token).
+    """
+    import signal
+    import threading
+
+    from bes.vm.spec import Hypervisor
+    from bes.vmlocal import default_cache_dir
+    from bes.worker.config import WorkerConfig
+    from bes.worker.node import Worker, watch_parent
+
+    physical_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    config = WorkerConfig(
+        service=service_url,
+        token=token_file.read_text().strip(),
+        cache_dir=cache_dir or default_cache_dir() / "worker",
+        max_vms=max_vms,
+        cpu_cap_percent=cpu_cap,
+        max_memory_mib=max_memory_mib or max(256, physical_mib // 2),
+        max_vcpus=max_vcpus or os.cpu_count() or 1,
+        cache_limit_mib=cache_mib,
+        allow_network=allow_network,
+        busy_load=busy_load,
+        hypervisors=tuple(Hypervisor(h) for h in hypervisors),
+        accelerator=accel,
+        file_roots=file_roots,
     )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if parent_pid is not None:
+        watch_parent(parent_pid, stop)
+    worker = Worker(config)
+    try:
+        worker.run(stop)
+    except BesError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if worker.refused:
+        sys.exit(3)
+
+
+@main.group("worker-token")
+def worker_token() -> None:
+    """Issue and revoke the tokens workers sign in with (run on the service's machine)."""
+
+
+_DATA_DIR = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bes-data"),
+    show_default=True,
+    help="The service's data directory (its embedded database).",
+)
+_DATABASE_URL = click.option(
+    "--database-url", envvar="BES_DATABASE_URL", help="The service's database, if not embedded."
+)
+
+
+def _database(data_dir: Path, database_url: str | None) -> Database:
+    from bes.db.engine import default_url
+    from bes.db.store import Database
+
+    if database_url is None and not (data_dir / "bes.sqlite3").exists():
+        raise click.ClickException(f"no service database in {data_dir} (see --data-dir)")
+    db = Database(database_url or default_url(data_dir))
+    db.migrate()
+    return db
+
+
+@worker_token.command("create")
+@click.argument("name")
+@_DATA_DIR
+@_DATABASE_URL
+def worker_token_create(name: str, data_dir: Path, database_url: str | None) -> None:
+    """Register worker NAME and print its token (shown once: keep it in a file)."""
+    from bes.backends.desktopgrid.tokens import create_worker
+
+    with _database(data_dir, database_url) as db:
+        try:
+            token = create_worker(db, name)
+        except BesError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(token)
+
+
+@worker_token.command("revoke")
+@click.argument("name")
+@_DATA_DIR
+@_DATABASE_URL
+def worker_token_revoke(name: str, data_dir: Path, database_url: str | None) -> None:
+    """Revoke the token of worker NAME: its next call is refused."""
+    from bes.backends.desktopgrid.tokens import revoke_worker
+
+    with _database(data_dir, database_url) as db:
+        try:
+            revoke_worker(db, name)
+        except BesError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"revoked the token of worker {name}", err=True)
+
+
+@worker_token.command("list")
+@_DATA_DIR
+@_DATABASE_URL
+def worker_token_list(data_dir: Path, database_url: str | None) -> None:
+    """List the workers, their state and when they were last heard of."""
+    from bes.db import grid_rows
+
+    with _database(data_dir, database_url) as db:
+        workers = db.read_sync(grid_rows.list_workers)
+    for w in workers:
+        state = "revoked" if w.revoked_at else "live"
+        seen = w.last_seen_at.isoformat(timespec="seconds") if w.last_seen_at else "never"
+        click.echo(f"{w.name:20} {state:8} last seen {seen}")
 
 
 @main.group()

@@ -200,6 +200,26 @@ def create_worker(
     return out
 
 
+def rotate_worker(
+    conn: Connection, items: Sequence[tuple[str, str, str, dt.datetime]]
+) -> list[None]:
+    """Give worker ``name`` a new token hash (creating it if need be): ``(id, name, hash, at)``.
+
+    Its earlier token stops working; a revoked worker is live again.
+    """
+    for worker_id, name, token_hash, at in items:
+        updated = conn.execute(
+            update(worker)
+            .where(worker.c.name == name)
+            .values(token_hash=token_hash, revoked_at=None)
+        ).rowcount
+        if not updated:
+            conn.execute(
+                insert(worker).values(id=worker_id, name=name, token_hash=token_hash, created_at=at)
+            )
+    return [None] * len(items)
+
+
 def revoke_worker(conn: Connection, items: Sequence[tuple[str, dt.datetime]]) -> list[bool]:
     """Revoke the token of each named worker; False where there is no such live worker."""
     out = []

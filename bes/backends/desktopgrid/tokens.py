@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import re
 import secrets
+from pathlib import Path
 from typing import Final
 
 from bes.db import grid_rows as grid
@@ -47,6 +48,30 @@ def create_worker(db: Database, name: str) -> str:
     )
     if not created:
         raise ConfigError(f"a worker named {name!r} exists already")
+    return token
+
+
+def local_worker_token(db: Database, name: str, token_file: Path) -> str:
+    """The token of the service's own local worker, kept in ``token_file`` (mode 0600).
+
+    A token that still opens the worker is reused; otherwise a new one replaces it.
+    """
+    if token_file.exists():
+        token = token_file.read_text().strip()
+        found = db.read_sync(grid.worker_by_token, token_hash(token))
+        if found is not None and found.name == name and found.revoked_at is None:
+            return token
+    token = new_token()
+    db.write_sync(
+        grid.rotate_worker,
+        ("w-" + secrets.token_hex(8), name, token_hash(token), dt.datetime.now(dt.UTC)),
+    )
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = token_file.with_name(token_file.name + ".partial")
+    partial.unlink(missing_ok=True)
+    partial.touch(mode=0o600)
+    partial.write_text(token + "\n")
+    partial.replace(token_file)
     return token
 
 

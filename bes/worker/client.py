@@ -1,0 +1,258 @@
+"""The worker's side of the worker protocol: one method per call, errors by kind.
+
+Connection failures and 5xx answers are :class:`ServiceUnavailable` (try again later, with
+backoff); 401 is :class:`WorkerRefused` (the token is wrong or revoked: stop); 409 is
+:class:`~bes.errors.LeaseLost` (drop the job). Requests and their bodies are described in
+``schemas/worker-api-v1.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import requests
+import requests.auth
+
+from bes.errors import BesError, LeaseLost
+from bes.jsdl import codec
+from bes.jsdl.model import JobDefinition
+from bes.vm.images import ImageError
+from bes.vm.repository import Catalog, Template
+
+log = logging.getLogger(__name__)
+
+_TIMEOUT_S: Final = 30.0
+_UPLOAD_TIMEOUT_S: Final = 600.0
+
+
+class ServiceUnavailable(BesError):
+    """The service cannot be reached or cannot answer now; try again later."""
+
+
+class WorkerRefused(BesError):
+    """The service refuses this worker (unknown or revoked token)."""
+
+
+class ProtocolError(BesError):
+    """The service rejected a request as malformed (a bug on one side)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Work:
+    """A job leased to this worker."""
+
+    lease: str
+    activity: str
+    attempt: int
+    max_attempts: int
+    job: JobDefinition
+
+
+class ServiceClient:
+    """Calls the worker protocol of one service (safe to share between threads).
+
+    Args:
+        base_url: The service's base URL, e.g. ``http://127.0.0.1:8080``.
+        token: This worker's token.
+    """
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._token = token.strip()
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ calls
+
+    def register(self, facts: Mapping[str, Any]) -> dict[str, Any]:
+        """Report the host; returns the protocol's timing (heartbeat_s, lease_s, ...)."""
+        answer: dict[str, Any] = self._post("register", {"facts": dict(facts)})
+        return answer
+
+    def claim(
+        self,
+        *,
+        slots: int,
+        memory_mib: int,
+        vcpus: int,
+        disk_mib: int,
+        hypervisors: Sequence[str],
+        network: bool,
+        wait_s: float,
+    ) -> list[Work]:
+        """Lease jobs that fit; waits up to ``wait_s`` for some."""
+        answer = self._post(
+            "claim",
+            {
+                "slots": slots,
+                "memory_mib": memory_mib,
+                "vcpus": vcpus,
+                "disk_mib": disk_mib,
+                "hypervisors": list(hypervisors),
+                "network": network,
+                "wait_s": wait_s,
+            },
+            timeout_s=wait_s + _TIMEOUT_S,
+        )
+        work = []
+        for lease in answer.get("leases", []):
+            try:
+                job = codec.from_json(json.dumps(lease["job"]))
+            except BesError as exc:
+                raise ProtocolError(f"lease {lease.get('lease')}: unreadable job: {exc}") from exc
+            work.append(
+                Work(
+                    lease=lease["lease"],
+                    activity=lease["activity"],
+                    attempt=lease["attempt"],
+                    max_attempts=lease["max_attempts"],
+                    job=job,
+                )
+            )
+        return work
+
+    def heartbeat(self, reports: Sequence[tuple[str, str | None]]) -> dict[str, str]:
+        """Renew leases ``(lease, sub-state)``; returns continue, cancel or lost for each."""
+        answer = self._post(
+            "heartbeat", {"leases": [{"lease": k, "substate": s} for k, s in reports]}
+        )
+        leases: dict[str, str] = answer.get("leases", {})
+        return leases
+
+    def upload(self, lease: str, name: str, path: Path) -> None:
+        """Upload one file of a lease."""
+        url = f"leases/{_quote(lease)}/files/{urllib.parse.quote(name)}"
+        with path.open("rb") as body:
+            self._request("PUT", url, data=body, timeout_s=_UPLOAD_TIMEOUT_S)
+
+    def complete(
+        self, lease: str, *, exit_code: int, failure: str | None, timing: Mapping[str, float]
+    ) -> str:
+        """The job ran to its end; returns the job's state afterwards."""
+        body = {"exit_code": exit_code, "failure": failure, "timing": dict(timing)}
+        return str(self._post(f"leases/{_quote(lease)}/complete", body)["state"])
+
+    def fail(self, lease: str, *, message: str, retry: bool) -> str:
+        """The job could not run; returns the job's state afterwards."""
+        body = {"message": message, "retry": retry}
+        return str(self._post(f"leases/{_quote(lease)}/fail", body)["state"])
+
+    def release(self, lease: str, *, message: str) -> str:
+        """Hand the job back; returns the job's state afterwards."""
+        return str(self._post(f"leases/{_quote(lease)}/release", {"message": message})["state"])
+
+    def catalog(self) -> Catalog:
+        """The service's template catalog."""
+        response = self._raw("GET", self.base_url + "/bes/images", timeout_s=_TIMEOUT_S)
+        try:
+            data = response.json()
+            return Catalog([Template.from_json(entry) for entry in data.get("templates", [])])
+        except (ValueError, TypeError, ImageError) as exc:
+            raise ProtocolError(f"the service's image catalog is unreadable: {exc}") from exc
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _post(self, path: str, body: Mapping[str, Any], *, timeout_s: float = _TIMEOUT_S) -> Any:
+        response = self._request(
+            "POST",
+            path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            timeout_s=timeout_s,
+        )
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ServiceUnavailable(f"{path}: the answer is not JSON") from exc
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: Any,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float,
+    ) -> requests.Response:
+        url = f"{self.base_url}/worker/v1/{path}"
+        return self._raw(
+            method, url, data=data, headers=headers, auth=_Bearer(self._token), timeout_s=timeout_s
+        )
+
+    def _raw(
+        self,
+        method: str,
+        url: str,
+        *,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        auth: requests.auth.AuthBase | None = None,
+        timeout_s: float,
+    ) -> requests.Response:
+        session = self._session()
+        try:
+            response = session.request(
+                method,
+                url,
+                data=data,
+                headers=dict(headers or {}),
+                auth=auth,
+                timeout=(10.0, timeout_s),
+            )
+        except requests.RequestException as exc:
+            raise ServiceUnavailable(f"cannot reach {self.base_url}: {_reason(exc)}") from exc
+        if response.status_code < 400:
+            return response
+        message = _message(response)
+        if response.status_code == 401:
+            raise WorkerRefused(f"the service refuses this worker: {message}")
+        if response.status_code == 409:
+            raise LeaseLost(message)
+        if response.status_code >= 500 or response.status_code == 429:
+            raise ServiceUnavailable(f"the service answered {response.status_code}: {message}")
+        raise ProtocolError(f"the service answered {response.status_code}: {message}")
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()  # proxies from the environment apply, as users expect
+            self._local.session = session
+        return session
+
+
+class _Bearer(requests.auth.AuthBase):
+    """The worker token as a bearer credential (passed as auth, so ~/.netrc cannot replace
+    it)."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+
+def _quote(lease: str) -> str:
+    return urllib.parse.quote(lease, safe="")
+
+
+def _message(response: requests.Response) -> str:
+    try:
+        return str(response.json().get("message", response.text))
+    except ValueError:
+        return response.text.strip()[:500] or response.reason
+
+
+def _reason(exc: requests.RequestException) -> str:
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused (is the service running?)"
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    return text[:300]

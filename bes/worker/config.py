@@ -1,0 +1,49 @@
+"""How a worker runs: what it may use of its host, and how it talks to the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bes.vm.spec import Hypervisor
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerConfig:
+    """A worker's settings; the defaults protect a volunteer's machine.
+
+    Attributes:
+        service: The service's base URL (``https://bes.example.org``).
+        token: This worker's token.
+        cache_dir: Image cache, VM directories and scratch space.
+        max_vms: Most VMs at once.
+        cpu_cap_percent: Most CPU each VM may use, in percent of its virtual CPUs.
+        max_memory_mib: Memory all VMs together may use; jobs that do not fit are not taken.
+        max_vcpus: Virtual CPUs one VM may have.
+        cache_limit_mib: Disk budget of the image cache (least recently used images go).
+        allow_network: Whether guests may have a network at all (jobs asking for one are
+            taken only then).
+        busy_load: Pause VMs and take no work while the host's load average, not counting
+            our VMs, is above this; None never pauses.
+        hypervisors: Hypervisors to use, preferred first; empty: whatever works here.
+        accelerator: QEMU accelerator (auto, kvm, tcg).
+        file_roots: Directories that ``file:`` staging URIs may name; none by default.
+        max_backoff_s: Longest wait between attempts to reach the service.
+        stop_grace_s: On shutdown, how long to wait for jobs to hand back.
+    """
+
+    service: str
+    token: str
+    cache_dir: Path
+    max_vms: int = 1
+    cpu_cap_percent: int = 100
+    max_memory_mib: int = 2048
+    max_vcpus: int = 1
+    cache_limit_mib: int = 20 * 1024
+    allow_network: bool = False
+    busy_load: float | None = None
+    hypervisors: tuple[Hypervisor, ...] = ()
+    accelerator: str = "auto"
+    file_roots: tuple[Path, ...] = ()
+    max_backoff_s: float = 60.0
+    stop_grace_s: float = 30.0

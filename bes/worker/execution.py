@@ -1,0 +1,217 @@
+"""One leased job on a worker: stage in, run the VM, stage out, report.
+
+Sub-states are reported as they happen (Staging-In while inputs and the image arrive,
+Executing while the VM runs, Staging-Out while outputs are delivered and uploaded). stdout,
+stderr and the exit code go back whatever happened; the console's last lines too when the
+VM did not bring the job to its end. Failures that are not the job's fault (a hypervisor
+that breaks, a template that cannot be built here) are reported as retryable, so another
+worker can try; the job's own failures are final.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, TypeVar
+
+from bes.errors import BesError, HypervisorError, LeaseLost
+from bes.states import SubState
+from bes.vm.drivers.base import HypervisorDriver
+from bes.vm.job import VmOutcome, run_vm_job
+from bes.vm.repository import ImageRepository
+from bes.vm.spec import Hypervisor
+from bes.vmjob import VmDefaults, kept_files, plan, virtual_machine
+from bes.worker.client import ServiceClient, ServiceUnavailable, Work, WorkerRefused
+from bes.worker.config import WorkerConfig
+from bes.worker.staging import deliver_outputs, fetch_inputs, kept_paths
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_REPORT_FOR_S: Final = 600.0  # keep trying to report a result this long while the service is down
+_CRASHED: Final = "the VM crashed"
+
+
+@dataclass(slots=True)
+class Assignment:
+    """A lease in progress, shared between its job thread and the heartbeat thread."""
+
+    work: Work
+    memory_mib: int
+    substate: str = SubState.PROVISIONING.value
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lost: threading.Event = field(default_factory=threading.Event)
+    changed: Callable[[], None] = lambda: None
+
+    def enter(self, substate: SubState) -> None:
+        """Move to a sub-state and tell the service at once."""
+        self.substate = substate.value
+        self.changed()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Node:
+    """What a job needs of the worker it runs on."""
+
+    config: WorkerConfig
+    client: ServiceClient
+    drivers: Mapping[Hypervisor, HypervisorDriver]
+    repository: Callable[[], ImageRepository]
+    defaults: VmDefaults
+    stopping: threading.Event
+    busy: Callable[[], bool]
+
+
+def memory_of(work: Work, defaults: VmDefaults) -> int:
+    """The memory a job's VM will take (for the worker's own budget)."""
+    return virtual_machine(work.job, defaults).memory_mib or defaults.memory_mib
+
+
+def execute(assignment: Assignment, node: Node) -> None:
+    """Run one leased job to its end and report it; never raises."""
+    work = assignment.work
+    workdir = node.config.cache_dir / "jobs" / work.lease
+    try:
+        _execute(assignment, node, workdir)
+    except LeaseLost as exc:
+        log.warning("%s: lease %s lost, job dropped: %s", work.activity, work.lease, exc)
+    except WorkerRefused as exc:
+        log.error("%s: %s", work.activity, exc)
+    except ServiceUnavailable as exc:
+        log.error("%s: could not report to the service: %s", work.activity, exc)
+    except Exception:
+        log.exception("%s: unexpected failure running lease %s", work.activity, work.lease)
+        _try(lambda: node.client.fail(work.lease, message="the worker failed", retry=True))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
+    work, client = assignment.work, node.client
+    inputs_dir, results_dir = workdir / "inputs", workdir / "results"
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    assignment.enter(SubState.STAGING_IN)
+    try:
+        driver = _driver_for(work, node)
+        inputs = fetch_inputs(work.job, inputs_dir, file_roots=node.config.file_roots)
+        vm_job = plan(
+            work.job,
+            work.activity,
+            repository=node.repository(),
+            inputs=inputs,
+            formats=driver.disk_formats,
+            defaults=node.defaults,
+            cpu_cap_percent=node.config.cpu_cap_percent,
+        )
+    except HypervisorError as exc:
+        _fail(client, work, f"{exc}", retry=True)
+        return
+    except BesError as exc:  # staging, checksum, template, unsupported feature
+        log.warning("%s: cannot run: %s", work.activity, exc)
+        _fail(client, work, f"{exc}", retry=False)
+        return
+    staged_in = time.monotonic()
+    assignment.enter(SubState.EXECUTING)
+
+    def cancelled() -> bool:
+        return assignment.cancel.is_set() or assignment.lost.is_set() or node.stopping.is_set()
+
+    try:
+        outcome = run_vm_job(vm_job, driver, results_dir, cancelled=cancelled, paused=node.busy)
+    except HypervisorError as exc:
+        log.warning("%s: the hypervisor failed: %s", work.activity, exc)
+        _fail(client, work, f"hypervisor: {exc}", retry=True)
+        return
+    ran = time.monotonic()
+    if assignment.lost.is_set():
+        log.warning("%s: the lease was lost while the job ran; dropped", work.activity)
+        return
+    if assignment.cancel.is_set():
+        _report(lambda: client.release(work.lease, message="stopped: the activity was terminated"))
+        return
+    if node.stopping.is_set() and not outcome.completed:
+        _report(lambda: client.release(work.lease, message="the worker is shutting down"))
+        return
+    timing = {"staging_in": staged_in - started, "vm": outcome.vm_seconds}
+    if not outcome.completed or outcome.results is None or outcome.exit_code is None:
+        _upload_console(assignment, node, outcome, workdir)
+        _fail(client, work, outcome.reason, retry=outcome.reason == _CRASHED)
+        return
+    assignment.enter(SubState.STAGING_OUT)
+    failures = deliver_outputs(work.job, outcome.results, file_roots=node.config.file_roots)
+    files = {"stdout": outcome.results.stdout, "stderr": outcome.results.stderr}
+    files.update(kept_paths(outcome.results, kept_files(work.job)))
+    for name, path in files.items():
+        _upload(client, work.lease, name, path)
+    missing = outcome.results.missing
+    if missing:
+        failures.append("the job did not produce " + ", ".join(missing))
+    if outcome.results.guest_seconds is not None:
+        timing["guest"] = outcome.results.guest_seconds
+    timing.update(vm=ran - staged_in, staging_out=time.monotonic() - ran)
+    state = _report(
+        lambda: client.complete(
+            work.lease,
+            exit_code=outcome.exit_code or 0,
+            failure="; ".join(failures) or None,
+            timing=timing,
+        )
+    )
+    log.info("%s: done, exit code %s, %s", work.activity, outcome.exit_code, state)
+
+
+def _driver_for(work: Work, node: Node) -> HypervisorDriver:
+    wanted: Sequence[Hypervisor] = virtual_machine(work.job, node.defaults).hypervisors
+    for hypervisor in wanted or tuple(node.drivers):
+        driver = node.drivers.get(hypervisor)
+        if driver is not None:
+            return driver
+    raise HypervisorError(
+        "this worker has none of the hypervisors the job accepts: "
+        + ", ".join(h.value for h in wanted)
+    )
+
+
+def _fail(client: ServiceClient, work: Work, message: str, *, retry: bool) -> None:
+    _report(lambda: client.fail(work.lease, message=message, retry=retry))
+
+
+def _upload(client: ServiceClient, lease: str, name: str, path: Path) -> None:
+    _report(lambda: client.upload(lease, name, path))
+
+
+def _upload_console(assignment: Assignment, node: Node, outcome: VmOutcome, workdir: Path) -> None:
+    if not outcome.console_tail:
+        return
+    console = workdir / "console.log"
+    console.write_text(outcome.console_tail + "\n")
+    _upload(node.client, assignment.work.lease, "console.log", console)
+
+
+def _report(call: Callable[[], T]) -> T:
+    """Make a protocol call, retrying while the service is unavailable (bounded)."""
+    deadline = time.monotonic() + _REPORT_FOR_S
+    delay = 1.0
+    while True:
+        try:
+            return call()
+        except ServiceUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("the service is unavailable (%s); retrying in %.0f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+
+def _try(call: Callable[[], object]) -> None:
+    try:
+        call()
+    except BesError as exc:
+        log.warning("could not report: %s", exc)
