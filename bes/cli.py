@@ -253,7 +253,7 @@ def worker_command(
     config = WorkerConfig(
         service=service_url,
         token=token_file.read_text().strip(),
-        cache_dir=cache_dir or default_cache_dir() / "worker",
+        cache_dir=(cache_dir or default_cache_dir() / "worker").resolve(),
         max_vms=max_vms,
         cpu_cap_percent=cpu_cap,
         max_memory_mib=max_memory_mib or max(256, physical_mib // 2),
@@ -263,7 +263,7 @@ def worker_command(
         busy_load=busy_load,
         hypervisors=tuple(Hypervisor(h) for h in hypervisors),
         accelerator=accel,
-        file_roots=file_roots,
+        file_roots=tuple(root.resolve() for root in file_roots),
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

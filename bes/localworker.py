@@ -36,7 +36,7 @@ class LocalWorker:
     def __init__(
         self, *, data_dir: Path, database_url: str, service_url: str, extra: list[str]
     ) -> None:
-        self.data_dir = data_dir
+        self.data_dir = data_dir.resolve()
         self.database_url = database_url
         self.service_url = service_url
         self.extra = extra

@@ -34,7 +34,7 @@ from bes.states import ActivityState, SubState
 ACTIVITY_PATH: Final = "/bes/activities/"
 """Path prefix of every activity's own URL (its EPR Address)."""
 
-_NSMAP: Final = {"bes-factory": BES_FACTORY, "wsa": WSA, "besa": BES_ACTIVITY}
+_NSMAP: Final = {"bes-factory": BES_FACTORY, "wsa": WSA, "besa": BES_ACTIVITY, "fs": HPCP_FS}
 _ADDRESS: Final = qname(WSA, "Address")
 _REFERENCE_PARAMETERS: Final = qname(WSA, "ReferenceParameters")
 _ACTIVITY_ID: Final = qname(BES_ACTIVITY, "ActivityId")

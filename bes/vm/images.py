@@ -47,7 +47,7 @@ class ImageCache:
         runner: CommandRunner | None = None,
         img_binary: str = "qemu-img",
     ) -> None:
-        self.root = root
+        self.root = root.resolve()  # paths handed to hypervisors must not be relative
         self.limit_bytes = limit_bytes
         self.bytes_fetched = 0
         self._runner = runner or CommandRunner()

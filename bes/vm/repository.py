@@ -109,6 +109,10 @@ TINY_TEMPLATE = Template(
 )
 
 
+def _has_media(template: Template) -> bool:
+    return template.sha256 is not None or template.kernel_sha256 is not None
+
+
 class ImageRepository:
     """Resolves image references against a site catalog and the node's cache."""
 
@@ -160,7 +164,8 @@ class ImageRepository:
     def _resolve(self, ref: ImageRef) -> tuple[BootImage, Template | None]:
         if ref.template is not None:
             template = self.template(ref.template)
-            if template is None and ref.template == TINY:
+            if ref.template == TINY and (template is None or not _has_media(template)):
+                # A catalog's tiny (the service's, say) names no files: each node builds its own.
                 template = self._build_tiny()
             if template is None:
                 raise UnknownTemplate(f"no template image named {ref.template!r}")

@@ -19,6 +19,7 @@ DEFAULT_ORDER = (Hypervisor.VIRTUALBOX, Hypervisor.QEMU)
 def make_driver(
     hypervisor: Hypervisor, root: Path, *, accelerator: str = "auto"
 ) -> HypervisorDriver:
+    root = root.resolve()  # the hypervisor runs in the VM's directory: no relative paths
     runner = CommandRunner(trace_path=root / "trace.log", replay_path=root / "replay.txt")
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     if hypervisor is Hypervisor.QEMU:
