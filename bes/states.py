@@ -72,9 +72,10 @@ class SubState(StrEnum):
     """
 
     QUEUED = "Queued"
-    """Pending: stored and waiting to be handed to a backend or claimed by a worker."""
+    """Pending: stored and waiting to be handed to a backend."""
     SUBMITTED = "Submitted"
-    """Pending: handed to a backend, which has not started it yet."""
+    """Pending: handed to a backend, which has not started it yet (in the desktop grid: in
+    its queue, waiting for a worker)."""
     PROVISIONING = "Provisioning"
     """Pending: a virtual machine or cloud instance is being prepared for the job."""
     STAGING_IN = "Staging-In"

@@ -146,7 +146,9 @@ def test_heartbeats_renew_the_lease_and_carry_cancellation(db: Database) -> None
     # The lease now runs to later + 60 s: past the first minute, it still holds.
     assert db.read_sync(grid.lease_holds, lease.ref, T0 + dt.timedelta(seconds=100))
     assert db.write_sync(grid.cancel_grid_jobs, (j.id, later)) is grid.GridState.LEASED
-    again = grid.Heartbeat(ref=lease.ref, substate="Executing", running=True, now=later, until=later)
+    again = grid.Heartbeat(
+        ref=lease.ref, substate="Executing", running=True, now=later, until=later
+    )
     assert db.write_sync(grid.heartbeat, again) is grid.LeaseAction.CANCEL
 
 

@@ -24,10 +24,18 @@ def free_port() -> int:
 class LiveServer:
     """``python -m bes serve`` in a subprocess; :meth:`start` waits until it answers."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, extra: list[str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        extra: list[str] | None = None,
+        local_worker: bool = False,
+    ):
         self.data_dir = data_dir
         self.port = port or free_port()
-        self.extra = extra or []
+        # Tests of the SOAP edge run no VMs: no local worker unless a test asks for one.
+        self.extra = (extra or []) + ([] if local_worker else ["--no-local-worker"])
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"serve-{self.port}.log"
 

@@ -120,7 +120,7 @@ def to_job_status(row: GridJobStatus) -> JobStatus:
         if row.ran:
             return JobStatus(state=JobState.RUNNING, message=row.message, extra=extra)
         return JobStatus(
-            state=JobState.PENDING, substate=SubState.QUEUED, message=row.message, extra=extra
+            state=JobState.PENDING, substate=SubState.SUBMITTED, message=row.message, extra=extra
         )
     substate = WORKER_SUBSTATES.get(row.substate or "", SubState.PROVISIONING)
     if substate is SubState.PROVISIONING:

@@ -97,11 +97,12 @@ class DesktopGridBackend(Backend):
         self._db = db
         self.config = config
         self._loop = loop
-        self._clock = clock
+        self.clock = clock
+        """The current time; the queue's leases are measured against it."""
         self._last_sweep = 0.0
         self._sweep_lock = threading.Lock()
         self.outputs = OutputStore(config.outputs_dir, max_bytes=config.max_output_bytes)
-        self.gateway = WorkerGateway(db, config, self.outputs, clock=clock)
+        self.gateway = WorkerGateway(db, config, self.outputs, clock=lambda: self.clock())
 
     @classmethod
     def build(cls, context: BackendContext) -> DesktopGridBackend:
@@ -139,7 +140,7 @@ class DesktopGridBackend(Backend):
                 needs_network=needs.needs_network,
                 hypervisors=needs.hypervisors,
                 max_attempts=self.config.max_attempts,
-                at=self._clock(),
+                at=self.clock(),
             ),
         )
         if self._loop is not None:
@@ -149,7 +150,7 @@ class DesktopGridBackend(Backend):
     def status(self, ids: Sequence[BackendJobId]) -> Mapping[BackendJobId, JobStatus]:
         if not ids:
             return {}
-        self._sweep()
+        self.sweep()
         rows = self._db.read_sync(grid.grid_statuses, ids)
         unknown = JobStatus(state=JobState.UNKNOWN, message="no such job in the desktop grid")
         return {
@@ -158,7 +159,7 @@ class DesktopGridBackend(Backend):
         }
 
     def cancel(self, ids: Sequence[BackendJobId]) -> Mapping[BackendJobId, CancelOutcome]:
-        now = self._clock()
+        now = self.clock()
         out: dict[BackendJobId, CancelOutcome] = {}
         for job_id in dict.fromkeys(ids):
             state = self._write(grid.cancel_grid_jobs, (job_id, now))
@@ -192,20 +193,20 @@ class DesktopGridBackend(Backend):
             catalog.add(TINY_TEMPLATE)
         return catalog
 
-    def _sweep(self) -> None:
-        """Take back expired leases, at most once a second."""
+    def sweep(self, *, now: bool = False) -> None:
+        """Take back expired leases (at most once a second unless ``now``)."""
         with self._sweep_lock:
-            if time.monotonic() - self._last_sweep < _SWEEP_EVERY_S:
+            if not now and time.monotonic() - self._last_sweep < _SWEEP_EVERY_S:
                 return
             self._last_sweep = time.monotonic()
-        if self._write(grid.expire_leases, self._clock()) and self._loop is not None:
+        if self._write(grid.expire_leases, self.clock()) and self._loop is not None:
             self._loop.call_soon_threadsafe(self.gateway.work_added)
 
     def _write(self, fn: BatchFunction[A, R], arg: A) -> R:
         """Run a write from a registry thread in the service's loop (one writer), or
         directly when there is no loop (command-line tools, tests)."""
         loop = self._loop
-        if loop is None or not loop.is_running():
+        if loop is None or not loop.is_running() or _running_loop() is loop:
             return self._db.write_sync(fn, arg)
         future = asyncio.run_coroutine_threadsafe(self._db.write(fn, arg), loop)
         try:
@@ -213,6 +214,13 @@ class DesktopGridBackend(Backend):
         except TimeoutError as exc:
             future.cancel()
             raise StoreError("the database write did not finish in time") from exc
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _number(key: str, text: str, kind: type[float] | type[int]) -> float | int:
