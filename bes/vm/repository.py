@@ -50,6 +50,9 @@ class Template:
     initrd_sha256: str | None = None
     cmdline: str | None = None
     runs_cloud_config: bool = True
+    build: str | None = None
+    """How a template built on the node was made (tiny: its init script's hash); a node
+    rebuilds it when this changes."""
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -109,10 +112,6 @@ TINY_TEMPLATE = Template(
 )
 
 
-def _has_media(template: Template) -> bool:
-    return template.sha256 is not None or template.kernel_sha256 is not None
-
-
 class ImageRepository:
     """Resolves image references against a site catalog and the node's cache."""
 
@@ -164,8 +163,9 @@ class ImageRepository:
     def _resolve(self, ref: ImageRef) -> tuple[BootImage, Template | None]:
         if ref.template is not None:
             template = self.template(ref.template)
-            if ref.template == TINY and (template is None or not _has_media(template)):
-                # A catalog's tiny (the service's, say) names no files: each node builds its own.
+            if ref.template == TINY and (template is None or template.build != tiny.BUILD):
+                # tiny is built by each node (a catalog's tiny, e.g. the service's, names no
+                # files), again whenever what goes into it changed.
                 template = self._build_tiny()
             if template is None:
                 raise UnknownTemplate(f"no template image named {ref.template!r}")
@@ -205,7 +205,7 @@ class ImageRepository:
         with (self.cache.root / ".tiny.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time per node
             existing = Catalog.load(self.cache.root / _LOCAL_CATALOG).get(TINY)
-            if existing is not None and self._available(existing):
+            if existing is not None and self._available(existing) and existing.build == tiny.BUILD:
                 return existing
             log.info("building the template %s from Debian packages (once per node)", TINY)
             build_dir = Path(tempfile.mkdtemp(prefix="tiny-", dir=self.cache.root))
@@ -224,6 +224,7 @@ class ImageRepository:
                 initrd_sha256=initrd,
                 cmdline=built.cmdline,
                 runs_cloud_config=False,
+                build=tiny.BUILD,
             )
             local = Catalog.load(self.cache.root / _LOCAL_CATALOG)
             local.add(template)

@@ -9,6 +9,7 @@ kernel modules a guest needs for virtio disks and NoCloud seeds, and ``tiny_init
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import lzma
 import re
@@ -42,6 +43,11 @@ MODULES = (
     "ext4",
 )
 _XZ_MAGIC = b"\xfd7zXZ\x00"
+BUILD = hashlib.sha256(
+    resources.files("bes.vm").joinpath("tiny_init.sh").read_bytes()
+    + repr((KERNEL_CMDLINE, MODULES)).encode()
+).hexdigest()[:16]
+"""Changes whenever what goes into tiny (besides the Debian packages) changes."""
 _MODULE_SUFFIXES = (".ko", ".ko.xz")
 _DOWNLOAD_TIMEOUT_S = 600.0
 

@@ -52,7 +52,9 @@ if ! mount -o ro "$seed" /run/cidata 2>/dev/null && ! mount -t vfat -o ro "$seed
     say "cannot mount the seed $seed"
     finish
 fi
-name=$(sed -n 's/^local-hostname: *//p' /run/cidata/meta-data 2>/dev/null)
+# meta-data is YAML; ours is its JSON form ("local-hostname": "NAME"), others write plain YAML.
+name=$(sed -n -e 's/^ *"local-hostname": *"\([^"]*\)".*/\1/p' \
+              -e 's/^local-hostname: *//p' /run/cidata/meta-data 2>/dev/null | head -n 1)
 [ -n "$name" ] && hostname "$name"
 
 if [ "$(head -c 2 /run/cidata/user-data 2>/dev/null)" != "#!" ]; then

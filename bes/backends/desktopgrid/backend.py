@@ -102,7 +102,8 @@ class DesktopGridBackend(Backend):
         self._last_sweep = 0.0
         self._sweep_lock = threading.Lock()
         self.outputs = OutputStore(config.outputs_dir, max_bytes=config.max_output_bytes)
-        self.gateway = WorkerGateway(db, config, self.outputs, clock=lambda: self.clock())
+        # Late-bound: a clock set on the backend later (tests) applies to the gateway too.
+        self.gateway = WorkerGateway(db, config, self.outputs, clock=lambda: self.clock())  # noqa: PLW0108
 
     @classmethod
     def build(cls, context: BackendContext) -> DesktopGridBackend:
