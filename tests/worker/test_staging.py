@@ -112,7 +112,7 @@ def test_a_missing_input_names_the_file_and_the_answer(files: FileServer, tmp_pa
 
 
 def test_an_unreachable_host_is_a_staging_error_not_a_crash(tmp_path: Path) -> None:
-    with pytest.raises(StagingError, match="GET http://127.0.0.1:9/x failed"):
+    with pytest.raises(StagingError, match=r"GET http://127\.0\.0\.1:9/x failed"):
         fetch_inputs(job(staging("x", source="http://127.0.0.1:9/x")), tmp_path, file_roots=())
 
 
