@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Final
 
 from bes.backends.base import Backend, CancelOutcome, JobState, JobStatus
 from bes.db import activity_rows as rows
@@ -29,24 +27,21 @@ from bes.db.activity_rows import ActivityRecord, NewActivity, Transition
 from bes.db.store import Database
 from bes.errors import (
     BackendError,
-    BesError,
     ConfigError,
     NotAcceptingNewActivities,
     NotAuthorized,
-    SubmitError,
     UnsupportedFeature,
 )
-from bes.ids import ActivityId, BackendJobId, new_activity_id
+from bes.ids import ActivityId, new_activity_id
 from bes.jsdl import codec
 from bes.jsdl.model import JobDefinition
 from bes.principal import Principal
-from bes.states import ActivityState, SubState, substate_fits
+from bes.states import ActivityState, SubState
+from bes.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
-
-_DISPATCH_LEASE: Final = dt.timedelta(minutes=2)
 
 
 def utc_now() -> dt.datetime:
@@ -117,8 +112,7 @@ class Activities:
         self.default_backend = default_backend
         self._clock = clock
         self.reference_limit = reference_limit
-        self._dispatcher_name = "d-" + secrets.token_hex(6)
-        self._wakeup = asyncio.Event()
+        self.tracker = Tracker(db, self._backends, clock=clock)
 
     @property
     def backends(self) -> Mapping[str, Backend]:
@@ -160,7 +154,7 @@ class Activities:
         if not await self._db.write(rows.create_activities, new):
             raise NotAcceptingNewActivities("this factory is not accepting new activities")
         if backend is not None:
-            self._wakeup.set()
+            self.tracker.wakeup.set()
         return activity_id
 
     async def statuses(
@@ -264,12 +258,12 @@ class Activities:
                 reason += f" (backend {backend.name} no longer knew the job)"
             return await self._finish_termination(record, reason)
         if outcome is CancelOutcome.ALREADY_TERMINAL:
-            await self._poll_backend(backend, limit=None, only=[record])
+            await self.tracker.poll_backend(backend, only=[record])
             refreshed = (await self.statuses(caller, [record.id]))[record.id]
             if refreshed.state is ActivityState.CANCELLED:
                 return TerminateResult(outcome=TerminateOutcome.TERMINATED, record=refreshed)
             return TerminateResult(outcome=TerminateOutcome.NOT_APPLICABLE, record=refreshed)
-        await self._apply(
+        await self.tracker.apply(
             record,
             JobStatus(
                 state=JobState(record.state.value), substate=SubState.TERMINATING, message=reason
@@ -291,191 +285,13 @@ class Activities:
     # ------------------------------------------------------------------ backend loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Dispatch queued activities and poll backends until ``stop`` is set."""
-        if not self._backends:
-            await stop.wait()
-            return
-        interval = min(b.poll_interval_s for b in self._backends.values())
-        while not stop.is_set():
-            self._wakeup.clear()  # before dispatching: a create arriving meanwhile sets it again
-            try:
-                await self.dispatch_once()
-                await self.poll_once()
-            except BesError as exc:
-                log.warning("backend round failed: %s", exc)
-            except Exception:
-                log.exception("backend round failed")
-            waiters = [
-                asyncio.ensure_future(stop.wait()),
-                asyncio.ensure_future(self._wakeup.wait()),
-            ]
-            await asyncio.wait(waiters, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+        """Dispatch queued activities and keep them in step with backends until ``stop``."""
+        await self.tracker.run(stop)
 
     async def dispatch_once(self, limit: int = 256) -> int:
         """Submit queued activities to their backends; return how many were handled."""
-        now = self._clock()
-        claimed = await self._db.write(
-            rows.claim_for_dispatch, (self._dispatcher_name, limit, now, now + _DISPATCH_LEASE)
-        )
-        await asyncio.gather(*(self._submit(*c) for c in claimed))
-        return len(claimed)
-
-    async def _submit(self, activity_id: ActivityId, backend_name: str, job_json: str) -> None:
-        backend = self._backends.get(backend_name)
-        if backend is None:
-            await self._fail(activity_id, f"backend {backend_name!r} is not configured here")
-            return
-        try:
-            job = codec.from_json(job_json)
-            job_id = await asyncio.to_thread(backend.submit, job, activity_id=activity_id)
-        except SubmitError as exc:
-            if exc.retryable:
-                log.warning(
-                    "submit of %s to %s failed, will retry: %s", activity_id, backend_name, exc
-                )
-                return
-            await self._fail(activity_id, f"{backend_name} refused the job: {exc}")
-            return
-        except BackendError as exc:
-            log.warning(
-                "backend %s unavailable, %s stays queued: %s", backend_name, activity_id, exc
-            )
-            return
-        except BesError as exc:
-            await self._fail(activity_id, str(exc))
-            return
-        if not job_id:
-            await self._fail(activity_id, f"{backend_name} returned no job id")
-            return
-        recorded = await self._db.write(rows.set_backend_job, (activity_id, job_id, self._clock()))
-        if not recorded:  # terminated while we were submitting: undo on the backend
-            await asyncio.to_thread(backend.cancel, [job_id])
+        return await self.tracker.dispatch_once(limit)
 
     async def poll_once(self) -> int:
         """Ask every backend about its unfinished jobs and apply what changed."""
-        changed = 0
-        for backend in self._backends.values():
-            changed += await self._poll_backend(backend, limit=1000, only=None)
-        return changed
-
-    async def _poll_backend(
-        self, backend: Backend, *, limit: int | None, only: Sequence[ActivityRecord] | None
-    ) -> int:
-        if only is None:
-            watched = await self._db.read(rows.backend_jobs_to_watch, backend.name, limit or 1000)
-        else:
-            watched = [
-                (r.id, r.backend_job_id, r.state, r.cancel_requested)
-                for r in only
-                if r.backend_job_id is not None
-            ]
-        if not watched:
-            return 0
-        statuses = await asyncio.to_thread(backend.status, [w[1] for w in watched])
-        records = await self._db.read(rows.get_activities, [w[0] for w in watched])
-        updates: list[tuple[ActivityRecord, JobStatus]] = []
-        retry_cancel: list[BackendJobId] = []
-        for activity_id, job_id, _state, cancel_requested in watched:
-            status = statuses.get(job_id)
-            record = records.get(activity_id)
-            if status is None or record is None:
-                continue
-            if status.state is JobState.UNKNOWN:
-                log.warning(
-                    "%s: backend %s cannot tell the state of %s: %s",
-                    activity_id,
-                    backend.name,
-                    job_id,
-                    status.message,
-                )
-                continue
-            if cancel_requested and not status.state.terminal:
-                retry_cancel.append(job_id)
-                status = JobStatus(
-                    state=status.state,
-                    substate=SubState.TERMINATING,
-                    message=status.message,
-                    exit_code=status.exit_code,
-                    extra=status.extra,
-                )
-            updates.append((record, status))
-        # Concurrent writes of one round share a commit.
-        applied = await asyncio.gather(*(self._apply(r, s) for r, s in updates))
-        changed = sum(applied)
-        if retry_cancel:
-            try:
-                await asyncio.to_thread(backend.cancel, retry_cancel)
-            except BackendError as exc:
-                log.warning("cancel retry on %s failed: %s", backend.name, exc)
-        return changed
-
-    async def _apply(self, record: ActivityRecord, status: JobStatus) -> bool:
-        """Move an activity to the state a backend reported; True if anything changed."""
-        target = status.state.activity_state
-        if target is None:
-            return False
-        if not substate_fits(target, status.substate):
-            log.warning(
-                "%s: backend reported sub-state %s with state %s; ignoring the sub-state",
-                record.id,
-                status.substate,
-                target,
-            )
-            status = JobStatus(
-                state=status.state,
-                message=status.message,
-                exit_code=status.exit_code,
-                extra=status.extra,
-            )
-        if target is record.state and status.substate is record.substate:
-            return False
-        now = self._clock()
-        steps = []
-        if record.state is ActivityState.PENDING and target is ActivityState.FINISHED:
-            # Pending -> Finished is not a BES transition: record the Running we missed.
-            steps.append(
-                Transition(
-                    id=record.id,
-                    state=ActivityState.RUNNING,
-                    message="started (reported late)",
-                    at=now,
-                    expect_backend_job_id=record.backend_job_id,
-                )
-            )
-        steps.append(
-            Transition(
-                id=record.id,
-                state=target,
-                substate=status.substate,
-                message=status.message,
-                exit_code=status.exit_code,
-                at=now,
-                expect_backend_job_id=record.backend_job_id,
-                outputs=target.terminal and status.extra.get("outputs") == "kept",
-            )
-        )
-        applied = False
-        for step in steps:
-            result = await self._db.write(rows.apply_transitions, step)
-            if not result.applied:
-                log.warning(
-                    "%s: refused transition %s -> %s (%s)",
-                    record.id,
-                    result.state,
-                    step.state,
-                    status.message,
-                )
-                break
-            applied = True
-        return applied
-
-    async def _fail(self, activity_id: ActivityId, reason: str) -> None:
-        log.warning("%s failed: %s", activity_id, reason)
-        await self._db.write(
-            rows.apply_transitions,
-            Transition(
-                id=activity_id, state=ActivityState.FAILED, message=reason, at=self._clock()
-            ),
-        )
+        return await self.tracker.poll_once()

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 
 from bes.backends.desktopgrid.gateway import ClaimRequest, WorkerGateway, lease_id
 from bes.backends.desktopgrid.outputs import OutputTooLarge, UnsafePath
-from bes.db.grid_rows import WorkerRecord
+from bes.db.grid_rows import WorkerIdentity
 from bes.errors import InvalidRequest, LeaseLost, NotAuthorized, StoreError
 from bes.http import (
     BodyTooLarge,
@@ -53,7 +53,7 @@ OPENAPI_FILE: Final = "worker-api-v1.json"
 _MAX_JSON_BYTES: Final = 256 * 1024
 _HYPERVISORS: Final = frozenset({"qemu", "virtualbox"})
 
-Handler = Callable[[WorkerRecord, dict[str, Any]], Awaitable[tuple[int, Any]]]
+Handler = Callable[[WorkerIdentity, dict[str, Any]], Awaitable[tuple[int, Any]]]
 
 
 class _BadRequest(InvalidRequest):
@@ -150,7 +150,7 @@ class WorkerApi:
                 return None
             lease = unquote(parts[1])
 
-            async def with_lease(worker: WorkerRecord, data: dict[str, Any]) -> tuple[int, Any]:
+            async def with_lease(worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
                 return await verb(worker, {**data, "_lease": lease})
 
             return with_lease
@@ -158,13 +158,13 @@ class WorkerApi:
 
     # ------------------------------------------------------------------ handlers
 
-    async def _register(self, worker: WorkerRecord, data: dict[str, Any]) -> tuple[int, Any]:
+    async def _register(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
         facts = data.get("facts", {})
         if not isinstance(facts, dict) or len(json.dumps(facts)) > 16384:
             raise _BadRequest("facts must be a JSON object of at most 16 KiB")
         return 200, await self.gateway.register(worker, facts)
 
-    async def _claim(self, worker: WorkerRecord, data: dict[str, Any]) -> tuple[int, Any]:
+    async def _claim(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
         hypervisors = data.get("hypervisors", [])
         if not isinstance(hypervisors, list) or not set(hypervisors) <= _HYPERVISORS:
             raise _BadRequest(f"hypervisors must be a list drawn from {sorted(_HYPERVISORS)}")
@@ -191,7 +191,7 @@ class WorkerApi:
         ]
         return 200, b'{"leases":[' + b",".join(items) + b"]}"
 
-    async def _heartbeat(self, worker: WorkerRecord, data: dict[str, Any]) -> tuple[int, Any]:
+    async def _heartbeat(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
         leases = data.get("leases", [])
         if not isinstance(leases, list) or len(leases) > 256:
             raise _BadRequest("leases must be a list of at most 256 entries")
@@ -209,7 +209,7 @@ class WorkerApi:
             "heartbeat_s": self.gateway.config.heartbeat_s,
         }
 
-    async def _complete(self, worker: WorkerRecord, data: dict[str, Any]) -> tuple[int, Any]:
+    async def _complete(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
         timing = data.get("timing", {})
         if not isinstance(timing, dict) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in timing.values()
@@ -227,7 +227,7 @@ class WorkerApi:
         )
         return 200, {"state": state.value}
 
-    async def _fail(self, worker: WorkerRecord, data: dict[str, Any]) -> tuple[int, Any]:
+    async def _fail(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
         state = await self.gateway.fail(
             worker,
             data["_lease"],
@@ -236,7 +236,7 @@ class WorkerApi:
         )
         return 200, {"state": state.value}
 
-    async def _release(self, worker: WorkerRecord, data: dict[str, Any]) -> tuple[int, Any]:
+    async def _release(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
         state = await self.gateway.release(worker, data["_lease"], message=_text(data, "message"))
         return 200, {"state": state.value}
 

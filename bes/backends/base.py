@@ -25,20 +25,26 @@ Contract, checked for every implementation by ``tests/backends/test_contract.py`
   database, data directory and event loop), never from module-level state.
 * Optional hooks with safe defaults: :meth:`Backend.unsupported` (checks beyond the declared
   capabilities, e.g. staging URI schemes), :meth:`Backend.kept_outputs` (files the service
-  keeps for the activity's owner).
+  keeps for the activity's owner), :meth:`Backend.submit_batch` (many submissions in one go),
+  :meth:`Backend.housekeeping` (periodic upkeep, e.g. taking back expired leases).
+* A backend that learns of changes as they happen (the desktop grid hears from its workers)
+  may push them to the registry through the listener given to :meth:`Backend.watch`, from
+  the service's event loop. Pushing is an optimisation: the registry still polls
+  :meth:`Backend.status`, every ``poll_interval_s``, and that alone must be correct.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar
 
 from bes.db.store import Database
+from bes.errors import BackendError, SubmitError
 from bes.ids import ActivityId, BackendJobId
 from bes.jsdl.model import JobDefinition
 from bes.states import ActivityState, SubState
@@ -138,8 +144,24 @@ class BackendContext:
     options: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusChange:
+    """A change a backend pushes: the job of ``activity_id`` is now ``status``."""
+
+    activity_id: ActivityId
+    job_id: BackendJobId
+    status: JobStatus
+
+
+StatusListener = Callable[[Sequence[StatusChange]], None]
+"""Receives pushed changes, in the order they happened (called in the event loop)."""
+
+
 class Backend(abc.ABC):
     """Base class of every backend. See the module docstring for the contract."""
+
+    housekeeping_interval_s: float | None = None
+    """How often :meth:`housekeeping` is to run; None: never."""
 
     @classmethod
     def build(cls, context: BackendContext) -> Backend:
@@ -182,6 +204,31 @@ class Backend(abc.ABC):
         Raises:
             BackendError: The backend cannot be asked at all.
         """
+
+    def submit_batch(
+        self, jobs: Sequence[tuple[ActivityId, JobDefinition]]
+    ) -> Mapping[ActivityId, BackendJobId | BackendError]:
+        """Submit several jobs: per activity, its backend job id or why it was not taken.
+
+        The default submits one by one; backends that can do better override it.
+
+        Raises:
+            BackendError: The backend as a whole failed (nothing was submitted).
+        """
+        out: dict[ActivityId, BackendJobId | BackendError] = {}
+        for activity_id, job in jobs:
+            try:
+                out[activity_id] = self.submit(job, activity_id=activity_id)
+            except SubmitError as exc:
+                out[activity_id] = exc
+        return out
+
+    def watch(self, listener: StatusListener) -> None:
+        """Push changes to ``listener`` from now on (if this backend can; default: no-op)."""
+        del listener
+
+    def housekeeping(self) -> None:  # noqa: B027 - optional hook with an empty default
+        """Periodic upkeep (called from a worker thread every ``housekeeping_interval_s``)."""
 
     def unsupported(self, job: JobDefinition) -> list[str]:
         """The features of ``job`` this backend cannot run, as readable names (empty: none).

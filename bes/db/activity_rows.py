@@ -13,7 +13,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import Connection, and_, bindparam, func, insert, select, update
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Integer,
+    String,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 
 from bes.db.prepared import Prepared, db_time, from_db_time
 from bes.db.tables import activity, activity_event, setting
@@ -234,49 +246,89 @@ def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[bo
     return [True] * len(items)
 
 
+def _transition_statement(target: ActivityState) -> Prepared:
+    """The UPDATE of one transition into ``target``, prepared (the registry's hottest write)."""
+    values: dict[str, Any] = {
+        "state": target.value,
+        "substate": bindparam("substate"),
+        "message": bindparam("message"),
+        "changed_at": bindparam("at"),
+        "exit_code": func.coalesce(bindparam("exit_code", type_=Integer), activity.c.exit_code),
+        "outputs": or_(activity.c.outputs, bindparam("outputs", type_=Boolean) == true()),
+    }
+    if target.terminal:
+        values.update(dispatch_owner=None, dispatch_until=None)
+    allowed_from = [s.value for s in ActivityState if can_transition(s, target)]
+    return Prepared(
+        update(activity)
+        .where(
+            activity.c.id == bindparam("activity_id"),
+            or_(*(activity.c.state == state for state in allowed_from)),
+            or_(
+                bindparam("expect", type_=String).is_(None),
+                activity.c.backend_job_id == bindparam("expect"),
+            ),
+        )
+        .values(values)
+    )
+
+
+_TRANSITIONS: Final = {state: _transition_statement(state) for state in ActivityState}
+
+
+def apply_transition_steps(
+    conn: Connection, items: Sequence[Sequence[Transition]]
+) -> list[list[TransitionResult]]:
+    """Apply each item's transitions in order, stopping at the first the state machine
+    refuses; one result per transition tried."""
+    out = []
+    for steps in items:
+        results = []
+        for t in steps:
+            at = db_time(conn, t.at)
+            substate = t.substate.value if t.substate else None
+            updated = _TRANSITIONS[t.state].execute(
+                conn,
+                {
+                    "activity_id": t.id,
+                    "substate": substate,
+                    "message": t.message,
+                    "at": at,
+                    "exit_code": t.exit_code,
+                    "outputs": t.outputs,
+                    "expect": t.expect_backend_job_id,
+                },
+            )
+            if not updated:
+                current = conn.execute(
+                    select(activity.c.state).where(activity.c.id == t.id)
+                ).scalar_one_or_none()
+                state = ActivityState(current) if current else None
+                results.append(TransitionResult(applied=False, state=state))
+                break
+            _INSERT_EVENT.executemany(
+                conn,
+                [
+                    {
+                        "activity_id": t.id,
+                        "at": at,
+                        "state": t.state.value,
+                        "substate": substate,
+                        "message": t.message,
+                    }
+                ],
+            )
+            results.append(TransitionResult(applied=True, state=t.state))
+        out.append(results)
+    return out
+
+
 def apply_transitions(conn: Connection, items: Sequence[Transition]) -> list[TransitionResult]:
     """Apply state changes that the state machine allows; refuse the others.
 
     A change into a terminal state also clears the activity's dispatch claim.
     """
-    results = []
-    for t in items:
-        allowed_from = [s.value for s in ActivityState if can_transition(s, t.state)]
-        where = [activity.c.id == t.id, activity.c.state.in_(allowed_from)]
-        if t.expect_backend_job_id is not None:
-            where.append(activity.c.backend_job_id == t.expect_backend_job_id)
-        values: dict[str, Any] = {
-            "state": t.state.value,
-            "substate": t.substate.value if t.substate else None,
-            "message": t.message,
-            "changed_at": t.at,
-        }
-        if t.exit_code is not None:
-            values["exit_code"] = t.exit_code
-        if t.outputs:
-            values["outputs"] = True
-        if t.state.terminal:
-            values.update(dispatch_owner=None, dispatch_until=None)
-        updated = conn.execute(update(activity).where(and_(*where)).values(values)).rowcount
-        if updated:
-            conn.execute(
-                insert(activity_event).values(
-                    activity_id=t.id,
-                    at=t.at,
-                    state=t.state.value,
-                    substate=values["substate"],
-                    message=t.message,
-                )
-            )
-            results.append(TransitionResult(applied=True, state=t.state))
-        else:
-            current = conn.execute(
-                select(activity.c.state).where(activity.c.id == t.id)
-            ).scalar_one_or_none()
-            results.append(
-                TransitionResult(applied=False, state=ActivityState(current) if current else None)
-            )
-    return results
+    return [results[0] for results in apply_transition_steps(conn, [[t] for t in items])]
 
 
 def mark_cancel_requested(conn: Connection, ids: Sequence[ActivityId]) -> list[bool]:
@@ -293,6 +345,22 @@ def mark_cancel_requested(conn: Connection, ids: Sequence[ActivityId]) -> list[b
     return out
 
 
+_SET_BACKEND_JOB: Final = Prepared(
+    update(activity)
+    .where(
+        activity.c.id == bindparam("activity_id"),
+        activity.c.state == ActivityState.PENDING.value,
+    )
+    .values(
+        backend_job_id=bindparam("job_id"),
+        substate=SubState.SUBMITTED.value,
+        dispatch_owner=None,
+        dispatch_until=None,
+        changed_at=bindparam("at"),
+    )
+)
+
+
 def set_backend_job(
     conn: Connection, items: Sequence[tuple[ActivityId, BackendJobId, dt.datetime]]
 ) -> list[bool]:
@@ -301,29 +369,24 @@ def set_backend_job(
     Returns False for activities that meanwhile reached a terminal state.
     """
     out = []
+    events = []
     for activity_id, job_id, at in items:
-        updated = conn.execute(
-            update(activity)
-            .where(activity.c.id == activity_id, activity.c.state == ActivityState.PENDING.value)
-            .values(
-                backend_job_id=job_id,
-                substate=SubState.SUBMITTED.value,
-                dispatch_owner=None,
-                dispatch_until=None,
-                changed_at=at,
-            )
-        ).rowcount
+        when = db_time(conn, at)
+        updated = _SET_BACKEND_JOB.execute(
+            conn, {"activity_id": activity_id, "job_id": job_id, "at": when}
+        )
         if updated:
-            conn.execute(
-                insert(activity_event).values(
-                    activity_id=activity_id,
-                    at=at,
-                    state=ActivityState.PENDING.value,
-                    substate=SubState.SUBMITTED.value,
-                    message=f"submitted as {job_id}",
-                )
+            events.append(
+                {
+                    "activity_id": activity_id,
+                    "at": when,
+                    "state": ActivityState.PENDING.value,
+                    "substate": SubState.SUBMITTED.value,
+                    "message": f"submitted as {job_id}",
+                }
             )
         out.append(bool(updated))
+    _INSERT_EVENT.executemany(conn, events)
     return out
 
 

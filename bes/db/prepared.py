@@ -51,6 +51,8 @@ class Prepared:
         name = conn.dialect.name
         found = self._by_dialect.get(name)
         if found is None:
+            # Statements must not use IN lists of literal values (they compile to placeholders
+            # expanded at execution); write them as ORs of equalities.
             compiled = self._statement.compile(dialect=conn.dialect, column_keys=self._column_keys)
             positions = getattr(compiled, "positiontup", None)  # None for named paramstyles
             # Values written into the statement itself (``state == 'queued'``) are anonymous
@@ -71,6 +73,16 @@ class Prepared:
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.executemany(compiled.sql, [compiled.params(r) for r in rows])
+        finally:
+            cursor.close()
+
+    def execute(self, conn: Connection, row: Mapping[str, Any]) -> int:
+        """Run the statement once; return how many rows it changed."""
+        compiled = self._compiled(conn)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(compiled.sql, compiled.params(row))
+            return int(cursor.rowcount)
         finally:
             cursor.close()
 
@@ -101,5 +113,6 @@ def db_time(conn: Connection, value: dt.datetime) -> Any:
     """
     value = value.astimezone(dt.UTC)
     if conn.dialect.name == "sqlite":
-        return value.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f")
+        # The same text as strftime("%Y-%m-%d %H:%M:%S.%f"), several times faster.
+        return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
     return value

@@ -49,6 +49,7 @@ class Database:
         self._loop_committer: LoopCommitter | None = None
         self._pool = ThreadPoolExecutor(read_threads, thread_name_prefix="bes-read")
         self._lock = threading.Lock()
+        self._loop_reader: Connection | None = None
 
     def migrate(self) -> None:
         """Apply pending schema migrations (idempotent)."""
@@ -84,7 +85,7 @@ class Database:
     ) -> R:
         """Run ``fn(connection, *args)`` on a reader connection."""
         if self._inline:
-            return self.read_sync(fn, *args, **kwargs)
+            return self._read_in_loop(fn, *args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: self.read_sync(fn, *args, **kwargs))
 
@@ -99,6 +100,26 @@ class Database:
             log.error("database read %s failed: %s", getattr(fn, "__name__", fn), exc)
             raise StoreError(f"database read failed: {exc.__class__.__name__}") from exc
 
+    def _read_in_loop(
+        self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """A read on the loop's own reader connection: kept open (a pool checkout costs more
+        than a typical read), its snapshot released after every read."""
+        conn = self._loop_reader
+        try:
+            if conn is None or conn.closed or conn.invalidated:
+                conn = self._loop_reader = self._reader.connect()
+            try:
+                return fn(conn, *args, **kwargs)
+            finally:
+                conn.rollback()
+        except SQLAlchemyError as exc:
+            log.error("database read %s failed: %s", getattr(fn, "__name__", fn), exc)
+            if self._loop_reader is not None:
+                self._loop_reader.invalidate()
+                self._loop_reader = None
+            raise StoreError(f"database read failed: {exc.__class__.__name__}") from exc
+
     def close(self) -> None:
         """Finish queued writes and close every connection."""
         if self._loop_committer is not None:
@@ -106,6 +127,9 @@ class Database:
         if self._thread_committer is not None:
             self._thread_committer.close()
         self._pool.shutdown(wait=True)
+        if self._loop_reader is not None:
+            self._loop_reader.close()
+            self._loop_reader = None
         dispose_quietly(self._writer, self._reader)
 
     def __enter__(self) -> Database:

@@ -80,7 +80,15 @@ class Grid:
         return data
 
     async def claim(self, token: str, **fields: Any) -> list[dict[str, Any]]:
-        body = {"memory_mib": 4096, "vcpus": 4, "disk_mib": 100_000, "hypervisors": ["qemu"]}
+        # Wait a little, as workers do: the service's own loop may be handing the activity
+        # to the grid right now.
+        body = {
+            "memory_mib": 4096,
+            "vcpus": 4,
+            "disk_mib": 100_000,
+            "hypervisors": ["qemu"],
+            "wait_s": 1.0,
+        }
         body.update(fields)
         answer = await self.worker(token, "claim", body)
         check("ClaimResponse", answer)

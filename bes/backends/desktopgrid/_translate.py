@@ -3,8 +3,8 @@ can accept, and queue rows as BES job statuses."""
 
 from __future__ import annotations
 
-import math
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -99,37 +99,57 @@ def unsupported(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> l
 
 
 def to_job_status(row: GridJobStatus) -> JobStatus:
-    """A queue row in BES terms.
-
-    A job back in the queue after it started stays Running (BES has no way back to Pending);
-    a worker's Provisioning before the job ever ran is Pending.
-    """
+    """A queue row in BES terms."""
     extra: dict[str, str] = {"attempt": f"{row.attempts}/{row.max_attempts}"}
     if row.worker:
         extra["worker"] = row.worker
     if row.state in _STATES:
-        if row.result and row.result.get("files"):
-            extra["outputs"] = "kept"
-        return JobStatus(
-            state=_STATES[row.state],
-            message=row.message,
-            exit_code=row.exit_code,
-            extra=extra,
+        files = bool(row.result and row.result.get("files"))
+        return ended_status(
+            row.state, exit_code=row.exit_code, message=row.message, files=files, extra=extra
         )
     if row.state is GridState.QUEUED:
-        if row.ran:
-            return JobStatus(state=JobState.RUNNING, message=row.message, extra=extra)
-        return JobStatus(
-            state=JobState.PENDING, substate=SubState.SUBMITTED, message=row.message, extra=extra
-        )
-    substate = WORKER_SUBSTATES.get(row.substate or "", SubState.PROVISIONING)
-    if substate is SubState.PROVISIONING:
-        if row.ran:
-            return JobStatus(state=JobState.RUNNING, extra=extra)
-        return JobStatus(state=JobState.PENDING, substate=substate, extra=extra)
-    return JobStatus(state=JobState.RUNNING, substate=substate, extra=extra)
+        return queued_status(ran=row.ran, message=row.message, extra=extra)
+    return leased_status(substate=row.substate, ran=row.ran, extra=extra)
 
 
-def mib(value_bytes: float) -> int:
-    """Bytes to whole MiB, rounded up."""
-    return max(0, math.ceil(value_bytes / (1024 * 1024)))
+def ended_status(
+    state: GridState,
+    *,
+    exit_code: int | None,
+    message: str | None,
+    files: bool,
+    extra: Mapping[str, str] | None = None,
+) -> JobStatus:
+    """A job that ended: Finished, Failed or Cancelled, saying whether files were kept."""
+    details = dict(extra or {})
+    if files:
+        details["outputs"] = "kept"
+    return JobStatus(state=_STATES[state], message=message, exit_code=exit_code, extra=details)
+
+
+def queued_status(
+    *, ran: bool, message: str | None, extra: Mapping[str, str] | None = None
+) -> JobStatus:
+    """A job in the queue. One back in the queue after it started stays Running: BES has no
+    way back to Pending."""
+    if ran:
+        return JobStatus(state=JobState.RUNNING, message=message, extra=dict(extra or {}))
+    return JobStatus(
+        state=JobState.PENDING,
+        substate=SubState.SUBMITTED,
+        message=message,
+        extra=dict(extra or {}),
+    )
+
+
+def leased_status(
+    *, substate: str | None, ran: bool, extra: Mapping[str, str] | None = None
+) -> JobStatus:
+    """A job a worker holds, in the sub-state it reported (Provisioning until it says)."""
+    found = WORKER_SUBSTATES.get(substate or "", SubState.PROVISIONING)
+    if found is SubState.PROVISIONING:
+        if ran:
+            return JobStatus(state=JobState.RUNNING, extra=dict(extra or {}))
+        return JobStatus(state=JobState.PENDING, substate=found, extra=dict(extra or {}))
+    return JobStatus(state=JobState.RUNNING, substate=found, extra=dict(extra or {}))

@@ -25,6 +25,8 @@ from bes.backends.base import (
     Capability,
     JobState,
     JobStatus,
+    StatusChange,
+    StatusListener,
 )
 from bes.backends.desktopgrid import _translate
 from bes.backends.desktopgrid.config import DesktopGridConfig
@@ -34,7 +36,7 @@ from bes.db import grid_rows as grid
 from bes.db.committer import BatchFunction
 from bes.db.grid_rows import GridState
 from bes.db.store import Database
-from bes.errors import ConfigError, StoreError
+from bes.errors import BackendError, BesError, ConfigError, StoreError
 from bes.ids import ActivityId, BackendJobId
 from bes.jsdl import codec
 from bes.jsdl.model import JobDefinition
@@ -82,7 +84,10 @@ class DesktopGridBackend(Backend):
             Capability.VM_JOBS,
         }
     )
-    poll_interval_s = 0.25
+    # Workers' reports reach activities at once (pushed); polls only catch up on what a push
+    # may have missed (a crash between the two writes, another replica's worker calls).
+    poll_interval_s = 5.0
+    housekeeping_interval_s = 1.0
 
     def __init__(
         self,
@@ -101,9 +106,17 @@ class DesktopGridBackend(Backend):
         """The current time; the queue's leases are measured against it."""
         self._last_sweep = 0.0
         self._sweep_lock = threading.Lock()
+        self._listener: StatusListener | None = None
+        self._catalog: tuple[float, Catalog] | None = None
         self.outputs = OutputStore(config.outputs_dir, max_bytes=config.max_output_bytes)
         # Late-bound: a clock set on the backend later (tests) applies to the gateway too.
-        self.gateway = WorkerGateway(db, config, self.outputs, clock=lambda: self.clock())  # noqa: PLW0108
+        self.gateway = WorkerGateway(
+            db,
+            config,
+            self.outputs,
+            clock=lambda: self.clock(),  # noqa: PLW0108
+            changed=self._changed,
+        )
 
     @classmethod
     def build(cls, context: BackendContext) -> DesktopGridBackend:
@@ -127,26 +140,48 @@ class DesktopGridBackend(Backend):
     # ------------------------------------------------------------------ Backend verbs
 
     def submit(self, job: JobDefinition, *, activity_id: ActivityId) -> BackendJobId:
-        needs = _translate.requirements(job, self.config.vm_defaults, self.catalog())
-        job_id = BackendJobId("g" + secrets.token_urlsafe(18))
-        self._write(
-            grid.add_grid_jobs,
-            grid.NewGridJob(
-                id=job_id,
-                activity_id=activity_id,
-                job=codec.to_json(job),
-                memory_mib=needs.memory_mib,
-                vcpus=needs.vcpus,
-                disk_mib=needs.disk_mib,
-                needs_network=needs.needs_network,
-                hypervisors=needs.hypervisors,
-                max_attempts=self.config.max_attempts,
-                at=self.clock(),
-            ),
-        )
+        submitted = self.submit_batch([(activity_id, job)])[activity_id]
+        if isinstance(submitted, BesError):
+            raise submitted
+        return submitted
+
+    def submit_batch(
+        self, jobs: Sequence[tuple[ActivityId, JobDefinition]]
+    ) -> Mapping[ActivityId, BackendJobId | BackendError]:
+        catalog = self.catalog()
+        now = self.clock()
+        rows = []
+        for activity_id, job in jobs:
+            needs = _translate.requirements(job, self.config.vm_defaults, catalog)
+            rows.append(
+                grid.NewGridJob(
+                    id=BackendJobId("g" + secrets.token_urlsafe(18)),
+                    activity_id=activity_id,
+                    job=codec.to_json(job),
+                    memory_mib=needs.memory_mib,
+                    vcpus=needs.vcpus,
+                    disk_mib=needs.disk_mib,
+                    needs_network=needs.needs_network,
+                    hypervisors=needs.hypervisors,
+                    max_attempts=self.config.max_attempts,
+                    at=now,
+                )
+            )
+        try:
+            self._write(grid.add_grid_jobs, rows)
+        except StoreError as exc:
+            raise BackendError(
+                f"the queue cannot be written: {exc}", backend=self.name, retryable=True
+            ) from exc
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.gateway.work_added)
-        return job_id
+        return {row.activity_id: row.id for row in rows}
+
+    def watch(self, listener: StatusListener) -> None:
+        self._listener = listener
+
+    def housekeeping(self) -> None:
+        self.sweep()
 
     def status(self, ids: Sequence[BackendJobId]) -> Mapping[BackendJobId, JobStatus]:
         if not ids:
@@ -182,16 +217,23 @@ class DesktopGridBackend(Backend):
     # ------------------------------------------------------------------ helpers
 
     def catalog(self) -> Catalog:
-        """The site's templates and the built-in tiny (read each time: sites edit it)."""
+        """The site's templates and the built-in tiny (read again when the file changes)."""
+        path = self.config.catalog_path
         try:
-            catalog = (
-                Catalog.load(self.config.catalog_path) if self.config.catalog_path else Catalog()
-            )
+            stamp = path.stat().st_mtime if path is not None else 0.0
+        except OSError:
+            stamp = -1.0
+        cached = self._catalog
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            catalog = Catalog.load(path) if path is not None else Catalog()
         except ImageError as exc:
             log.error("%s; only the built-in templates are available", exc)
             catalog = Catalog()
         if catalog.get(TINY) is None:
             catalog.add(TINY_TEMPLATE)
+        self._catalog = (stamp, catalog)
         return catalog
 
     def sweep(self, *, now: bool = False) -> None:
@@ -200,8 +242,33 @@ class DesktopGridBackend(Backend):
             if not now and time.monotonic() - self._last_sweep < _SWEEP_EVERY_S:
                 return
             self._last_sweep = time.monotonic()
-        if self._write(grid.expire_leases, self.clock()) and self._loop is not None:
+        expired = self._write(grid.expire_leases, self.clock())
+        if not expired:
+            return
+        for lease in expired:
+            log.warning("%s: %s", lease.activity_id, lease.message)
+        if self._loop is not None:
             self._loop.call_soon_threadsafe(self.gateway.work_added)
+        self._changed(
+            [
+                StatusChange(
+                    activity_id=lease.activity_id,
+                    job_id=lease.job_id,
+                    status=(
+                        _translate.queued_status(ran=lease.ran, message=lease.message)
+                        if lease.state is GridState.QUEUED
+                        else _translate.ended_status(
+                            lease.state, exit_code=None, message=lease.message, files=False
+                        )
+                    ),
+                )
+                for lease in expired
+            ]
+        )
+
+    def _changed(self, changes: Sequence[StatusChange]) -> None:
+        if self._listener is not None and changes:
+            self._listener(changes)
 
     def _write(self, fn: BatchFunction[A, R], arg: A) -> R:
         """Run a write from a registry thread in the service's loop (one writer), or

@@ -18,12 +18,18 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from bes.backends.desktopgrid._translate import WORKER_SUBSTATES
+from bes.backends.base import StatusChange
+from bes.backends.desktopgrid._translate import (
+    WORKER_SUBSTATES,
+    ended_status,
+    leased_status,
+    queued_status,
+)
 from bes.backends.desktopgrid.config import DesktopGridConfig
 from bes.backends.desktopgrid.outputs import OutputStore, OutputTooLarge
 from bes.backends.desktopgrid.tokens import token_hash
 from bes.db import grid_rows as grid
-from bes.db.grid_rows import GridState, Lease, LeaseAction, LeaseRef, WorkerRecord
+from bes.db.grid_rows import GridState, Lease, LeaseAction, LeaseRef, WorkerIdentity
 from bes.db.store import Database
 from bes.errors import InvalidRequest, LeaseLost, NotAuthorized
 from bes.ids import BackendJobId
@@ -71,6 +77,7 @@ class WorkerGateway:
         config: The desktop grid's settings.
         outputs: Where uploaded files go.
         clock: The current time (aware, UTC).
+        changed: Told of every change of a job's state (the backend pushes it on).
     """
 
     def __init__(
@@ -80,16 +87,18 @@ class WorkerGateway:
         outputs: OutputStore,
         *,
         clock: Callable[[], dt.datetime],
+        changed: Callable[[Sequence[StatusChange]], None] = lambda changes: None,
     ) -> None:
         self._db = db
         self.config = config
         self.outputs = outputs
         self._clock = clock
+        self._changed = changed
         self._work = asyncio.Event()
 
     # ------------------------------------------------------------------ identity
 
-    async def authenticate(self, token: str | None) -> WorkerRecord:
+    async def authenticate(self, token: str | None) -> WorkerIdentity:
         """The worker holding ``token``.
 
         Raises:
@@ -100,11 +109,11 @@ class WorkerGateway:
         found = await self._db.read(grid.worker_by_token, token_hash(token))
         if found is None:
             raise NotAuthorized("unknown worker token")
-        if found.revoked_at is not None:
+        if found.revoked:
             raise NotAuthorized(f"the token of worker {found.name} was revoked")
         return found
 
-    async def register(self, worker: WorkerRecord, facts: Mapping[str, Any]) -> dict[str, Any]:
+    async def register(self, worker: WorkerIdentity, facts: Mapping[str, Any]) -> dict[str, Any]:
         """Store what the worker says of its host; answer the protocol's timing."""
         await self._db.write(grid.register_worker, (worker.id, dict(facts), self._clock()))
         log.info("worker %s registered: %s", worker.name, dict(facts))
@@ -122,7 +131,7 @@ class WorkerGateway:
         self._work.set()
         self._work = asyncio.Event()
 
-    async def claim(self, worker: WorkerRecord, request: ClaimRequest) -> list[Lease]:
+    async def claim(self, worker: WorkerIdentity, request: ClaimRequest) -> list[Lease]:
         """Lease up to ``request.slots`` jobs that fit; wait up to ``wait_s`` for some."""
         if request.slots < 1:
             return []
@@ -145,13 +154,25 @@ class WorkerGateway:
             )
             if leases:
                 for lease in leases:
-                    log.info(
+                    log.debug(
                         "%s: leased to worker %s (attempt %d of %d)",
                         lease.activity_id,
                         worker.name,
                         lease.attempt,
                         lease.max_attempts,
                     )
+                self._changed(
+                    [
+                        StatusChange(
+                            activity_id=lease.activity_id,
+                            job_id=lease.ref.job_id,
+                            status=leased_status(
+                                substate=None, ran=lease.ran, extra={"worker": worker.name}
+                            ),
+                        )
+                        for lease in leases
+                    ]
+                )
                 return leases
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -163,7 +184,7 @@ class WorkerGateway:
                 await asyncio.wait_for(event.wait(), timeout=min(remaining, 1.0))
 
     async def heartbeat(
-        self, worker: WorkerRecord, reports: Sequence[tuple[str, str | None]]
+        self, worker: WorkerIdentity, reports: Sequence[tuple[str, str | None]]
     ) -> dict[str, LeaseAction]:
         """Renew each reported lease ``(lease id, sub-state)``; say what to do with it."""
         now = self._clock()
@@ -188,14 +209,26 @@ class WorkerGateway:
                 )
             )
         results = await asyncio.gather(*(self._db.write(grid.heartbeat, b) for _, b in beats))
-        for (reported, _), action in zip(beats, results, strict=True):
-            actions[reported] = action
+        changes = []
+        for (reported, beat), renewal in zip(beats, results, strict=True):
+            actions[reported] = renewal.action
+            if renewal.activity_id is not None:
+                status = leased_status(
+                    substate=beat.substate, ran=renewal.ran, extra={"worker": worker.name}
+                )
+                changes.append(
+                    StatusChange(
+                        activity_id=renewal.activity_id, job_id=beat.ref.job_id, status=status
+                    )
+                )
+        if changes:
+            self._changed(changes)
         if not beats:
-            await self._db.write(grid.register_worker, (worker.id, worker.facts, now))
+            await self._db.write(grid.touch_workers, (worker.id, now))
         return actions
 
     async def upload(
-        self, worker: WorkerRecord, reported: str, name: str, body: AsyncIterator[bytes]
+        self, worker: WorkerIdentity, reported: str, name: str, body: AsyncIterator[bytes]
     ) -> int:
         """Store one output file of a lease; return its size.
 
@@ -223,7 +256,7 @@ class WorkerGateway:
 
     async def complete(
         self,
-        worker: WorkerRecord,
+        worker: WorkerIdentity,
         reported: str,
         *,
         exit_code: int,
@@ -261,7 +294,7 @@ class WorkerGateway:
         )
 
     async def fail(
-        self, worker: WorkerRecord, reported: str, *, message: str, retry: bool
+        self, worker: WorkerIdentity, reported: str, *, message: str, retry: bool
     ) -> GridState:
         """The job could not run. ``retry``: not the job's fault (hypervisor, host), so
         another attempt may succeed; otherwise it fails now, keeping what was uploaded.
@@ -292,7 +325,7 @@ class WorkerGateway:
             ref, grid.Finish(ref=ref, state=GridState.QUEUED, retry=True, message=text, now=now)
         )
 
-    async def release(self, worker: WorkerRecord, reported: str, *, message: str) -> GridState:
+    async def release(self, worker: WorkerIdentity, reported: str, *, message: str) -> GridState:
         """The worker gives the job back unfinished (shutting down, or it was cancelled).
 
         Raises:
@@ -307,38 +340,48 @@ class WorkerGateway:
     # ------------------------------------------------------------------ helpers
 
     async def _end(self, ref: LeaseRef, finish: grid.Finish) -> GridState:
-        state = await self._db.write(grid.finish_leases, finish)
-        if state is None:
+        ended = await self._db.write(grid.finish_leases, finish)
+        if ended is None:
             self._drop_attempt(ref)
             raise LeaseLost(f"lease {lease_id(ref)} is not yours any more")
-        if state is GridState.QUEUED:
+        files = False
+        if ended.state is GridState.QUEUED:
             self._drop_attempt(ref)
             self.work_added()
-        elif finish.result is not None:
-            self.outputs.keep_only(ref.job_id, ref.epoch)
+            status = queued_status(ran=ended.ran, message=ended.message)
         else:
-            self.outputs.keep_only(ref.job_id, None)
-        log.info("%s: lease %s ended, job %s", ref.job_id, lease_id(ref), state.value)
-        return state
+            if finish.result is not None and finish.result.get("files"):
+                files = True
+                self.outputs.keep_only(ref.job_id, ref.epoch)
+            else:
+                self.outputs.keep_only(ref.job_id, None)
+            status = ended_status(
+                ended.state, exit_code=finish.exit_code, message=ended.message, files=files
+            )
+        self._changed(
+            [StatusChange(activity_id=ended.activity_id, job_id=ref.job_id, status=status)]
+        )
+        log.debug("%s: lease %s ended, job %s", ref.job_id, lease_id(ref), ended.state.value)
+        return ended.state
 
     def _drop_attempt(self, ref: LeaseRef) -> None:
         """Remove what one attempt uploaded (it will not be the job's result)."""
         shutil.rmtree(self.outputs.attempt_dir(ref.job_id, ref.epoch), ignore_errors=True)
 
-    async def _holding(self, worker: WorkerRecord, reported: str) -> LeaseRef:
+    async def _holding(self, worker: WorkerIdentity, reported: str) -> LeaseRef:
         ref = self._required(worker, reported)
         if not await self._db.read(grid.lease_holds, ref, self._clock()):
             raise LeaseLost(f"lease {reported} is not yours any more")
         return ref
 
-    def _required(self, worker: WorkerRecord, reported: str) -> LeaseRef:
+    def _required(self, worker: WorkerIdentity, reported: str) -> LeaseRef:
         ref = self._parse(worker, reported)
         if ref is None:
             raise InvalidRequest(f"{reported!r} is not a lease identifier")
         return ref
 
     @staticmethod
-    def _parse(worker: WorkerRecord, reported: str) -> LeaseRef | None:
+    def _parse(worker: WorkerIdentity, reported: str) -> LeaseRef | None:
         job_id, dot, epoch = reported.rpartition(".")
         if not dot or not job_id or not epoch.isdigit() or len(reported) > 64:
             return None

@@ -59,7 +59,7 @@ def local_worker_token(db: Database, name: str, token_file: Path) -> str:
     if token_file.exists():
         token = token_file.read_text().strip()
         found = db.read_sync(grid.worker_by_token, token_hash(token))
-        if found is not None and found.name == name and found.revoked_at is None:
+        if found is not None and found.name == name and not found.revoked:
             return token
     token = new_token()
     db.write_sync(
