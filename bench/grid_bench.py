@@ -113,10 +113,12 @@ async def phase(
     leased: list[str] = []
     errors: list[int] = []
     started = time.perf_counter()
+    cpu = time.process_time()
     counts = await asyncio.gather(
         *(worker_loop(c, started + seconds, complete, leased, errors) for c in conns)
     )
     elapsed = time.perf_counter() - started
+    phase.client_cpu = (time.process_time() - cpu) / elapsed  # type: ignore[attr-defined]
     for c in conns:
         c.close()
     return sum(counts) / elapsed, leased, errors
@@ -227,6 +229,7 @@ def main() -> None:
     print(f"{'claim + complete cycles':28} | {cycles:>10,.0f} | {completed:>7} | {len(cycle_errors)}")
     print(f"{'claim only (floor)':28} | {claims:>10,.0f} | {len(claimed):>7} | {len(claim_errors)}")
     print(f"{'ratio cycles / floor':28} | {cycles / claims:>10.2f} |")
+    print(f"load generator busy: {phase.client_cpu:.0%} of its CPU")  # type: ignore[attr-defined]
     print()
     print(f"double claims: {doubles} of {len(everything)} leases")
     print(

@@ -41,6 +41,7 @@ Clock = Callable[[], dt.datetime]
 _DISPATCH_LEASE: Final = dt.timedelta(minutes=2)
 _POLL_BATCH: Final = 1000
 _PUSH_BATCH: Final = 2000
+PUSH_GATHER_S: Final = 0.02
 
 
 class Tracker:
@@ -66,7 +67,10 @@ class Tracker:
         loop = asyncio.get_running_loop()
 
         def listener(changes: Sequence[StatusChange]) -> None:
-            loop.call_soon_threadsafe(self._push, changes)
+            if _running_loop() is loop:
+                self._push(changes)
+            else:  # from a backend's thread
+                loop.call_soon_threadsafe(self._push, changes)
 
         for backend in self._backends.values():
             backend.watch(listener)
@@ -219,6 +223,9 @@ class Tracker:
     async def _consume(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self._push_ready.wait()
+            # Gather what arrives in the next moments: more changes share a commit, and a job
+            # that ended right after it started is written once.
+            await asyncio.sleep(PUSH_GATHER_S)
             self._push_ready.clear()
             while self._pushed:
                 batch, self._pushed = self._pushed[:_PUSH_BATCH], self._pushed[_PUSH_BATCH:]
@@ -286,45 +293,31 @@ class Tracker:
             substate = None
         if target is record.state and substate is record.substate:
             return False
-        now = self._clock()
-        steps = []
-        if record.state is ActivityState.PENDING and target is ActivityState.FINISHED:
+        step = Transition(
+            id=record.id,
+            state=target,
+            substate=substate,
+            message=status.message,
+            exit_code=status.exit_code,
+            at=self._clock(),
+            expect_backend_job_id=record.backend_job_id,
+            outputs=target.terminal and status.extra.get("outputs") == "kept",
             # Pending -> Finished is not a BES transition: record the Running we missed.
-            steps.append(
-                Transition(
-                    id=record.id,
-                    state=ActivityState.RUNNING,
-                    message="started (reported late)",
-                    at=now,
-                    expect_backend_job_id=record.backend_job_id,
-                )
-            )
-        steps.append(
-            Transition(
-                id=record.id,
-                state=target,
-                substate=substate,
-                message=status.message,
-                exit_code=status.exit_code,
-                at=now,
-                expect_backend_job_id=record.backend_job_id,
-                outputs=target.terminal and status.extra.get("outputs") == "kept",
-            )
+            late_running=record.state is ActivityState.PENDING and target is ActivityState.FINISHED,
         )
-        results = await self._db.write(rows.apply_transition_steps, steps)
-        for step, result in zip(steps, results, strict=False):
-            if not result.applied:
-                if result.state is not None and result.state.terminal and target.terminal:
-                    return False  # a report of the end, heard twice: nothing to say
-                log.warning(
-                    "%s: refused transition %s -> %s (%s)",
-                    record.id,
-                    result.state,
-                    step.state,
-                    status.message,
-                )
-                return False
-        return True
+        (result,) = await self._db.write(rows.apply_transition_steps, [step])
+        if result.applied:
+            return True
+        if not (result.state is not None and result.state.terminal and target.terminal):
+            # (a report of the end heard twice is not worth a word)
+            log.warning(
+                "%s: refused transition %s -> %s (%s)",
+                record.id,
+                result.state,
+                target,
+                status.message,
+            )
+        return False
 
     async def fail(self, activity_id: ActivityId, reason: str) -> None:
         """The activity failed before a backend ran it."""
@@ -335,6 +328,13 @@ class Tracker:
                 id=activity_id, state=ActivityState.FAILED, message=reason, at=self._clock()
             ),
         )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _latest(changes: Sequence[StatusChange]) -> list[StatusChange]:

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 
 from bes.db.prepared import Prepared, db_time, from_db_time
-from bes.db.tables import activity, activity_event, setting
+from bes.db.tables import activity, activity_document, activity_event, setting
 from bes.ids import ActivityId, BackendJobId
 from bes.states import ActivityState, SubState, can_transition
 
@@ -78,6 +78,8 @@ class Transition:
             (guards against late reports about an earlier attempt).
         outputs: The backend kept files of the activity for its owner (set with the terminal
             state).
+        late_running: The backend reports the end of a job it never said was running: from
+            Pending, record the Running the activity went through first.
     """
 
     id: ActivityId
@@ -88,6 +90,7 @@ class Transition:
     at: dt.datetime
     expect_backend_job_id: BackendJobId | None = None
     outputs: bool = False
+    late_running: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,14 +158,20 @@ def _record(row: Sequence[Any]) -> ActivityRecord:
 _BUCKETS: Final = (1, 8, 64, _CHUNK)
 
 
-def _by_ids(columns: tuple[Any, ...], size: int) -> Prepared:
+def _by_ids(columns: tuple[Any, ...], size: int, *, documents: bool = False) -> Prepared:
     ids: list[Any] = [bindparam(f"i{k}") for k in range(size)]
-    return Prepared(select(*columns).where(activity.c.id.in_(ids)))
+    query = select(*columns).where(activity.c.id.in_(ids))
+    if documents:
+        query = query.join_from(
+            activity, activity_document, activity_document.c.id == activity.c.id
+        )
+    return Prepared(query)
 
 
 _RECORDS_BY_IDS: Final = {n: _by_ids(_RECORD_COLUMNS, n) for n in _BUCKETS}
 _DOCUMENTS_BY_IDS: Final = {
-    n: _by_ids((*_RECORD_COLUMNS, activity.c.document), n) for n in _BUCKETS
+    n: _by_ids((*_RECORD_COLUMNS, activity_document.c.document), n, documents=True)
+    for n in _BUCKETS
 }
 
 
@@ -188,14 +197,13 @@ _INSERT_ACTIVITY: Final = Prepared(
         "state",
         "substate",
         "job_name",
-        "document",
-        "job",
         "backend",
         "cancel_requested",
         "created_at",
         "changed_at",
     ],
 )
+_INSERT_DOCUMENT: Final = Prepared(insert(activity_document), column_keys=["id", "document", "job"])
 _INSERT_EVENT: Final = Prepared(
     insert(activity_event), column_keys=["activity_id", "at", "state", "substate", "message"]
 )
@@ -214,7 +222,7 @@ def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[bo
     if not is_accepting(conn):
         return [False] * len(items)
     pending, queued = ActivityState.PENDING.value, SubState.QUEUED.value
-    activities, events = [], []
+    activities, documents, events = [], [], []
     for a in items:
         at = db_time(conn, a.at)
         activities.append(
@@ -224,14 +232,13 @@ def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[bo
                 "state": pending,
                 "substate": queued,
                 "job_name": a.job_name,
-                "document": a.document,
-                "job": a.job,
                 "backend": a.backend,
                 "cancel_requested": False,
                 "created_at": at,
                 "changed_at": at,
             }
         )
+        documents.append({"id": a.id, "document": a.document, "job": a.job})
         events.append(
             {
                 "activity_id": a.id,
@@ -242,12 +249,16 @@ def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[bo
             }
         )
     _INSERT_ACTIVITY.executemany(conn, activities)
+    _INSERT_DOCUMENT.executemany(conn, documents)
     _INSERT_EVENT.executemany(conn, events)
     return [True] * len(items)
 
 
-def _transition_statement(target: ActivityState) -> Prepared:
-    """The UPDATE of one transition into ``target``, prepared (the registry's hottest write)."""
+def _transition_statement(target: ActivityState, *, via_running: bool = False) -> Prepared:
+    """The UPDATE of one transition into ``target``, prepared (the registry's hottest write).
+
+    ``via_running``: Pending -> Running -> ``target`` in one statement (the row is written
+    once; both steps go into the history)."""
     values: dict[str, Any] = {
         "state": target.value,
         "substate": bindparam("substate"),
@@ -259,6 +270,13 @@ def _transition_statement(target: ActivityState) -> Prepared:
     if target.terminal:
         values.update(dispatch_owner=None, dispatch_until=None)
     allowed_from = [s.value for s in ActivityState if can_transition(s, target)]
+    if via_running:
+        allowed_from = [
+            s.value
+            for s in ActivityState
+            if can_transition(s, target)
+            or (can_transition(s, ActivityState.RUNNING) and s is not ActivityState.RUNNING)
+        ]
     return Prepared(
         update(activity)
         .where(
@@ -274,6 +292,12 @@ def _transition_statement(target: ActivityState) -> Prepared:
 
 
 _TRANSITIONS: Final = {state: _transition_statement(state) for state in ActivityState}
+_VIA_RUNNING: Final = {
+    state: _transition_statement(state, via_running=True)
+    for state in ActivityState
+    if state.terminal
+}
+LATE_RUNNING_MESSAGE: Final = "started (reported late)"
 
 
 def apply_transition_steps(
@@ -282,12 +306,14 @@ def apply_transition_steps(
     """Apply each item's transitions in order, stopping at the first the state machine
     refuses; one result per transition tried."""
     out = []
+    events = []
     for steps in items:
         results = []
         for t in steps:
             at = db_time(conn, t.at)
             substate = t.substate.value if t.substate else None
-            updated = _TRANSITIONS[t.state].execute(
+            statement = _VIA_RUNNING[t.state] if t.late_running else _TRANSITIONS[t.state]
+            updated = statement.execute(
                 conn,
                 {
                     "activity_id": t.id,
@@ -306,20 +332,28 @@ def apply_transition_steps(
                 state = ActivityState(current) if current else None
                 results.append(TransitionResult(applied=False, state=state))
                 break
-            _INSERT_EVENT.executemany(
-                conn,
-                [
+            if t.late_running:
+                events.append(
                     {
                         "activity_id": t.id,
                         "at": at,
-                        "state": t.state.value,
-                        "substate": substate,
-                        "message": t.message,
+                        "state": ActivityState.RUNNING.value,
+                        "substate": None,
+                        "message": LATE_RUNNING_MESSAGE,
                     }
-                ],
+                )
+            events.append(
+                {
+                    "activity_id": t.id,
+                    "at": at,
+                    "state": t.state.value,
+                    "substate": substate,
+                    "message": t.message,
+                }
             )
             results.append(TransitionResult(applied=True, state=t.state))
         out.append(results)
+    _INSERT_EVENT.executemany(conn, events)
     return out
 
 
@@ -419,9 +453,25 @@ def claim_for_dispatch(
             update(activity)
             .where(activity.c.id.in_(candidates.scalar_subquery()))
             .values(dispatch_owner=dispatcher, dispatch_until=until)
-            .returning(activity.c.id, activity.c.backend, activity.c.job)
+            .returning(activity.c.id, activity.c.backend)
         ).all()
-        out.append([(ActivityId(r.id), r.backend, r.job) for r in rows])
+        jobs = dict(jobs_of(conn, [r.id for r in rows]))
+        out.append([(ActivityId(r.id), r.backend, jobs[r.id]) for r in rows])
+    return out
+
+
+def jobs_of(conn: Connection, ids: Sequence[str]) -> list[tuple[str, str]]:
+    """The parsed jobs (JSON) of activities: ``(id, job)``."""
+    out: list[tuple[str, str]] = []
+    for i in range(0, len(ids), _CHUNK):
+        out.extend(
+            (r.id, r.job)
+            for r in conn.execute(
+                select(activity_document.c.id, activity_document.c.job).where(
+                    activity_document.c.id.in_(ids[i : i + _CHUNK])
+                )
+            )
+        )
     return out
 
 

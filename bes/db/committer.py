@@ -25,11 +25,12 @@ import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future as ConcurrentFuture
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Transaction
 from sqlalchemy.exc import SQLAlchemyError
 
 from bes.errors import BesError, StoreError
@@ -81,28 +82,37 @@ class _Writer:
         for call, result in zip(batch, results, strict=True):
             _resolve(call.future, result)
 
-    def _transaction(self, batch: list[_Call[Any, Any]]) -> list[Any]:
-        results: list[Any] = []
-        started = time.perf_counter()
+    def _connection(self) -> Connection:
         # One long-lived connection: a pool checkout and reset per transaction would cost more
         # than the inserts of a typical batch.
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             if self._conn is not None:
                 self._conn.close()
             self._conn = self._engine.connect()
-        conn = self._conn
+        return self._conn
+
+    @staticmethod
+    def _statements(conn: Connection, batch: list[_Call[Any, Any]]) -> list[Any]:
+        """Run a batch's calls, consecutive calls of one function together."""
+        results: list[Any] = []
+        i = 0
+        while i < len(batch):
+            fn = batch[i].fn
+            j = i
+            while j < len(batch) and batch[j].fn is fn:
+                j += 1
+            out = fn(conn, [c.arg for c in batch[i:j]])
+            if len(out) != j - i:
+                raise StoreError(f"{fn.__name__} returned {len(out)} results for {j - i}")
+            results.extend(out)
+            i = j
+        return results
+
+    def _transaction(self, batch: list[_Call[Any, Any]]) -> list[Any]:
+        started = time.perf_counter()
+        conn = self._connection()
         with conn.begin():
-            i = 0
-            while i < len(batch):
-                fn = batch[i].fn
-                j = i
-                while j < len(batch) and batch[j].fn is fn:
-                    j += 1
-                out = fn(conn, [c.arg for c in batch[i:j]])
-                if len(out) != j - i:
-                    raise StoreError(f"{fn.__name__} returned {len(out)} results for {j - i}")
-                results.extend(out)
-                i = j
+            results = self._statements(conn, batch)
         self.transactions += 1
         if log.isEnabledFor(logging.DEBUG):
             took_ms = (time.perf_counter() - started) * 1e3
@@ -172,14 +182,19 @@ class ThreadCommitter(_Writer):
 class LoopCommitter(_Writer):
     """Group commit inside the running asyncio loop; :meth:`submit` returns an awaitable.
 
-    Calls submitted while the loop is busy (parsing other requests) are collected and written in
-    one transaction at the next turn of the loop.
+    Statements run in the loop (a few microseconds of C each); the COMMIT, which waits for the
+    disk, runs on a thread of its own while the loop goes on serving requests. Writes
+    submitted meanwhile form the next transaction, which starts once the commit is done: the
+    slower the disk, the larger the batches, and the loop never waits for an fsync.
     """
 
     def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
         super().__init__(engine, max_batch)
         self._pending: list[_Call[Any, Any]] = []
         self._scheduled = False
+        self._committing: ConcurrentFuture[None] | None = None
+        self._in_flight: tuple[list[_Call[Any, Any]], list[Any]] = ([], [])
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="bes-commit")
 
     def submit(self, fn: BatchFunction[A, R], arg: A) -> Awaitable[R]:
         """Queue one call of ``fn``; await the result, available once it is committed.
@@ -192,22 +207,80 @@ class LoopCommitter(_Writer):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append(_Call(fn, arg, future))
-        if not self._scheduled:
+        if not self._scheduled and self._committing is None:
             self._scheduled = True
             loop.call_soon(self._flush)
         return future
 
     def _flush(self) -> None:
         self._scheduled = False
+        if self._committing is not None or not self._pending:
+            return
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        try:
+            transaction, results = self._execute(batch)
+        except Exception:  # noqa: BLE001 - isolate the failing call(s), committing in the loop
+            self._commit(batch)
+            self._reschedule()
+            return
+        loop = asyncio.get_running_loop()
+        committing = self._syncer.submit(transaction.commit)
+        self._committing = committing
+        self._in_flight = (batch, results)
+        committing.add_done_callback(
+            lambda done: loop.call_soon_threadsafe(self._committed, done, batch, results)
+        )
+
+    def _execute(self, batch: list[_Call[Any, Any]]) -> tuple[Transaction, list[Any]]:
+        conn = self._connection()
+        transaction = conn.begin()
+        try:
+            return transaction, self._statements(conn, batch)
+        except BaseException:
+            transaction.rollback()
+            raise
+
+    def _committed(
+        self, done: ConcurrentFuture[None], batch: list[_Call[Any, Any]], results: list[Any]
+    ) -> None:
+        if self._committing is not done:
+            return  # close() has dealt with it already
+        self._committing = None
+        self._settle(done, batch, results)
+        self._reschedule()
+
+    def _settle(
+        self, done: ConcurrentFuture[None], batch: list[_Call[Any, Any]], results: list[Any]
+    ) -> None:
+        error = done.exception()  # waits for the commit if it is still running
+        if error is None:
+            self.transactions += 1
+            for call, result in zip(batch, results, strict=True):
+                _resolve(call.future, result)
+            return
+        log.error("database commit failed: %s", error)
+        self._close_connection()
+        for call in batch:
+            _fail(call, error)
+
+    def _reschedule(self) -> None:
+        if self._pending and not self._scheduled and not self._closed:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def close(self) -> None:
+        """Finish the commit under way, write what is pending, release the connection."""
+        committing, in_flight = self._committing, self._in_flight
+        self._committing = None
+        if committing is not None:
+            self._settle(committing, *in_flight)
         while self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             self._commit(batch)
-
-    def close(self) -> None:
-        """Write what is pending, then release the connection."""
-        self._flush()
         self._closed = True
+        self._syncer.shutdown(wait=True)
         self._close_connection()
 
 

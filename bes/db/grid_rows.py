@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 
 from bes.db.prepared import Prepared, db_time, from_db_time
-from bes.db.tables import grid_job, worker
+from bes.db.tables import activity_document, grid_job, worker
 from bes.ids import ActivityId, BackendJobId
 
 
@@ -81,11 +81,11 @@ class WorkerRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewGridJob:
-    """A job handed to the desktop grid, with what a worker needs to run it."""
+    """A job handed to the desktop grid, with what a worker needs to run it (the job itself is
+    the activity's)."""
 
     id: BackendJobId
     activity_id: ActivityId
-    job: str
     memory_mib: int
     vcpus: int
     disk_mib: int
@@ -268,15 +268,17 @@ def revoke_worker(conn: Connection, items: Sequence[tuple[str, dt.datetime]]) ->
 
 def register_worker(
     conn: Connection, items: Sequence[tuple[str, dict[str, Any], dt.datetime]]
-) -> list[None]:
-    """Store the host facts a worker reported ``(id, facts, at)``."""
+) -> list[bool]:
+    """Store the host facts a worker reported ``(id, facts, at)``; False if it is revoked."""
+    out = []
     for worker_id, facts, at in items:
-        conn.execute(
+        updated = conn.execute(
             update(worker)
-            .where(worker.c.id == worker_id)
+            .where(worker.c.id == worker_id, worker.c.revoked_at.is_(None))
             .values(facts=json.dumps(facts, sort_keys=True), last_seen_at=at)
-        )
-    return [None] * len(items)
+        ).rowcount
+        out.append(bool(updated))
+    return out
 
 
 _WORKER_COLUMNS: Final = (
@@ -325,14 +327,15 @@ def worker_by_token(conn: Connection, token_hash: str) -> WorkerIdentity | None:
 
 
 _TOUCH: Final = Prepared(
-    update(worker).where(worker.c.id == bindparam("w")).values(last_seen_at=bindparam("at"))
+    update(worker)
+    .where(worker.c.id == bindparam("w"), worker.c.revoked_at.is_(None))
+    .values(last_seen_at=bindparam("at"))
 )
 
 
-def touch_workers(conn: Connection, items: Sequence[tuple[str, dt.datetime]]) -> list[None]:
-    """Record that workers ``(id, at)`` were heard of."""
-    _TOUCH.executemany(conn, [{"w": w, "at": db_time(conn, at)} for w, at in items])
-    return [None] * len(items)
+def touch_workers(conn: Connection, items: Sequence[tuple[str, dt.datetime]]) -> list[bool]:
+    """Record that workers ``(id, at)`` were heard of; False for a revoked one."""
+    return [_TOUCH.execute(conn, {"w": w, "at": db_time(conn, at)}) > 0 for w, at in items]
 
 
 def list_workers(conn: Connection) -> list[WorkerRecord]:
@@ -349,7 +352,6 @@ def add_grid_jobs(conn: Connection, items: Sequence[Sequence[NewGridJob]]) -> li
         {
             "id": j.id,
             "activity_id": j.activity_id,
-            "job": j.job,
             "state": GridState.QUEUED.value,
             "memory_mib": j.memory_mib,
             "vcpus": j.vcpus,
@@ -413,6 +415,7 @@ def _claim_statement(hypervisors: tuple[str, ...]) -> _ByDialect:
             grid_job.c.disk_mib <= bindparam("disk_mib"),
             or_(grid_job.c.needs_network.is_(False), bindparam("network") == true()),
             or_(*fits),
+            _live(bindparam("worker_id")),
         )
         .order_by(grid_job.c.queued_at)
         .limit(bindparam("limit"))
@@ -436,7 +439,6 @@ def _claim_statement(hypervisors: tuple[str, ...]) -> _ByDialect:
             .returning(
                 grid_job.c.id,
                 grid_job.c.activity_id,
-                grid_job.c.job,
                 grid_job.c.lease_epoch,
                 grid_job.c.attempts,
                 grid_job.c.max_attempts,
@@ -471,12 +473,12 @@ def claim_grid_jobs(conn: Connection, items: Sequence[Claim]) -> list[list[Lease
         out.append(
             [
                 Lease(
-                    ref=LeaseRef(job_id=BackendJobId(r[0]), epoch=r[3], worker_id=c.worker_id),
+                    ref=LeaseRef(job_id=BackendJobId(r[0]), epoch=r[2], worker_id=c.worker_id),
                     activity_id=ActivityId(r[1]),
-                    job=r[2],
-                    attempt=r[4],
-                    max_attempts=r[5],
-                    ran=bool(r[6]),
+                    job=_job_of(conn, r[1]),
+                    attempt=r[3],
+                    max_attempts=r[4],
+                    ran=bool(r[5]),
                 )
                 for r in rows
             ]
@@ -484,14 +486,36 @@ def claim_grid_jobs(conn: Connection, items: Sequence[Claim]) -> list[list[Lease
     return out
 
 
+_JOB_OF: Final = Prepared(
+    select(activity_document.c.job).where(activity_document.c.id == bindparam("id"))
+)
+
+
+def _job_of(conn: Connection, activity_id: str) -> str:
+    """The activity's job as JSON ("{}", an empty job, if the activity is gone)."""
+    rows = _JOB_OF.fetchall(conn, {"id": activity_id})
+    return str(rows[0][0]) if rows else "{}"
+
+
+def _live(worker_id: Any) -> Any:
+    """WHERE clause: the worker's token is not revoked. Part of every statement that changes
+    the queue for a worker, so a revoked token stops its next call on every replica, whatever
+    the service cached of it."""
+    return (
+        select(worker.c.id).where(worker.c.id == worker_id, worker.c.revoked_at.is_(None)).exists()
+    )
+
+
 def _holds(prefix: str = "") -> Any:
-    """WHERE clause: the lease named by the bind parameters is current and unexpired."""
+    """WHERE clause: the lease named by the bind parameters is current, unexpired, and its
+    worker's token is live."""
     return and_(
         grid_job.c.id == bindparam(prefix + "job_id"),
         grid_job.c.lease_epoch == bindparam(prefix + "epoch"),
         grid_job.c.worker_id == bindparam(prefix + "worker_id"),
         grid_job.c.state == GridState.LEASED.value,
         grid_job.c.lease_until >= bindparam(prefix + "now"),
+        _live(bindparam(prefix + "worker_id")),
     )
 
 
@@ -545,6 +569,7 @@ def lease_holds(conn: Connection, ref: LeaseRef, now: dt.datetime) -> bool:
             grid_job.c.worker_id == ref.worker_id,
             grid_job.c.state == GridState.LEASED.value,
             grid_job.c.lease_until >= now,
+            _live(ref.worker_id),
         )
     ).first()
     return found is not None

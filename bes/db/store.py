@@ -112,7 +112,8 @@ class Database:
             try:
                 return fn(conn, *args, **kwargs)
             finally:
-                conn.rollback()
+                if conn.in_transaction():
+                    conn.rollback()
         except SQLAlchemyError as exc:
             log.error("database read %s failed: %s", getattr(fn, "__name__", fn), exc)
             if self._loop_reader is not None:

@@ -58,7 +58,8 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
         return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
 
 
-# One row per activity: its current state, the document as submitted and its parsed model.
+# One row per activity: its current state. Kept small (the documents are in
+# activity_document): it is rewritten at every transition.
 activity = Table(
     "activity",
     metadata,
@@ -69,8 +70,6 @@ activity = Table(
     Column("message", Text),
     Column("exit_code", Integer),
     Column("job_name", Text),
-    Column("document", Text, nullable=False),
-    Column("job", Text, nullable=False),
     Column("backend", String(64)),
     Column("backend_job_id", String(256)),
     Column("cancel_requested", Boolean, nullable=False, default=False),
@@ -81,6 +80,16 @@ activity = Table(
     Column("changed_at", UtcDateTime(), nullable=False),
     Index(None, "owner", "created_at"),
     Index(None, "state"),
+)
+
+# What an activity was created from, written once: the JobDefinition as submitted and its
+# parsed model (JSON, bes.jsdl.codec) that backends and workers run.
+activity_document = Table(
+    "activity_document",
+    metadata,
+    Column("id", String(32), ForeignKey("activity.id", ondelete="CASCADE"), primary_key=True),
+    Column("document", Text, nullable=False),
+    Column("job", Text, nullable=False),
 )
 
 # Every state transition, with its time and reason: the activity's history.
@@ -126,14 +135,13 @@ worker = Table(
 )
 
 # The desktop grid's queue: one row per job handed to the backend, leased to one worker at a
-# time. ``lease_epoch`` grows with every claim, so a report about an earlier lease never
-# matches the current one.
+# time (the job itself is the activity's, in activity_document). ``lease_epoch`` grows with
+# every claim, so a report about an earlier lease never matches the current one.
 grid_job = Table(
     "grid_job",
     metadata,
     Column("id", String(32), primary_key=True),
     Column("activity_id", String(32), nullable=False),
-    Column("job", Text, nullable=False),
     Column("state", String(16), nullable=False),
     Column("substate", String(32)),
     Column("memory_mib", Integer, nullable=False),

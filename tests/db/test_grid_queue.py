@@ -28,7 +28,6 @@ def job(
     return grid.NewGridJob(
         id=BackendJobId("g" + activity),
         activity_id=ActivityId(activity),
-        job="{}",
         memory_mib=memory_mib,
         vcpus=vcpus,
         disk_mib=1024,

@@ -38,7 +38,6 @@ from bes.db.grid_rows import GridState
 from bes.db.store import Database
 from bes.errors import BackendError, BesError, ConfigError, StoreError
 from bes.ids import ActivityId, BackendJobId
-from bes.jsdl import codec
 from bes.jsdl.model import JobDefinition
 from bes.vm.images import ImageError
 from bes.vm.repository import TINY, TINY_TEMPLATE, Catalog
@@ -157,7 +156,6 @@ class DesktopGridBackend(Backend):
                 grid.NewGridJob(
                     id=BackendJobId("g" + secrets.token_urlsafe(18)),
                     activity_id=activity_id,
-                    job=codec.to_json(job),
                     memory_mib=needs.memory_mib,
                     vcpus=needs.vcpus,
                     disk_mib=needs.disk_mib,

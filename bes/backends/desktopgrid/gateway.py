@@ -41,6 +41,7 @@ _RUNNING: Final = frozenset(
     {SubState.STAGING_IN.value, SubState.EXECUTING.value, SubState.STAGING_OUT.value}
 )
 _UPLOAD_CHECK_BYTES: Final = 8 * 1024 * 1024  # re-check the lease this often during uploads
+_MAX_REMEMBERED: Final = 100_000  # worker identities kept by token
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,27 +96,54 @@ class WorkerGateway:
         self._clock = clock
         self._changed = changed
         self._work = asyncio.Event()
+        self._identities: dict[str, WorkerIdentity] = {}
 
     # ------------------------------------------------------------------ identity
 
     async def authenticate(self, token: str | None) -> WorkerIdentity:
         """The worker holding ``token``.
 
+        Known tokens are remembered; that is safe because every statement that changes the
+        queue for a worker also checks, in the database, that its token is not revoked (see
+        :func:`refuse_if_revoked`, which turns the refusal into NotAuthorized).
+
         Raises:
             NotAuthorized: No token, an unknown one, or a revoked one.
         """
         if not token:
             raise NotAuthorized("a worker token is required (Authorization: Bearer TOKEN)")
-        found = await self._db.read(grid.worker_by_token, token_hash(token))
+        hashed = token_hash(token)
+        known = self._identities.get(hashed)
+        if known is not None:
+            return known
+        found = await self._db.read(grid.worker_by_token, hashed)
         if found is None:
             raise NotAuthorized("unknown worker token")
         if found.revoked:
             raise NotAuthorized(f"the token of worker {found.name} was revoked")
+        if len(self._identities) >= _MAX_REMEMBERED:
+            self._identities.clear()
+        self._identities[hashed] = found
         return found
 
+    async def refuse_if_revoked(self, worker: WorkerIdentity) -> None:
+        """Raise NotAuthorized if the worker's token was revoked (asked of the database)."""
+        for hashed, known in list(self._identities.items()):
+            if known.id == worker.id:
+                current = await self._db.read(grid.worker_by_token, hashed)
+                if current is None or current.revoked:
+                    self._identities.pop(hashed, None)
+                    raise NotAuthorized(f"the token of worker {worker.name} was revoked")
+                return
+
     async def register(self, worker: WorkerIdentity, facts: Mapping[str, Any]) -> dict[str, Any]:
-        """Store what the worker says of its host; answer the protocol's timing."""
-        await self._db.write(grid.register_worker, (worker.id, dict(facts), self._clock()))
+        """Store what the worker says of its host; answer the protocol's timing.
+
+        Raises:
+            NotAuthorized: The worker's token was revoked.
+        """
+        if not await self._db.write(grid.register_worker, (worker.id, dict(facts), self._clock())):
+            await self.refuse_if_revoked(worker)
         log.info("worker %s registered: %s", worker.name, dict(facts))
         return {
             "worker": worker.name,
@@ -136,6 +164,7 @@ class WorkerGateway:
         if request.slots < 1:
             return []
         deadline = time.monotonic() + max(0.0, min(request.wait_s, self.config.claim_wait_s))
+        first = True
         while True:
             now = self._clock()
             leases = await self._db.write(
@@ -174,6 +203,9 @@ class WorkerGateway:
                     ]
                 )
                 return leases
+            if first:
+                first = False
+                await self.refuse_if_revoked(worker)  # nothing was leased: revoked, or no work?
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -209,6 +241,8 @@ class WorkerGateway:
                 )
             )
         results = await asyncio.gather(*(self._db.write(grid.heartbeat, b) for _, b in beats))
+        if any(renewal.action is LeaseAction.LOST for renewal in results):
+            await self.refuse_if_revoked(worker)
         changes = []
         for (reported, beat), renewal in zip(beats, results, strict=True):
             actions[reported] = renewal.action
@@ -223,8 +257,8 @@ class WorkerGateway:
                 )
         if changes:
             self._changed(changes)
-        if not beats:
-            await self._db.write(grid.touch_workers, (worker.id, now))
+        if not beats and not await self._db.write(grid.touch_workers, (worker.id, now)):
+            await self.refuse_if_revoked(worker)
         return actions
 
     async def upload(
@@ -282,6 +316,7 @@ class WorkerGateway:
             "worker": worker.name,
         }
         return await self._end(
+            worker,
             ref,
             grid.Finish(
                 ref=ref,
@@ -311,6 +346,7 @@ class WorkerGateway:
                 "worker": worker.name,
             }
             return await self._end(
+                worker,
                 ref,
                 grid.Finish(
                     ref=ref, state=GridState.FAILED, message=message, result=result, now=now
@@ -322,7 +358,9 @@ class WorkerGateway:
         text = f"{attempts} failed on worker {worker.name}: {message}"
         text = f"given up: {text}" if give_up else f"{text}; back in the queue"
         return await self._end(
-            ref, grid.Finish(ref=ref, state=GridState.QUEUED, retry=True, message=text, now=now)
+            worker,
+            ref,
+            grid.Finish(ref=ref, state=GridState.QUEUED, retry=True, message=text, now=now),
         )
 
     async def release(self, worker: WorkerIdentity, reported: str, *, message: str) -> GridState:
@@ -334,15 +372,18 @@ class WorkerGateway:
         ref = self._required(worker, reported)
         text = f"handed back by worker {worker.name}: {message}"
         return await self._end(
-            ref, grid.Finish(ref=ref, state=GridState.QUEUED, message=text, now=self._clock())
+            worker,
+            ref,
+            grid.Finish(ref=ref, state=GridState.QUEUED, message=text, now=self._clock()),
         )
 
     # ------------------------------------------------------------------ helpers
 
-    async def _end(self, ref: LeaseRef, finish: grid.Finish) -> GridState:
+    async def _end(self, worker: WorkerIdentity, ref: LeaseRef, finish: grid.Finish) -> GridState:
         ended = await self._db.write(grid.finish_leases, finish)
         if ended is None:
             self._drop_attempt(ref)
+            await self.refuse_if_revoked(worker)
             raise LeaseLost(f"lease {lease_id(ref)} is not yours any more")
         files = False
         if ended.state is GridState.QUEUED:
@@ -371,6 +412,7 @@ class WorkerGateway:
     async def _holding(self, worker: WorkerIdentity, reported: str) -> LeaseRef:
         ref = self._required(worker, reported)
         if not await self._db.read(grid.lease_holds, ref, self._clock()):
+            await self.refuse_if_revoked(worker)
             raise LeaseLost(f"lease {reported} is not yours any more")
         return ref
 

@@ -72,12 +72,14 @@ class OutputStore:
 
     def files(self, job_id: BackendJobId, epoch: int) -> dict[str, int]:
         """One attempt's complete files: relative name to size in bytes."""
+        if not os.path.isdir(os.path.join(self.root, _safe_component(job_id))):
+            return {}  # the common case of a job without uploads, answered with one stat
         return dict(self._walk(self.attempt_dir(job_id, epoch), partial=False))
 
     def keep_only(self, job_id: BackendJobId, epoch: int | None) -> None:
         """Remove every attempt's files but those of ``epoch`` (None: remove them all)."""
         job_dir = self.root / _safe_component(job_id)
-        if not job_dir.is_dir():
+        if not os.path.isdir(job_dir):
             return
         for attempt in job_dir.iterdir():
             if epoch is None or attempt.name != str(epoch):

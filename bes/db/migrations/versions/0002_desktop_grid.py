@@ -1,4 +1,5 @@
-"""Desktop grid: workers, the queue of leased jobs, and kept outputs of activities.
+"""Desktop grid: workers, the queue of leased jobs, kept outputs of activities; the documents
+move out of the activity row (rewritten at every transition) into activity_document.
 
 Revision ID: 0002
 Revises: 0001
@@ -19,10 +20,25 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "activity_document",
+        sa.Column("id", sa.String(32), nullable=False),
+        sa.Column("document", sa.Text(), nullable=False),
+        sa.Column("job", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["id"], ["activity.id"], name="fk_activity_document_id_activity", ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name="pk_activity_document"),
+    )
+    op.execute(
+        "INSERT INTO activity_document (id, document, job) SELECT id, document, job FROM activity"
+    )
     with op.batch_alter_table("activity") as batch:
         batch.add_column(
             sa.Column("outputs", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+        batch.drop_column("document")
+        batch.drop_column("job")
     op.create_table(
         "worker",
         sa.Column("id", sa.String(32), nullable=False),
@@ -40,7 +56,6 @@ def upgrade() -> None:
         "grid_job",
         sa.Column("id", sa.String(32), nullable=False),
         sa.Column("activity_id", sa.String(32), nullable=False),
-        sa.Column("job", sa.Text(), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("substate", sa.String(32)),
         sa.Column("memory_mib", sa.Integer(), nullable=False),
@@ -73,3 +88,11 @@ def downgrade() -> None:
     op.drop_table("worker")
     with op.batch_alter_table("activity") as batch:
         batch.drop_column("outputs")
+        batch.add_column(sa.Column("document", sa.Text(), nullable=False, server_default=""))
+        batch.add_column(sa.Column("job", sa.Text(), nullable=False, server_default=""))
+    op.execute(
+        "UPDATE activity SET document = (SELECT d.document FROM activity_document d"
+        " WHERE d.id = activity.id), job = (SELECT d.job FROM activity_document d"
+        " WHERE d.id = activity.id)"
+    )
+    op.drop_table("activity_document")
