@@ -32,14 +32,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bes_bench import _pin, running  # noqa: E402
-from bes.backends.desktopgrid.tokens import new_token, token_hash  # noqa: E402
-from bes.db import grid_rows  # noqa: E402
-from bes.db.engine import default_url  # noqa: E402
-from bes.db.store import Database  # noqa: E402
-from bes.db.tables import activity, grid_job  # noqa: E402
-from tests.support import soap  # noqa: E402
-from tests.support.server import free_port  # noqa: E402
+from bench.bes_bench import _pin, running
+from bes.backends.desktopgrid.tokens import new_token, token_hash
+from bes.db import grid_rows
+from bes.db.engine import default_url
+from bes.db.store import Database
+from bes.db.tables import activity, grid_job
+from tests.support import soap
+from tests.support.server import free_port
 
 VM_JOB = b"""<jsdl:JobDefinition xmlns:jsdl="http://schemas.ggf.org/jsdl/2005/11/jsdl"
   xmlns:posix="http://schemas.ggf.org/jsdl/2005/11/jsdl-posix" xmlns:vm="urn:bes-grid:vm:1.0">
@@ -76,37 +76,50 @@ class Connection:
         self.writer.close()
 
 
-CLAIM = json.dumps(
-    {"slots": 1, "memory_mib": 4096, "vcpus": 4, "disk_mib": 100000, "hypervisors": ["qemu"]}
-).encode()
+CLAIM_REQUEST = {
+    "slots": 1,
+    "memory_mib": 4096,
+    "vcpus": 4,
+    "disk_mib": 100000,
+    "hypervisors": ["qemu"],
+}
+CLAIM = json.dumps(CLAIM_REQUEST).encode()
 COMPLETE = b'{"exit_code":0}'
+COMPLETE_AND_CLAIM = json.dumps({"exit_code": 0, "claim": CLAIM_REQUEST}).encode()
 
 
 async def worker_loop(
-    conn: Connection, until: float, complete: bool, leased: list[str], errors: list[int]
+    conn: Connection, until: float, mode: str, leased: list[str], errors: list[int]
 ) -> int:
+    """One simulated worker. ``mode``: floor (claim only), cycles (claim, then complete), or
+    chained (each completion leases the next job in the same call)."""
     done = 0
+    leases: list[dict[str, str]] = []
     while time.perf_counter() < until:
-        status, body = await conn.post("/worker/v1/claim", CLAIM)
-        if status != 200:
-            errors.append(status)
-            continue
-        leases = json.loads(body)["leases"]
         if not leases:
-            return done  # the queue ran dry: the run must be longer
-        lease = leases[0]["lease"]
-        leased.append(lease.rsplit(".", 1)[0])
-        if complete:
-            status, _ = await conn.post(f"/worker/v1/leases/{lease}/complete", COMPLETE)
+            status, body = await conn.post("/worker/v1/claim", CLAIM)
             if status != 200:
                 errors.append(status)
                 continue
+            leases = json.loads(body)["leases"]
+            if not leases:
+                return done  # the queue ran dry: the run must be longer
+        lease = leases.pop()["lease"]
+        leased.append(lease.rsplit(".", 1)[0])
+        if mode != "floor":
+            body = COMPLETE_AND_CLAIM if mode == "chained" else COMPLETE
+            status, answer = await conn.post(f"/worker/v1/leases/{lease}/complete", body)
+            if status != 200:
+                errors.append(status)
+                continue
+            if mode == "chained":
+                leases = json.loads(answer).get("leases", [])
         done += 1
     return done
 
 
 async def phase(
-    port: int, tokens: list[str], seconds: float, *, complete: bool
+    port: int, tokens: list[str], seconds: float, *, mode: str
 ) -> tuple[float, list[str], list[int]]:
     conns = [Connection(port, t) for t in tokens]
     await asyncio.gather(*(c.open() for c in conns))
@@ -115,7 +128,7 @@ async def phase(
     started = time.perf_counter()
     cpu = time.process_time()
     counts = await asyncio.gather(
-        *(worker_loop(c, started + seconds, complete, leased, errors) for c in conns)
+        *(worker_loop(c, started + seconds, mode, leased, errors) for c in conns)
     )
     elapsed = time.perf_counter() - started
     phase.client_cpu = (time.process_time() - cpu) / elapsed  # type: ignore[attr-defined]
@@ -164,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--jobs", type=int, default=40000)
+    parser.add_argument("--jobs", type=int, default=60000)
     parser.add_argument("--profile", help="record the server with py-spy into this file")
     args = parser.parse_args()
     print(
@@ -173,7 +186,9 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="bes-grid-bench-") as data:
         port = free_port()
-        profiler = ["py-spy", "record", "-f", "raw", "-o", args.profile, "--"] if args.profile else []
+        profiler = (
+            ["py-spy", "record", "-f", "raw", "-o", args.profile, "--"] if args.profile else []
+        )
         argv = [
             *_pin(0),
             *profiler,
@@ -197,7 +212,9 @@ def main() -> None:
             now = dt.datetime.now(dt.UTC)
             for i in range(args.workers):
                 token = new_token()
-                db.write_sync(grid_rows.create_worker, (f"w-{i}", f"bench-{i}", token_hash(token), now))
+                db.write_sync(
+                    grid_rows.create_worker, (f"w-{i}", f"bench-{i}", token_hash(token), now)
+                )
                 tokens.append(token)
             rate = asyncio.run(fill(port, args.jobs))
             print(f"queue filled through CreateActivity: {args.jobs} jobs at {rate:,.0f}/s")
@@ -207,9 +224,12 @@ def main() -> None:
             print(f"dispatched to the grid: {count(db, grid_job)} jobs")
 
             cycles, cycled, cycle_errors = asyncio.run(
-                phase(port, tokens, args.seconds, complete=True)
+                phase(port, tokens, args.seconds, mode="cycles")
             )
-            completed = len(cycled)
+            chained, chained_ids, chained_errors = asyncio.run(
+                phase(port, tokens, args.seconds, mode="chained")
+            )
+            completed = len(cycled) + len(chained_ids)
             started = time.monotonic()
             while (
                 count(db, activity, state="Finished") < completed
@@ -219,16 +239,24 @@ def main() -> None:
             lag = time.monotonic() - started
             finished = count(db, activity, state="Finished")
             claims, claimed, claim_errors = asyncio.run(
-                phase(port, tokens, args.seconds, complete=False)
+                phase(port, tokens, args.seconds, mode="floor")
             )
             db.close()
-    everything = cycled + claimed
+    everything = cycled + chained_ids + claimed
     doubles = len(everything) - len(set(everything))
     print()
     print(f"{'':28} | {'per second':>10} | {'jobs':>7} | errors")
-    print(f"{'claim + complete cycles':28} | {cycles:>10,.0f} | {completed:>7} | {len(cycle_errors)}")
+    print(
+        f"{'claim + complete cycles':28} | {cycles:>10,.0f} | {len(cycled):>7} | "
+        f"{len(cycle_errors)}"
+    )
+    print(
+        f"{'  chained (complete+claim)':28} | {chained:>10,.0f} | {len(chained_ids):>7} | "
+        f"{len(chained_errors)}"
+    )
     print(f"{'claim only (floor)':28} | {claims:>10,.0f} | {len(claimed):>7} | {len(claim_errors)}")
     print(f"{'ratio cycles / floor':28} | {cycles / claims:>10.2f} |")
+    print(f"{'ratio chained / floor':28} | {chained / claims:>10.2f} |")
     print(f"load generator busy: {phase.client_cpu:.0%} of its CPU")  # type: ignore[attr-defined]
     print()
     print(f"double claims: {doubles} of {len(everything)} leases")

@@ -122,6 +122,7 @@ class BesApp:
                 backend.close()
         if self.db is not None:
             self.db.close()  # in the loop: the loop's committer resolves its last futures here
+            log.info("bes stopped after %d write transactions", self.db.transactions)
         self.db = self.activities = self.factory = self.workers = None
 
     # ------------------------------------------------------------------ ASGI

@@ -41,7 +41,7 @@ Clock = Callable[[], dt.datetime]
 _DISPATCH_LEASE: Final = dt.timedelta(minutes=2)
 _POLL_BATCH: Final = 1000
 _PUSH_BATCH: Final = 2000
-PUSH_GATHER_S: Final = 0.02
+PUSH_GATHER_S: Final = 0.1
 
 
 class Tracker:

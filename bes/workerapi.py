@@ -29,7 +29,7 @@ from urllib.parse import unquote
 
 from bes.backends.desktopgrid.gateway import ClaimRequest, WorkerGateway, lease_id
 from bes.backends.desktopgrid.outputs import OutputTooLarge, UnsafePath
-from bes.db.grid_rows import WorkerIdentity
+from bes.db.grid_rows import Lease, WorkerIdentity
 from bes.errors import InvalidRequest, LeaseLost, NotAuthorized, StoreError
 from bes.http import (
     BodyTooLarge,
@@ -165,31 +165,8 @@ class WorkerApi:
         return 200, await self.gateway.register(worker, facts)
 
     async def _claim(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
-        hypervisors = data.get("hypervisors", [])
-        if not isinstance(hypervisors, list) or not set(hypervisors) <= _HYPERVISORS:
-            raise _BadRequest(f"hypervisors must be a list drawn from {sorted(_HYPERVISORS)}")
-        request = ClaimRequest(
-            slots=_integer(data, "slots", 1, low=0, high=16),
-            memory_mib=_integer(data, "memory_mib", None, low=0),
-            vcpus=_integer(data, "vcpus", None, low=0),
-            disk_mib=_integer(data, "disk_mib", None, low=0),
-            hypervisors=tuple(str(h) for h in hypervisors),
-            network=_boolean(data, "network", False),
-            wait_s=_number(data, "wait_s", 0.0, low=0.0),
-        )
-        leases = await self.gateway.claim(worker, request)
-        # The job is stored as JSON text: embed it as is rather than parse and re-encode it.
-        items = [
-            b'{"lease":'
-            + json.dumps(lease_id(lease.ref)).encode()
-            + b',"activity":'
-            + json.dumps(lease.activity_id).encode()
-            + b',"attempt":%d,"max_attempts":%d,"job":' % (lease.attempt, lease.max_attempts)
-            + lease.job.encode()
-            + b"}"
-            for lease in leases
-        ]
-        return 200, b'{"leases":[' + b",".join(items) + b"]}"
+        leases = await self.gateway.claim(worker, _claim_request(data))
+        return 200, b'{"leases":' + _leases_json(leases) + b"}"
 
     async def _heartbeat(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
         leases = data.get("leases", [])
@@ -224,8 +201,15 @@ class WorkerApi:
             exit_code=_integer(data, "exit_code", None, low=-(2**31), high=2**31 - 1),
             failure=failure[:4000] if failure else None,
             timing={str(k): float(v) for k, v in timing.items()},
+            files=_names(data),
         )
-        return 200, {"state": state.value}
+        answer = b'{"state":"' + state.value.encode() + b'"'
+        if "claim" in data:  # the next job, in the same round trip
+            if not isinstance(data["claim"], dict):
+                raise _BadRequest("claim must be an object, as the body of /claim")
+            leases = await self.gateway.claim(worker, _claim_request(data["claim"]))
+            answer += b',"leases":' + _leases_json(leases)
+        return 200, answer + b"}"
 
     async def _fail(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
         state = await self.gateway.fail(
@@ -233,12 +217,44 @@ class WorkerApi:
             data["_lease"],
             message=_text(data, "message"),
             retry=_boolean(data, "retry", False),
+            files=_names(data),
         )
         return 200, {"state": state.value}
 
     async def _release(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
         state = await self.gateway.release(worker, data["_lease"], message=_text(data, "message"))
         return 200, {"state": state.value}
+
+
+def _claim_request(data: dict[str, Any]) -> ClaimRequest:
+    hypervisors = data.get("hypervisors", [])
+    if not isinstance(hypervisors, list) or not set(hypervisors) <= _HYPERVISORS:
+        raise _BadRequest(f"hypervisors must be a list drawn from {sorted(_HYPERVISORS)}")
+    return ClaimRequest(
+        slots=_integer(data, "slots", 1, low=0, high=16),
+        memory_mib=_integer(data, "memory_mib", None, low=0),
+        vcpus=_integer(data, "vcpus", None, low=0),
+        disk_mib=_integer(data, "disk_mib", None, low=0),
+        hypervisors=tuple(str(h) for h in hypervisors),
+        network=_boolean(data, "network", False),
+        wait_s=_number(data, "wait_s", 0.0, low=0.0),
+    )
+
+
+def _leases_json(leases: list[Lease]) -> bytes:
+    """Leases as a JSON array. The job is stored as JSON text: it is embedded as is rather
+    than parsed and encoded again."""
+    items = [
+        b'{"lease":'
+        + json.dumps(lease_id(lease.ref)).encode()
+        + b',"activity":'
+        + json.dumps(lease.activity_id).encode()
+        + b',"attempt":%d,"max_attempts":%d,"job":' % (lease.attempt, lease.max_attempts)
+        + lease.job.encode()
+        + b"}"
+        for lease in leases
+    ]
+    return b"[" + b",".join(items) + b"]"
 
 
 def _integer(
@@ -262,6 +278,15 @@ def _boolean(data: dict[str, Any], key: str, default: bool) -> bool:
     if not isinstance(value, bool):
         raise _BadRequest(f"{key} must be true or false")
     return value
+
+
+def _names(data: dict[str, Any]) -> list[str]:
+    names = data.get("files", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _BadRequest("files must be a list of the names uploaded")
+    if len(names) > 10_000:
+        raise _BadRequest("at most 10000 files per job")
+    return names
 
 
 def _text(data: dict[str, Any], key: str) -> str:

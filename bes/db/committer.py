@@ -9,10 +9,12 @@ write cannot fail its neighbours.
 
 Two committers share that logic:
 
-* :class:`LoopCommitter` runs inside the asyncio event loop. It is the service's writer on
-  SQLite, where a transaction is a few local C calls plus one fsync: doing them in the loop
-  avoids handing the GIL back and forth with a writer thread for every statement, which costs
-  more than the work itself. Batches form naturally while a commit is on disk.
+* :class:`LoopCommitter` runs the statements inside the asyncio event loop. It is the
+  service's writer on SQLite, where a statement is a few local C calls: running them in the
+  loop avoids handing the GIL back and forth with a writer thread for every statement, which
+  costs more than the work itself. Only the COMMIT, which waits for the disk, goes to a thread;
+  batches form while it is on disk (measured with bench/grid_bench.py: 1,560 claim+complete
+  cycles/s with the commit in the loop, 1,890-2,080 with it on a thread).
 * :class:`ThreadCommitter` owns a thread. It serves blocking callers (command-line tools,
   tests) and databases reached over the network (PostgreSQL), where the loop must not wait.
 """
@@ -26,7 +28,6 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import Future as ConcurrentFuture
 from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
@@ -192,7 +193,7 @@ class LoopCommitter(_Writer):
         super().__init__(engine, max_batch)
         self._pending: list[_Call[Any, Any]] = []
         self._scheduled = False
-        self._committing: ConcurrentFuture[None] | None = None
+        self._committing: Future[None] | None = None
         self._in_flight: tuple[list[_Call[Any, Any]], list[Any]] = ([], [])
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="bes-commit")
 
@@ -242,7 +243,7 @@ class LoopCommitter(_Writer):
             raise
 
     def _committed(
-        self, done: ConcurrentFuture[None], batch: list[_Call[Any, Any]], results: list[Any]
+        self, done: Future[None], batch: list[_Call[Any, Any]], results: list[Any]
     ) -> None:
         if self._committing is not done:
             return  # close() has dealt with it already
@@ -250,9 +251,7 @@ class LoopCommitter(_Writer):
         self._settle(done, batch, results)
         self._reschedule()
 
-    def _settle(
-        self, done: ConcurrentFuture[None], batch: list[_Call[Any, Any]], results: list[Any]
-    ) -> None:
+    def _settle(self, done: Future[None], batch: list[_Call[Any, Any]], results: list[Any]) -> None:
         error = done.exception()  # waits for the commit if it is still running
         if error is None:
             self.transactions += 1

@@ -100,22 +100,7 @@ class ServiceClient:
             },
             timeout_s=wait_s + _TIMEOUT_S,
         )
-        work = []
-        for lease in answer.get("leases", []):
-            try:
-                job = codec.from_json(json.dumps(lease["job"]))
-            except BesError as exc:
-                raise ProtocolError(f"lease {lease.get('lease')}: unreadable job: {exc}") from exc
-            work.append(
-                Work(
-                    lease=lease["lease"],
-                    activity=lease["activity"],
-                    attempt=lease["attempt"],
-                    max_attempts=lease["max_attempts"],
-                    job=job,
-                )
-            )
-        return work
+        return _works(answer.get("leases", []))
 
     def heartbeat(self, reports: Sequence[tuple[str, str | None]]) -> dict[str, str]:
         """Renew leases ``(lease, sub-state)``; returns continue, cancel or lost for each."""
@@ -132,15 +117,32 @@ class ServiceClient:
             self._request("PUT", url, data=body, timeout_s=_UPLOAD_TIMEOUT_S)
 
     def complete(
-        self, lease: str, *, exit_code: int, failure: str | None, timing: Mapping[str, float]
-    ) -> str:
-        """The job ran to its end; returns the job's state afterwards."""
-        body = {"exit_code": exit_code, "failure": failure, "timing": dict(timing)}
-        return str(self._post(f"leases/{_quote(lease)}/complete", body)["state"])
+        self,
+        lease: str,
+        *,
+        exit_code: int,
+        failure: str | None,
+        timing: Mapping[str, float],
+        files: Sequence[str] = (),
+        claim: Mapping[str, Any] | None = None,
+    ) -> tuple[str, list[Work]]:
+        """The job ran to its end (``files``: what was uploaded for it). With ``claim`` (the
+        body of a claim), the next jobs are leased in the same call. Returns the job's state
+        afterwards and the new leases."""
+        body: dict[str, Any] = {
+            "exit_code": exit_code,
+            "failure": failure,
+            "timing": dict(timing),
+            "files": list(files),
+        }
+        if claim is not None:
+            body["claim"] = dict(claim, wait_s=0.0)
+        answer = self._post(f"leases/{_quote(lease)}/complete", body)
+        return str(answer["state"]), _works(answer.get("leases", []))
 
-    def fail(self, lease: str, *, message: str, retry: bool) -> str:
+    def fail(self, lease: str, *, message: str, retry: bool, files: Sequence[str] = ()) -> str:
         """The job could not run; returns the job's state afterwards."""
-        body = {"message": message, "retry": retry}
+        body = {"message": message, "retry": retry, "files": list(files)}
         return str(self._post(f"leases/{_quote(lease)}/fail", body)["state"])
 
     def release(self, lease: str, *, message: str) -> str:
@@ -224,6 +226,25 @@ class ServiceClient:
             session = requests.Session()  # proxies from the environment apply, as users expect
             self._local.session = session
         return session
+
+
+def _works(leases: list[dict[str, Any]]) -> list[Work]:
+    work = []
+    for lease in leases:
+        try:
+            job = codec.from_json(json.dumps(lease["job"]))
+        except BesError as exc:
+            raise ProtocolError(f"lease {lease.get('lease')}: unreadable job: {exc}") from exc
+        work.append(
+            Work(
+                lease=lease["lease"],
+                activity=lease["activity"],
+                attempt=lease["attempt"],
+                max_attempts=lease["max_attempts"],
+                job=job,
+            )
+        )
+    return work
 
 
 class _Bearer(requests.auth.AuthBase):

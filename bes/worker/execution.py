@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from bes.errors import BesError, HypervisorError, LeaseLost
 from bes.states import SubState
@@ -66,6 +66,10 @@ class Node:
     defaults: VmDefaults
     stopping: threading.Event
     busy: Callable[[], bool]
+    next_claim: Callable[[Assignment], Mapping[str, Any] | None] = lambda _: None
+    """What to ask for when this job's slot frees (None: nothing), in the same call."""
+    adopt: Callable[[list[Work]], None] = lambda _: None
+    """Start jobs leased along with a completion."""
 
 
 def memory_of(work: Work, defaults: VmDefaults) -> int:
@@ -141,8 +145,8 @@ def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
         return
     timing = {"staging_in": staged_in - started, "vm": outcome.vm_seconds}
     if not outcome.completed or outcome.results is None or outcome.exit_code is None:
-        _upload_console(assignment, node, outcome, workdir)
-        _fail(client, work, outcome.reason, retry=outcome.reason == _CRASHED)
+        uploaded = _upload_console(assignment, node, outcome, workdir)
+        _fail(client, work, outcome.reason, retry=outcome.reason == _CRASHED, files=uploaded)
         return
     assignment.enter(SubState.STAGING_OUT)
     failures = deliver_outputs(work.job, outcome.results, file_roots=node.config.file_roots)
@@ -156,15 +160,20 @@ def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
     if outcome.results.guest_seconds is not None:
         timing["guest"] = outcome.results.guest_seconds
     timing.update(vm=ran - staged_in, staging_out=time.monotonic() - ran)
-    state = _report(
+    claim = None if node.stopping.is_set() else node.next_claim(assignment)
+    state, more = _report(
         lambda: client.complete(
             work.lease,
             exit_code=outcome.exit_code or 0,
             failure="; ".join(failures) or None,
             timing=timing,
+            files=list(files),
+            claim=claim,
         )
     )
     log.info("%s: done, exit code %s, %s", work.activity, outcome.exit_code, state)
+    if more:
+        node.adopt(more)
 
 
 def _driver_for(work: Work, node: Node) -> HypervisorDriver:
@@ -179,20 +188,25 @@ def _driver_for(work: Work, node: Node) -> HypervisorDriver:
     )
 
 
-def _fail(client: ServiceClient, work: Work, message: str, *, retry: bool) -> None:
-    _report(lambda: client.fail(work.lease, message=message, retry=retry))
+def _fail(
+    client: ServiceClient, work: Work, message: str, *, retry: bool, files: Sequence[str] = ()
+) -> None:
+    _report(lambda: client.fail(work.lease, message=message, retry=retry, files=files))
 
 
 def _upload(client: ServiceClient, lease: str, name: str, path: Path) -> None:
     _report(lambda: client.upload(lease, name, path))
 
 
-def _upload_console(assignment: Assignment, node: Node, outcome: VmOutcome, workdir: Path) -> None:
+def _upload_console(
+    assignment: Assignment, node: Node, outcome: VmOutcome, workdir: Path
+) -> list[str]:
     if not outcome.console_tail:
-        return
+        return []
     console = workdir / "console.log"
     console.write_text(outcome.console_tail + "\n")
     _upload(node.client, assignment.work.lease, "console.log", console)
+    return ["console.log"]
 
 
 def _report(call: Callable[[], T]) -> T:

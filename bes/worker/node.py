@@ -179,15 +179,7 @@ class Worker:
                 self._slot_freed.clear()
                 continue
             try:
-                works = self.client.claim(
-                    slots=1,
-                    memory_mib=memory,
-                    vcpus=self.config.max_vcpus,
-                    disk_mib=self._free_disk_mib(),
-                    hypervisors=[h.value for h in self.drivers],
-                    network=self.config.allow_network,
-                    wait_s=20.0,
-                )
+                works = self.client.claim(wait_s=20.0, **self._claim_body(memory))
             except WorkerRefused as exc:
                 self._refuse(stop, str(exc))
                 return
@@ -200,6 +192,34 @@ class Worker:
                     self._hand_back(work)
                 else:
                     self._start(work)
+
+    def _claim_body(self, memory_mib: int) -> dict[str, Any]:
+        return {
+            "slots": 1,
+            "memory_mib": memory_mib,
+            "vcpus": self.config.max_vcpus,
+            "disk_mib": self._free_disk_mib(),
+            "hypervisors": [h.value for h in self.drivers],
+            "network": self.config.allow_network,
+        }
+
+    def _next_claim(self, finishing: Assignment) -> dict[str, Any] | None:
+        """What to ask for along with a completion: the slot it frees, if work is welcome."""
+        if self._stopping.is_set() or self.busy():
+            return None
+        with self._lock:
+            others = [a for a in self._running.values() if a is not finishing]
+        memory = self.config.max_memory_mib - sum(a.memory_mib for a in others)
+        if len(others) >= self.config.max_vms or memory < 64:
+            return None
+        return self._claim_body(memory)
+
+    def _adopt(self, works: list[Work]) -> None:
+        for work in works:
+            if self._stopping.is_set():
+                self._hand_back(work)
+            else:
+                self._start(work)
 
     def _hand_back(self, work: Work) -> None:
         try:
@@ -219,6 +239,8 @@ class Worker:
             defaults=self.defaults,
             stopping=self._stopping,
             busy=self.busy,
+            next_claim=self._next_claim,
+            adopt=self._adopt,
         )
 
         def run() -> None:

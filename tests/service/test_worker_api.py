@@ -206,9 +206,13 @@ async def test_a_job_runs_from_claim_to_finished_with_its_outputs_kept(grid: Gri
     done = await grid.worker(
         token,
         f"leases/{lease['lease']}/complete",
-        {"exit_code": 0, "timing": {"vm": 3.5}},
+        {
+            "exit_code": 0,
+            "timing": {"vm": 3.5},
+            "files": ["stdout", "stderr", "outputs/result.txt"],
+        },
     )
-    check("StateResponse", done)
+    check("CompleteResponse", done)
     assert done == {"state": "finished"}
 
     status = await grid.status(activity)
@@ -295,7 +299,9 @@ async def test_an_expired_lease_goes_to_another_worker_and_the_late_report_is_re
     assert beat["leases"] == {old["lease"]: "lost"}
 
     await grid.upload(second, new["lease"], "stdout", b"fresh\n")
-    await grid.worker(second, f"leases/{new['lease']}/complete", {"exit_code": 0})
+    await grid.worker(
+        second, f"leases/{new['lease']}/complete", {"exit_code": 0, "files": ["stdout"]}
+    )
     assert (await grid.state(activity))[0] == "Finished"
     stdout = await grid.http.get(f"/bes/activities/{activity}/outputs/stdout")
     assert stdout.content == b"fresh\n"
@@ -332,6 +338,34 @@ async def test_the_jobs_own_failure_is_not_retried(grid: Grid) -> None:
     status = await grid.status(activity)
     assert status.get("state") == "Failed"
     assert "404" in soap.xpath(status, "besa:Message/text()")[0]
+
+
+async def test_a_busy_worker_completes_and_claims_the_next_job_in_one_call(grid: Grid) -> None:
+    token = grid.token("busy")
+    first = await grid.submit(vm_job())
+    second = await grid.submit(vm_job())
+    (lease,) = await grid.claim(token)
+    claim = {"memory_mib": 4096, "vcpus": 4, "disk_mib": 100_000, "hypervisors": ["qemu"]}
+    answer = await grid.worker(
+        token, f"leases/{lease['lease']}/complete", {"exit_code": 0, "claim": claim}
+    )
+    check("CompleteResponse", answer)
+    assert answer["state"] == "finished"
+    assert [next_one["activity"] for next_one in answer["leases"]] == [second]
+    assert (await grid.state(first))[0] == "Finished"
+
+
+async def test_completing_with_a_file_that_never_arrived_is_refused(grid: Grid) -> None:
+    token = grid.token("w")
+    await grid.submit(vm_job())
+    (lease,) = await grid.claim(token)
+    answer = await grid.worker(
+        token,
+        f"leases/{lease['lease']}/complete",
+        {"exit_code": 0, "files": ["stdout"]},
+        status=400,
+    )
+    assert "'stdout' was not uploaded" in answer["message"]
 
 
 async def test_claims_offer_only_what_fits_the_worker(grid: Grid) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -296,11 +297,14 @@ class WorkerGateway:
         exit_code: int,
         failure: str | None,
         timing: Mapping[str, float],
+        files: Sequence[str] = (),
     ) -> GridState:
-        """The job ran to its end (``failure``: why it failed nonetheless, e.g. stage-out).
+        """The job ran to its end (``failure``: why it failed nonetheless, e.g. stage-out);
+        ``files`` names what the worker uploaded for this lease.
 
         Raises:
             LeaseLost: The lease is not the worker's (any more); its files are dropped.
+            InvalidRequest: A file it names was not uploaded.
         """
         ref = self._required(worker, reported)
         if failure:
@@ -311,7 +315,7 @@ class WorkerGateway:
             state, message = GridState.FINISHED, None
         result = {
             "epoch": ref.epoch,
-            "files": self.outputs.files(ref.job_id, ref.epoch),
+            "files": self.outputs.uploaded(ref.job_id, ref.epoch, files),
             "timing": dict(timing),
             "worker": worker.name,
         }
@@ -329,20 +333,27 @@ class WorkerGateway:
         )
 
     async def fail(
-        self, worker: WorkerIdentity, reported: str, *, message: str, retry: bool
+        self,
+        worker: WorkerIdentity,
+        reported: str,
+        *,
+        message: str,
+        retry: bool,
+        files: Sequence[str] = (),
     ) -> GridState:
         """The job could not run. ``retry``: not the job's fault (hypervisor, host), so
-        another attempt may succeed; otherwise it fails now, keeping what was uploaded.
+        another attempt may succeed; otherwise it fails now, keeping the ``files`` uploaded.
 
         Raises:
             LeaseLost: The lease is not the worker's (any more).
+            InvalidRequest: A file it names was not uploaded.
         """
         ref = self._required(worker, reported)
         now = self._clock()
         if not retry:
             result = {
                 "epoch": ref.epoch,
-                "files": self.outputs.files(ref.job_id, ref.epoch),
+                "files": self.outputs.uploaded(ref.job_id, ref.epoch, files),
                 "worker": worker.name,
             }
             return await self._end(
@@ -385,16 +396,17 @@ class WorkerGateway:
             self._drop_attempt(ref)
             await self.refuse_if_revoked(worker)
             raise LeaseLost(f"lease {lease_id(ref)} is not yours any more")
-        files = False
+        files = bool(finish.result is not None and finish.result.get("files"))
         if ended.state is GridState.QUEUED:
             self._drop_attempt(ref)
             self.work_added()
             status = queued_status(ran=ended.ran, message=ended.message)
         else:
-            if finish.result is not None and finish.result.get("files"):
-                files = True
+            # An earlier attempt may have left files (its worker vanished after uploading);
+            # a first attempt that uploaded nothing has nothing to tidy: no disk access then.
+            if files:
                 self.outputs.keep_only(ref.job_id, ref.epoch)
-            else:
+            elif ref.epoch > 1:
                 self.outputs.keep_only(ref.job_id, None)
             status = ended_status(
                 ended.state, exit_code=finish.exit_code, message=ended.message, files=files
@@ -407,7 +419,9 @@ class WorkerGateway:
 
     def _drop_attempt(self, ref: LeaseRef) -> None:
         """Remove what one attempt uploaded (it will not be the job's result)."""
-        shutil.rmtree(self.outputs.attempt_dir(ref.job_id, ref.epoch), ignore_errors=True)
+        attempt = self.outputs.attempt_dir(ref.job_id, ref.epoch)
+        if os.path.isdir(attempt):
+            shutil.rmtree(attempt, ignore_errors=True)
 
     async def _holding(self, worker: WorkerIdentity, reported: str) -> LeaseRef:
         ref = self._required(worker, reported)

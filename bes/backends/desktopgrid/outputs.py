@@ -15,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from bes.errors import BesError
+from bes.errors import BesError, InvalidRequest
 from bes.ids import BackendJobId
 from bes.vm.media import UnsafePath, safe_relative
 
@@ -69,6 +69,23 @@ class OutputStore:
     def used_bytes(self, job_id: BackendJobId, epoch: int) -> int:
         """Bytes stored so far by one attempt (complete and partial files)."""
         return sum(size for _, size in self._walk(self.attempt_dir(job_id, epoch), partial=True))
+
+    def uploaded(self, job_id: BackendJobId, epoch: int, names: Sequence[str]) -> dict[str, int]:
+        """The sizes of the files a worker says it uploaded for one attempt.
+
+        Raises:
+            InvalidRequest: One of them is not there.
+            UnsafePath: A name leaves the attempt's directory.
+        """
+        sizes = {}
+        attempt = self.attempt_dir(job_id, epoch)
+        for name in names:
+            relative = safe_relative(name)
+            try:
+                sizes[relative] = (attempt / relative).stat().st_size
+            except OSError:
+                raise InvalidRequest(f"file {name!r} was not uploaded for this lease") from None
+        return sizes
 
     def files(self, job_id: BackendJobId, epoch: int) -> dict[str, int]:
         """One attempt's complete files: relative name to size in bytes."""
