@@ -177,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--jobs", type=int, default=60000)
+    parser.add_argument("--jobs", type=int, default=80000)
     parser.add_argument("--profile", help="record the server with py-spy into this file")
     args = parser.parse_args()
     print(
@@ -242,21 +242,44 @@ def main() -> None:
                 phase(port, tokens, args.seconds, mode="floor")
             )
             db.close()
+    report(
+        cycles=(cycles, cycled, cycle_errors),
+        chained=(chained, chained_ids, chained_errors),
+        claims=(claims, claimed, claim_errors),
+        finished=finished,
+        lag=lag,
+        jobs=args.jobs,
+    )
+
+
+Phase = tuple[float, list[str], list[int]]
+
+
+def report(
+    *, cycles: Phase, chained: Phase, claims: Phase, finished: int, lag: float, jobs: int
+) -> None:
+    (cycle_rate, cycled, cycle_errors) = cycles
+    (chained_rate, chained_ids, chained_errors) = chained
+    (claim_rate, claimed, claim_errors) = claims
+    completed = len(cycled) + len(chained_ids)
     everything = cycled + chained_ids + claimed
     doubles = len(everything) - len(set(everything))
     print()
     print(f"{'':28} | {'per second':>10} | {'jobs':>7} | errors")
     print(
-        f"{'claim + complete cycles':28} | {cycles:>10,.0f} | {len(cycled):>7} | "
+        f"{'claim + complete cycles':28} | {cycle_rate:>10,.0f} | {len(cycled):>7} | "
         f"{len(cycle_errors)}"
     )
     print(
-        f"{'  chained (complete+claim)':28} | {chained:>10,.0f} | {len(chained_ids):>7} | "
+        f"{'  chained (complete+claim)':28} | {chained_rate:>10,.0f} | {len(chained_ids):>7} | "
         f"{len(chained_errors)}"
     )
-    print(f"{'claim only (floor)':28} | {claims:>10,.0f} | {len(claimed):>7} | {len(claim_errors)}")
-    print(f"{'ratio cycles / floor':28} | {cycles / claims:>10.2f} |")
-    print(f"{'ratio chained / floor':28} | {chained / claims:>10.2f} |")
+    print(
+        f"{'claim only (floor)':28} | {claim_rate:>10,.0f} | {len(claimed):>7} | "
+        f"{len(claim_errors)}"
+    )
+    print(f"{'ratio cycles / floor':28} | {cycle_rate / claim_rate:>10.2f} |")
+    print(f"{'ratio chained / floor':28} | {chained_rate / claim_rate:>10.2f} |")
     print(f"load generator busy: {phase.client_cpu:.0%} of its CPU")  # type: ignore[attr-defined]
     print()
     print(f"double claims: {doubles} of {len(everything)} leases")
@@ -264,7 +287,7 @@ def main() -> None:
         f"activities Finished: {finished} of {completed} completed, "
         f"{lag:.2f} s after the last completion"
     )
-    if len(everything) >= args.jobs:
+    if len(everything) >= jobs - 64:
         print("warning: the queue ran dry; give more --jobs")
 
 

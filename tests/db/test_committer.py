@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, insert, select, text
@@ -76,3 +77,38 @@ async def test_loop_committer_isolates_a_failing_write_too(db: Database) -> None
     assert results[0] == "a" and results[2] == "b"
     assert isinstance(results[1], StoreError)
     assert set(await db.read(read_all)) == {"taken", "a", "b"}
+
+
+@pytest.mark.anyio
+async def test_writes_made_while_a_commit_is_on_disk_form_the_next_batch(tmp_path: Path) -> None:
+    import asyncio
+
+    with Database(f"sqlite:///{tmp_path / 'x.sqlite3'}") as db:
+        db.migrate()
+        first = asyncio.ensure_future(db.write(put, ("first", "1")))
+        await asyncio.sleep(0)  # its statements ran; its commit is on the commit thread
+        rest = [db.write(put, (f"k{i}", "v")) for i in range(50)]
+        before = db.transactions
+        await first
+        assert await asyncio.gather(*rest) == [f"k{i}" for i in range(50)]
+        assert db.transactions - before <= 2, "the 50 writes should share one commit"
+        assert len(await db.read(read_all)) == 51
+
+
+@pytest.mark.anyio
+async def test_closing_waits_for_the_commit_under_way_and_writes_what_is_pending(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
+    db = Database(url)
+    db.migrate()
+    first = asyncio.ensure_future(db.write(put, ("first", "1")))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(db.write(put, ("second", "2")))
+    await asyncio.sleep(0)
+    db.close()  # as the service does at shutdown, in the loop
+    assert await first == "first" and await second == "second"
+    with Database(url) as again:
+        assert again.read_sync(read_all) == {"first": "1", "second": "2"}
