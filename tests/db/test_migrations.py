@@ -53,3 +53,45 @@ def test_sqlite_file_is_in_wal_mode_and_synchronous_full(tmp_path: Path) -> None
         assert modes == ("wal", 2)  # 2 = FULL: every commit reaches the disk
     finally:
         database.close()
+
+
+def test_upgrading_a_database_of_the_first_release_keeps_its_activities(tmp_path: Path) -> None:
+    """0002 moves the documents out of the activity row: nothing may be lost on the way."""
+    from alembic import command
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    writer, _ = create_engines(url)
+    try:
+        config = migrate._config()
+        with writer.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0001")
+        with writer.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO activity (id, owner, state, substate, job_name, document, job,"
+                    " cancel_requested, created_at, changed_at) VALUES ('a' , 'alice',"
+                    " 'Pending', 'Queued', 'old', '<jsdl:JobDefinition/>', '{}', 0,"
+                    " '2026-11-25 10:00:00.000000', '2026-11-25 10:00:00.000000')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO activity_event (activity_id, at, state, substate, message)"
+                    " VALUES ('a', '2026-11-25 10:00:00.000000', 'Pending', 'Queued',"
+                    " 'accepted')"
+                )
+            )
+    finally:
+        writer.dispose()
+    with Database(url) as db:
+        db.migrate()
+        from bes.db import activity_rows as rows
+        from bes.ids import ActivityId
+
+        (record, document) = db.read_sync(rows.get_documents, [ActivityId("a")])[ActivityId("a")]
+        assert document == "<jsdl:JobDefinition/>"
+        assert record.owner == "alice" and record.outputs is False
+        assert db.read_sync(rows.jobs_of, ["a"]) == [("a", "{}")]
+        assert [e[3] for e in db.read_sync(rows.events, ActivityId("a"))] == ["accepted"]

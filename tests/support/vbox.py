@@ -87,6 +87,9 @@ class VBoxManageReplay(CommandRunner):
                 return ok(capture("poweroff.txt"))
             if command == "controlvm" and args[2] == "acpipowerbutton":
                 return ok()  # the simulated guest ignores ACPI, like the tiny guest
+            if command == "controlvm" and args[2] in ("pause", "resume"):
+                self.vms[name] = "paused" if args[2] == "pause" else "running"
+                return ok()  # both print nothing when they work
             return ok()
         if command == "showvminfo":
             if name not in self.vms:

@@ -147,3 +147,16 @@ def test_a_vm_whose_owner_died_is_found_and_destroyed(harness: Harness) -> None:
     assert other.state(stale[0]) is VmState.MISSING
     assert other.find_stale() == []
     driver.destroy(vm)  # the original handle: nothing left to do, and no error
+
+
+def test_pause_and_resume(harness: Harness) -> None:
+    driver = harness.driver
+    vm = driver.create(harness.spec("bes-pausing", runs_s=600), driver.workdir_for("bes-pausing"))
+    try:
+        driver.start(vm)
+        driver.pause(vm)
+        assert driver.state(vm) is VmState.PAUSED
+        driver.resume(vm)
+        assert driver.state(vm) is VmState.RUNNING
+    finally:
+        driver.destroy(vm)

@@ -206,10 +206,22 @@ class QemuDriver(HypervisorDriver):
             self._wait_exit(vm, 5.0)
 
     def pause(self, vm: VmHandle) -> None:
-        _qmp.execute(self._socket_path(vm), "stop")
+        self._command(vm, "stop")
 
     def resume(self, vm: VmHandle) -> None:
-        _qmp.execute(self._socket_path(vm), "cont")
+        self._command(vm, "cont")
+
+    def _command(self, vm: VmHandle, command: str, *, timeout_s: float = 10.0) -> None:
+        """A QMP command, waiting for the monitor of a VM that is starting up."""
+        deadline = self._clock() + timeout_s
+        while True:
+            try:
+                _qmp.execute(self._socket_path(vm), command)
+                return
+            except HypervisorError:
+                if not self._alive(vm) or self._clock() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def destroy(self, vm: VmHandle) -> None:
         self.stop(vm, grace_s=0)

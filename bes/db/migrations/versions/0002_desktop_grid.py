@@ -33,12 +33,14 @@ def upgrade() -> None:
     op.execute(
         "INSERT INTO activity_document (id, document, job) SELECT id, document, job FROM activity"
     )
-    with op.batch_alter_table("activity") as batch:
-        batch.add_column(
-            sa.Column("outputs", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
-        batch.drop_column("document")
-        batch.drop_column("job")
+    op.add_column(
+        "activity", sa.Column("outputs", sa.Boolean(), nullable=False, server_default=sa.false())
+    )
+    # Not batch mode: on SQLite that copies the table and drops the old one, and the drop
+    # would cascade to the documents and events that refer to it (foreign_keys=ON). SQLite
+    # (3.35 and later) and PostgreSQL both drop a column in place.
+    op.execute("ALTER TABLE activity DROP COLUMN document")
+    op.execute("ALTER TABLE activity DROP COLUMN job")
     op.create_table(
         "worker",
         sa.Column("id", sa.String(32), nullable=False),
@@ -86,10 +88,9 @@ def downgrade() -> None:
     op.drop_index("ix_grid_job_state_queued_at", table_name="grid_job")
     op.drop_table("grid_job")
     op.drop_table("worker")
-    with op.batch_alter_table("activity") as batch:
-        batch.drop_column("outputs")
-        batch.add_column(sa.Column("document", sa.Text(), nullable=False, server_default=""))
-        batch.add_column(sa.Column("job", sa.Text(), nullable=False, server_default=""))
+    op.execute("ALTER TABLE activity DROP COLUMN outputs")
+    op.add_column("activity", sa.Column("document", sa.Text(), nullable=False, server_default=""))
+    op.add_column("activity", sa.Column("job", sa.Text(), nullable=False, server_default=""))
     op.execute(
         "UPDATE activity SET document = (SELECT d.document FROM activity_document d"
         " WHERE d.id = activity.id), job = (SELECT d.job FROM activity_document d"
