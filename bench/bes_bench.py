@@ -6,7 +6,9 @@ Usage::
     .venv/bin/python bench/bes_bench.py [--seconds 8] [--clients 1,8,32]
 
 It starts ``bes serve`` (SQLite in a temporary directory, synchronous=FULL: every acknowledged
-CreateActivity is on disk) and the floor server (bench/floor.py) one after the other, each on one
+CreateActivity is on disk; ``--backend`` none by default: the factory alone, activities stay
+queued; desktopgrid to dispatch them into the grid's queue too, with no worker) and the floor
+server (bench/floor.py) one after the other, each on one
 CPU when ``taskset`` is available, and drives them from this process (on the other CPU) with
 keep-alive HTTP/1.1 connections. Results are printed as a table; nothing is asserted.
 """
@@ -135,13 +137,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--status-ids", type=int, default=1000)
+    parser.add_argument("--backend", default="none", choices=["none", "desktopgrid"])
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
     python = sys.executable
     bench_dir = Path(__file__).resolve().parent
     print(
         f"bes benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-        f"{args.seconds:.0f} s per level, server pinned: {bool(_pin(0))}"
+        f"{args.seconds:.0f} s per level, server pinned: {bool(_pin(0))}, "
+        f"backend {args.backend}"
     )
     if _pin(1):
         os.sched_setaffinity(0, {1})
@@ -181,6 +185,9 @@ def main() -> None:
             str(port),
             "--data-dir",
             data,
+            "--backend",
+            args.backend,
+            "--no-local-worker",
         ]
         with running(serve_argv, port, "/healthz"):
             results["create"] = {
