@@ -121,13 +121,21 @@ class Activities:
 
     # ------------------------------------------------------------------ BES-Factory verbs
 
-    async def create(self, caller: Principal, job: JobDefinition, document: str) -> ActivityId:
+    async def create(
+        self,
+        caller: Principal,
+        job: JobDefinition,
+        document: str,
+        *,
+        warnings: Sequence[str] = (),
+    ) -> ActivityId:
         """Store a new activity; return only once it is durably committed.
 
         Args:
             caller: Becomes the activity's owner.
             job: The parsed job definition.
             document: The JobDefinition as submitted (returned by GetActivityDocuments).
+            warnings: What was rewritten in it before it was parsed (shown in its status).
 
         Raises:
             UnsupportedFeature: The backend it would go to cannot run this job.
@@ -150,6 +158,7 @@ class Activities:
             job=codec.to_json(job),
             backend=backend,
             at=self._clock(),
+            warnings=tuple(warnings),
         )
         if not await self._db.write(rows.create_activities, new):
             raise NotAcceptingNewActivities("this factory is not accepting new activities")

@@ -104,7 +104,12 @@ class BesApp:
                 backends[config.backend] = backend_class(config.backend).build(context)
         self.db = db
         self.activities = Activities(db, backends=backends, default_backend=config.backend)
-        self.factory = Factory(self.activities, identity=self.identity, resource=_describe(config))
+        self.factory = Factory(
+            self.activities,
+            identity=self.identity,
+            resource=_describe(config),
+            strict=config.strict_jsdl,
+        )
         grid = next((b for b in backends.values() if isinstance(b, DesktopGridBackend)), None)
         self.workers = WorkerApi(grid.gateway) if grid is not None else None
         self._stop.clear()

@@ -76,6 +76,12 @@ def main(verbose: int) -> None:
     help="A backend setting, e.g. lease_s=60, heartbeat_s=15, max_attempts=3 (repeatable).",
 )
 @click.option(
+    "--strict-jsdl",
+    is_flag=True,
+    help="Validate JSDL as submitted; by default known real-world variants (a missing "
+    "CreationFlag, elements out of order, namespace variants) are normalized, with warnings.",
+)
+@click.option(
     "--local-worker/--no-local-worker",
     default=True,
     show_default=True,
@@ -97,6 +103,7 @@ def serve(
     max_request_bytes: int,
     backend: str,
     backend_options: tuple[str, ...],
+    strict_jsdl: bool,
     local_worker: bool,
     worker_options: tuple[str, ...],
 ) -> None:
@@ -122,6 +129,7 @@ def serve(
         max_request_bytes=max_request_bytes,
         backend=None if backend == "none" else backend,
         backend_options=options,
+        strict_jsdl=strict_jsdl,
     )
     worker = None
     try:

@@ -24,6 +24,8 @@ class ServiceConfig:
         backend: Backend new activities go to; None keeps them queued (Pending).
         backend_options: Settings of that backend (``key=value`` from the command line).
         resource_name: Name in the factory attributes document; None uses the host name.
+        strict_jsdl: Validate JSDL exactly as submitted, without normalizing the known
+            real-world variants (bes.jsdl.normalize).
     """
 
     host: str = "127.0.0.1"
@@ -35,6 +37,7 @@ class ServiceConfig:
     backend: str | None = None
     backend_options: Mapping[str, str] = field(default_factory=dict)
     resource_name: str | None = None
+    strict_jsdl: bool = False
 
     @property
     def effective_database_url(self) -> str:

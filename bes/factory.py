@@ -20,6 +20,7 @@ from bes.errors import InvalidRequest, UnsupportedFeature
 from bes.identity import IdentityPolicy, Transport
 from bes.ids import ActivityId
 from bes.jsdl import schema
+from bes.jsdl.normalize import normalize
 from bes.jsdl.parse import JOB_DEFINITION, parse_job_definition
 from bes.jsdl.xml import parse_stored, tag
 from bes.ns import BES_FACTORY, BES_MANAGEMENT, WSA, WSA_FAULT_ACTION, qname
@@ -66,6 +67,10 @@ class Call:
     endpoint: str
     """Base URL of this service as the client reached it, e.g. ``http://127.0.0.1:8080``."""
     dialect: Dialect
+    submitted: str | None = None
+    """CreateActivity: the JobDefinition as it was sent (before normalization)."""
+    warnings: tuple[str, ...] = ()
+    """CreateActivity: what normalization rewrote in it."""
 
 
 Handler = Callable[["Factory", Call], Awaitable[etree._Element]]
@@ -105,11 +110,18 @@ class Factory:
     """
 
     def __init__(
-        self, activities: Activities, *, identity: IdentityPolicy, resource: ResourceDescription
+        self,
+        activities: Activities,
+        *,
+        identity: IdentityPolicy,
+        resource: ResourceDescription,
+        strict: bool = False,
     ) -> None:
         self.activities = activities
         self.identity = identity
         self.resource = resource
+        self.strict = strict
+        """Validate JSDL as submitted: no normalization of real-world variants."""
 
     async def handle(
         self,
@@ -127,14 +139,38 @@ class Factory:
             request = parse_request(data, soap_action=soap_action)
             caller = self.identity.identify(transport, request)  # before anything is revealed
             operation = _operation(request)
+            submitted, warnings = self._normalized(request.body)
             _validate(request.body)
-            call = Call(request=request, caller=caller, endpoint=endpoint, dialect=dialect)
+            call = Call(
+                request=request,
+                caller=caller,
+                endpoint=endpoint,
+                dialect=dialect,
+                submitted=submitted,
+                warnings=warnings,
+            )
             payload = await operation.handler(self, call)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a SOAP fault (logged there)
             fault = fault_for(exc)
             default_action = operation.fault_action if operation else FACTORY_ACTIONS + "Fault"
             return 500, render_fault(fault, default_action=default_action, request=request)
         return 200, render_response(payload, action=operation.output_action, request=request)
+
+    def _normalized(self, body: etree._Element) -> tuple[str | None, tuple[str, ...]]:
+        """For CreateActivity: the JobDefinition as sent, then made canonical in place."""
+        if body.tag != bes("CreateActivity"):
+            return None, ()
+        document = body.find(_ACTIVITY_DOCUMENT)
+        job = document.find(JOB_DEFINITION) if document is not None else None
+        if job is None:
+            return None, ()
+        submitted = etree.tostring(job, encoding="unicode")
+        if self.strict:
+            return submitted, ()
+        warnings = tuple(normalize(job))
+        if warnings:
+            log.info("CreateActivity normalized: %s", "; ".join(warnings))
+        return submitted, warnings
 
     # ------------------------------------------------------------------ BES-Factory
 
@@ -155,8 +191,10 @@ class Factory:
             raise UnsupportedFeature([*unsupported, *exc.features]) from exc
         if unsupported:
             raise UnsupportedFeature(unsupported)
-        document = etree.tostring(job_element, encoding="unicode")
-        activity_id = await self.activities.create(call.caller, job, document)
+        document = call.submitted or etree.tostring(job_element, encoding="unicode")
+        activity_id = await self.activities.create(
+            call.caller, job, document, warnings=call.warnings
+        )
         log.debug(
             "%s created activity %s (%s)", call.caller.name, activity_id, job.job_name or "unnamed"
         )

@@ -35,6 +35,12 @@ JSDL_SPMD: Final = "http://schemas.ogf.org/jsdl/2007/02/jsdl-spmd"
 HPCP_AC: Final = "http://schemas.ogf.org/hpcp/2007/11/ac"
 HPCP_FS: Final = "http://schemas.ogf.org/hpcp/2007/01/fs"
 
+# UNICORE's JSDL extensions (inline data, pre/post commands, bearer tokens), honoured.
+UNICORE_JSDL: Final = "http://www.unicore.eu/unicore/jsdl-extensions"
+# JSDL Parameter Sweep (GFD.149).
+SWEEP: Final = "http://schemas.ogf.org/jsdl/2009/03/sweep"
+SWEEP_FUNCTIONS: Final = "http://schemas.ogf.org/jsdl/2009/03/sweep/functions"
+
 # Our own vocabulary: activity references, sub-states and status details.
 BES_ACTIVITY: Final = "urn:bes-grid:activity:1.0"
 BES_VM: Final = "urn:bes-grid:vm:1.0"
@@ -53,6 +59,9 @@ PREFIXES: Final[dict[str, str]] = {
     "wsse": WSSE,
     "besa": BES_ACTIVITY,
     "vm": BES_VM,
+    "jsdl-u": UNICORE_JSDL,
+    "sweep": SWEEP,
+    "sweepfunc": SWEEP_FUNCTIONS,
 }
 
 _BY_URI: Final = {uri: prefix for prefix, uri in PREFIXES.items()}

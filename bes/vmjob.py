@@ -107,6 +107,8 @@ def guest_task(job: JobDefinition) -> GuestTask:
             stderr=posix.error.path if posix.error else None,
             outputs=outputs,
             limits=_limits(posix.limits),
+            pre_commands=application.pre_commands,
+            post_commands=application.post_commands,
         )
     if application is not None and application.hpc_profile is not None:
         hpc = application.hpc_profile
@@ -121,6 +123,8 @@ def guest_task(job: JobDefinition) -> GuestTask:
             stdout=hpc.output,
             stderr=hpc.error,
             outputs=outputs,
+            pre_commands=application.pre_commands,
+            post_commands=application.post_commands,
         )
     if application is not None and application.spmd is not None:
         raise UnsupportedFeature(["SPMDApplication (parallel jobs) in a VM"])

@@ -43,6 +43,7 @@ _EXIT_CODE: Final = qname(BES_ACTIVITY, "ExitCode")
 _MESSAGE: Final = qname(BES_ACTIVITY, "Message")
 _CHANGED: Final = qname(BES_ACTIVITY, "Changed")
 _OUTPUTS: Final = qname(BES_ACTIVITY, "Outputs")
+_WARNING: Final = qname(BES_ACTIVITY, "Warning")
 # Sub-state -> element name: HPC File Staging Profile names for staging, ours for the rest.
 _SUBSTATE_ELEMENTS: Final = {
     s: qname(HPCP_FS if s in (SubState.STAGING_IN, SubState.STAGING_OUT) else BES_ACTIVITY, s.value)

@@ -9,6 +9,7 @@ with several service replicas writing at once.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -54,6 +55,8 @@ class ActivityRecord:
     changed_at: dt.datetime
     outputs: bool = False
     """The service keeps files this activity produced (retrievable under its URL)."""
+    warnings: tuple[str, ...] = ()
+    """What was rewritten in its document before it was parsed (normalization)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +70,7 @@ class NewActivity:
     job: str
     backend: str | None
     at: dt.datetime
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,6 +120,7 @@ _RECORD_COLUMNS: Final = (
     activity.c.created_at,
     activity.c.changed_at,
     activity.c.outputs,
+    activity.c.warnings,
 )
 
 
@@ -135,7 +140,8 @@ def _record(row: Sequence[Any]) -> ActivityRecord:
         created_at,
         changed_at,
         outputs,
-    ) = row[:13]
+        warnings,
+    ) = row[:14]
     return ActivityRecord(
         id=ActivityId(id_),
         owner=owner,
@@ -150,6 +156,7 @@ def _record(row: Sequence[Any]) -> ActivityRecord:
         created_at=from_db_time(created_at),
         changed_at=from_db_time(changed_at),
         outputs=bool(outputs),
+        warnings=tuple(json.loads(warnings)) if warnings else (),
     )
 
 
@@ -201,6 +208,7 @@ _INSERT_ACTIVITY: Final = Prepared(
         "cancel_requested",
         "created_at",
         "changed_at",
+        "warnings",
     ],
 )
 _INSERT_DOCUMENT: Final = Prepared(insert(activity_document), column_keys=["id", "document", "job"])
@@ -236,6 +244,7 @@ def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[bo
                 "cancel_requested": False,
                 "created_at": at,
                 "changed_at": at,
+                "warnings": json.dumps(a.warnings) if a.warnings else None,
             }
         )
         documents.append({"id": a.id, "document": a.document, "job": a.job})
@@ -508,7 +517,7 @@ def get_documents(
     out: dict[ActivityId, tuple[ActivityRecord, str]] = {}
     for row in _fetch_by_ids(conn, _DOCUMENTS_BY_IDS, ids):
         record = _record(row)
-        out[record.id] = (record, row[13])
+        out[record.id] = (record, row[14])
     return out
 
 

@@ -74,6 +74,7 @@ activity = Table(
     Column("backend_job_id", String(256)),
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("outputs", Boolean, nullable=False, server_default=false()),
+    Column("warnings", Text),
     Column("dispatch_owner", String(64)),
     Column("dispatch_until", UtcDateTime()),
     Column("created_at", UtcDateTime(), nullable=False),

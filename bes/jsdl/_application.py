@@ -23,7 +23,7 @@ from bes.jsdl.model import (
     POSIXApplication,
     SPMDApplication,
 )
-from bes.ns import JSDL, JSDL_HPCPA, JSDL_POSIX, JSDL_SPMD, qname
+from bes.ns import JSDL, JSDL_HPCPA, JSDL_POSIX, JSDL_SPMD, UNICORE_JSDL, qname
 
 _J = "{" + JSDL + "}"
 _P = "{" + JSDL_POSIX + "}"
@@ -31,6 +31,8 @@ _H = "{" + JSDL_HPCPA + "}"
 _S = "{" + JSDL_SPMD + "}"
 
 POSIX_APPLICATION: Final = qname(JSDL_POSIX, "POSIXApplication")
+_UNICORE_PRE: Final = qname(UNICORE_JSDL, "UserPreCommand")
+_UNICORE_POST: Final = qname(UNICORE_JSDL, "UserPostCommand")
 HPC_PROFILE_APPLICATION: Final = qname(JSDL_HPCPA, "HPCProfileApplication")
 SPMD_APPLICATION: Final = qname(JSDL_SPMD, "SPMDApplication")
 
@@ -68,10 +70,15 @@ def parse_application(element: etree._Element, ctx: Context) -> Application:
       <jsdl:Description>...</jsdl:Description>?
       <jsdl-posix:POSIXApplication/> | <jsdl-hpcpa:HPCProfileApplication/>
         | <jsdl-spmd:SPMDApplication/>   (at most one)
+      <vm:VirtualMachine/>?                          (ours)
+      <jsdl-u:UserPreCommand>...</jsdl-u:UserPreCommand>*   (UNICORE; runOnLoginNode ignored:
+      <jsdl-u:UserPostCommand>...</jsdl-u:UserPostCommand>*  the VM is the only node)
     </jsdl:Application>
     """
     values: dict[str, Any] = {}
     executables: list[etree._Element] = []
+    pre: list[str] = []
+    post: list[str] = []
     for child in children(element):
         tag = xml.tag(child)
         if tag == _J + "ApplicationName":
@@ -91,8 +98,15 @@ def parse_application(element: etree._Element, ctx: Context) -> Application:
             executables.append(child)
         elif tag == VIRTUAL_MACHINE:
             values["virtual_machine"] = parse_virtual_machine(child, ctx)
+        elif tag == _UNICORE_PRE:
+            pre.append(text(child).strip())
+        elif tag == _UNICORE_POST:
+            post.append(text(child).strip())
         else:
             ctx.unsupported_here(child)
+    values.update(
+        pre_commands=tuple(c for c in pre if c), post_commands=tuple(c for c in post if c)
+    )
     if len(executables) > 1:
         ctx.problem(
             executables[1],

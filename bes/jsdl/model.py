@@ -298,6 +298,10 @@ class Application:
     hpc_profile: HPCProfileApplication | None = None
     spmd: SPMDApplication | None = None
     virtual_machine: VirtualMachine | None = None  # our extension, urn:bes-grid:vm:1.0
+    pre_commands: tuple[str, ...] = ()
+    """UNICORE's ``jsdl-u:UserPreCommand``: shell lines run before the application."""
+    post_commands: tuple[str, ...] = ()
+    """UNICORE's ``jsdl-u:UserPostCommand``: shell lines run after the application."""
 
     @property
     def executable_part(self) -> ApplicationKind | None:
@@ -379,6 +383,9 @@ class Credential:
     transfer."""
 
     username_token: UsernameToken | None = None
+    bearer_token: str | None = field(default=None, repr=False)
+    """UNICORE's ``jsdl-u:BearerToken``: sent as ``Authorization: Bearer`` (kept out of
+    ``repr``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -397,6 +404,9 @@ class DataStaging:
     source: str | None = None
     target: str | None = None
     credential: Credential | None = None
+    inline_data: str | None = field(default=None, repr=False)
+    """UNICORE's ``jsdl-u:InlineData``: the file's content, carried in the document itself
+    (its Source is then an ``inline:`` URI)."""
 
 
 # --------------------------------------------------------------------------- the document

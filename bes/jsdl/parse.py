@@ -33,11 +33,13 @@ from bes.jsdl.model import (
 )
 from bes.jsdl.xml import parse_untrusted
 from bes.jsdl.xml import tag as xml_tag
-from bes.ns import HPCP_AC, JSDL, WSSE, qname
+from bes.ns import HPCP_AC, JSDL, UNICORE_JSDL, WSSE, qname
 
 _J = "{" + JSDL + "}"
 JOB_DEFINITION: Final = qname(JSDL, "JobDefinition")
 _CREDENTIAL: Final = qname(HPCP_AC, "Credential")
+_INLINE_DATA: Final = qname(UNICORE_JSDL, "InlineData")
+_BEARER_TOKEN: Final = qname(UNICORE_JSDL, "BearerToken")
 _USERNAME_TOKEN: Final = qname(WSSE, "UsernameToken")
 _USERNAME: Final = qname(WSSE, "Username")
 _PASSWORD: Final = qname(WSSE, "Password")
@@ -160,6 +162,7 @@ def _data_staging(element: etree._Element, ctx: Context) -> DataStaging:
       <jsdl:Source><jsdl:URI>http://...</jsdl:URI></jsdl:Source>?
       <jsdl:Target><jsdl:URI>ftp://...</jsdl:URI></jsdl:Target>?
       <ac:Credential><wsse:UsernameToken>...</wsse:UsernameToken></ac:Credential>?
+      <jsdl-u:InlineData>file content</jsdl-u:InlineData>?   (UNICORE, with an inline: Source)
     </jsdl:DataStaging>
     """
     values: dict[str, Any] = {}
@@ -177,9 +180,17 @@ def _data_staging(element: etree._Element, ctx: Context) -> DataStaging:
             values[tag[len(_J) :].lower()] = _uri(child, ctx)
         elif tag == _CREDENTIAL:
             values["credential"] = _credential(child, ctx)
+        elif tag == _INLINE_DATA:
+            values["inline_data"] = child.text or ""
         else:
             ctx.unsupported_here(child)
-    return DataStaging(name=element.get("name"), **values)
+    staging = DataStaging(name=element.get("name"), **values)
+    inline_source = (staging.source or "").lower().startswith("inline:")
+    if staging.inline_data is not None and not inline_source:
+        ctx.problem(element, "jsdl-u:InlineData goes with an inline: Source URI")
+    elif inline_source and staging.inline_data is None:
+        ctx.problem(element, "an inline: Source needs its jsdl-u:InlineData")
+    return staging
 
 
 def _uri(element: etree._Element, ctx: Context) -> str | None:
@@ -193,10 +204,14 @@ def _uri(element: etree._Element, ctx: Context) -> str | None:
 
 
 def _credential(element: etree._Element, ctx: Context) -> Credential:
-    """``ac:Credential`` holding one ``wsse:UsernameToken`` (HPC-FSP, GFD.135 §3)."""
+    """``ac:Credential`` holding one ``wsse:UsernameToken`` (HPC-FSP, GFD.135 §3), or
+    UNICORE's ``jsdl-u:BearerToken`` (an empty one means none)."""
     token_value: UsernameToken | None = None
+    bearer: str | None = None
     for child in children(element):
-        if child.tag == _USERNAME_TOKEN:
+        if child.tag == _BEARER_TOKEN:
+            bearer = (child.text or "").strip() or None
+        elif child.tag == _USERNAME_TOKEN:
             username = child.find(_USERNAME)
             password = child.find(_PASSWORD)
             token_value = UsernameToken(
@@ -205,7 +220,7 @@ def _credential(element: etree._Element, ctx: Context) -> Credential:
             )
         else:
             ctx.unsupported_here(child)
-    return Credential(username_token=token_value)
+    return Credential(username_token=token_value, bearer_token=bearer)
 
 
 def _check_one_virtual_machine(element: etree._Element, ctx: Context) -> None:

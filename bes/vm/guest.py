@@ -63,6 +63,11 @@ class GuestTask:
     stderr: str | None = None
     outputs: tuple[str, ...] = ()
     limits: GuestLimits = field(default_factory=GuestLimits)
+    pre_commands: tuple[str, ...] = ()
+    """Shell lines run before the executable, in its environment (a failing one ends the job
+    with its exit status)."""
+    post_commands: tuple[str, ...] = ()
+    """Shell lines run after the executable; the job's exit status stays the executable's."""
 
 
 def user_data(task: GuestTask, instance_id: str, *, scratch_disk: bool = False) -> str:
@@ -98,6 +103,12 @@ def user_data(task: GuestTask, instance_id: str, *, scratch_disk: bool = False) 
     if task.outputs:
         outputs = _OUTPUTS.format(names=" ".join(q(name) for name in task.outputs))
     scratch = _SCRATCH.format(marker=q(scratch_marker(instance_id).decode().rstrip("\n")))
+    run = f"    exec {command}\n"
+    if task.pre_commands or task.post_commands:
+        run = "".join(f"    /bin/sh -c {q(line)} || exit $?\n" for line in task.pre_commands)
+        run += f"    {command}\n    rc=$?\n"
+        run += "".join(f"    /bin/sh -c {q(line)}\n" for line in task.post_commands)
+        run += "    exit $rc\n"
     return _SCRIPT.format(
         instance_id=q(instance_id),
         input_marker=q(input_marker(instance_id)),
@@ -106,7 +117,7 @@ def user_data(task: GuestTask, instance_id: str, *, scratch_disk: bool = False) 
         workdir=q(workdir),
         exports=exports,
         limits=limits,
-        command=command,
+        run=run,
         stdin=_in_workdir(task.stdin) if task.stdin else "/dev/null",
         copies=copies,
         outputs=outputs,
@@ -188,8 +199,7 @@ fi
 
 STARTED=$(now)
 (
-{exports}{limits}    exec {command}
-) < {stdin} > "$R/stdout" 2> "$R/stderr"
+{exports}{limits}{run}) < {stdin} > "$R/stdout" 2> "$R/stderr"
 RC=$?
 FINISHED=$(now)
 

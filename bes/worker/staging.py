@@ -1,11 +1,14 @@
 """Data staging on the worker: JSDL DataStaging Sources in before the VM, Targets out after.
 
-Sources are fetched with http(s) GET (HTTP Basic with the element's UsernameToken, if any)
-or read from ``file:`` URIs under the directories the worker's owner allowed. CreationFlag
+Sources are fetched with http(s) GET (HTTP Basic with the element's UsernameToken, or
+``Authorization: Bearer`` with UNICORE's BearerToken), with ftp RETR (the UsernameToken, else
+the URI's user, else anonymous), taken from the document itself (UNICORE's inline data), or
+read from ``file:`` URIs under the directories the worker's owner allowed. CreationFlag
 applies when several elements name the same file, in document order: ``overwrite`` replaces
 it, ``append`` appends to it, ``dontOverwrite`` fails the job. Targets are written with
 http(s) PUT (``dontOverwrite`` sends ``If-None-Match: *``, so an existing file is never
-replaced) or to ``file:`` URIs under the allowed directories. A failure is a
+replaced), ftp STOR (APPE for ``append``; ``dontOverwrite`` checks SIZE first) or to ``file:``
+URIs under the allowed directories. A failure is a
 :class:`StagingError`, whose message says which file and why.
 """
 
@@ -20,9 +23,10 @@ from typing import Final
 
 import requests
 
-from bes.errors import BesError
 from bes.jsdl.model import CreationFlag, DataStaging, JobDefinition
 from bes.vm.media import GuestResults, UnsafePath, safe_relative
+from bes.worker import ftp
+from bes.worker.ftp import StagingError, shown
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +34,11 @@ _CHUNK: Final = 1024 * 1024
 _TIMEOUT_S: Final = 60.0
 
 
-class StagingError(BesError):
-    """An input cannot be fetched or an output cannot be delivered."""
-
-
 def fetch_inputs(job: JobDefinition, dest: Path, *, file_roots: Sequence[Path]) -> dict[str, Path]:
     """Fetch every DataStaging Source into ``dest``; returns file name -> local file."""
     inputs: dict[str, Path] = {}
     stagings = [s for s in job.job_description.data_staging if s.source is not None]
+    dest.mkdir(parents=True, exist_ok=True)
     for index, staging in enumerate(stagings):
         name = _name(staging)
         fetched = _fetch(staging, dest / f"in-{index}", file_roots)
@@ -108,13 +109,22 @@ def _fetch(staging: DataStaging, dest: Path, file_roots: Sequence[Path]) -> Path
     scheme = parsed.scheme.lower()
     if scheme == "file":
         return _allowed_file(uri, file_roots, must_exist=True)
+    if scheme == "inline":
+        dest.write_text(staging.inline_data or "")
+        return dest
+    if scheme == "ftp":
+        return ftp.fetch(uri, dest, credentials=_basic(staging), name=staging.file_name)
     if scheme not in ("http", "https"):
         raise StagingError(
             f"input {staging.file_name!r}: {scheme or 'relative'} URIs are not staged"
         )
     try:
         with requests.get(
-            uri, stream=True, timeout=(10.0, _TIMEOUT_S), auth=_auth(staging)
+            uri,
+            stream=True,
+            timeout=(10.0, _TIMEOUT_S),
+            auth=_basic(staging),
+            headers=_bearer(staging),
         ) as response:
             if response.status_code >= 400:
                 raise StagingError(
@@ -146,6 +156,16 @@ def _deliver(staging: DataStaging, produced: Path, file_roots: Sequence[Path]) -
         ):
             shutil.copyfileobj(source, out)
         return
+    if scheme == "ftp":
+        ftp.deliver(
+            uri,
+            produced,
+            credentials=_basic(staging),
+            name=staging.file_name,
+            append=flag is CreationFlag.APPEND,
+            replace=flag is not CreationFlag.DONT_OVERWRITE,
+        )
+        return
     if scheme not in ("http", "https"):
         raise StagingError(
             f"output {staging.file_name!r}: {scheme or 'relative'} URIs are not staged"
@@ -156,10 +176,11 @@ def _deliver(staging: DataStaging, produced: Path, file_roots: Sequence[Path]) -
             f"to {_shown(uri)}"
         )
     headers = {"If-None-Match": "*"} if flag is CreationFlag.DONT_OVERWRITE else {}
+    headers.update(_bearer(staging))
     try:
         with produced.open("rb") as body:
             response = requests.put(
-                uri, data=body, headers=headers, timeout=(10.0, _TIMEOUT_S), auth=_auth(staging)
+                uri, data=body, headers=headers, timeout=(10.0, _TIMEOUT_S), auth=_basic(staging)
             )
     except requests.RequestException as exc:
         raise StagingError(
@@ -202,15 +223,14 @@ def _appended(first: Path, second: Path, dest: Path) -> Path:
     return dest
 
 
-def _auth(staging: DataStaging) -> tuple[str, str] | None:
+def _basic(staging: DataStaging) -> tuple[str, str] | None:
     token = staging.credential.username_token if staging.credential else None
     return (token.username, token.password) if token is not None else None
 
 
-def _shown(uri: str) -> str:
-    """A URI without the password it may carry."""
-    parsed = urllib.parse.urlsplit(uri)
-    if parsed.password is None:
-        return uri
-    netloc = f"{parsed.username}:***@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")
-    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+def _bearer(staging: DataStaging) -> dict[str, str]:
+    token = staging.credential.bearer_token if staging.credential else None
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+_shown = shown

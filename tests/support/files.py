@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 class FileServer:
@@ -96,3 +97,25 @@ def file_server(credentials: tuple[str, str] | None = None) -> Iterator[FileServ
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def ftp_server(root: Path, *, user: str = "grid", password: str = "secret") -> Iterator[str]:
+    """A real FTP server (pyftpdlib) on 127.0.0.1 serving ``root`` read-write to one user and
+    read-only to anonymous; yields ``ftp://127.0.0.1:PORT``."""
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import ThreadedFTPServer
+
+    authorizer = DummyAuthorizer()
+    authorizer.add_user(user, password, str(root), perm="elradfmwMT")
+    authorizer.add_anonymous(str(root))
+    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
+    server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
+    thread.start()
+    try:
+        yield f"ftp://127.0.0.1:{server.address[1]}"
+    finally:
+        server.close_all()
+        thread.join(5)

@@ -200,3 +200,92 @@ def test_which_files_come_back_and_which_the_service_keeps(tmp_path: Path) -> No
         "outputs/plots/a.png",
         "outputs/plots/b.png",
     ]
+
+
+def test_ftp_inputs_and_outputs_with_the_jobs_credentials(tmp_path: Path) -> None:
+    from tests.support.files import ftp_server
+
+    root = tmp_path / "ftp"
+    (root / "in").mkdir(parents=True)
+    (root / "in" / "data.txt").write_text("from ftp\n")
+    (root / "out").mkdir()
+    (root / "out" / "kept.txt").write_text("old\n")
+    with ftp_server(root) as url:
+        host = url.removeprefix("ftp://")
+        document = job(
+            staging("data.txt", source=f"{url}/in/data.txt", user=("grid", "secret")),
+            staging("anon.txt", source=f"ftp://anonymous:x@{host}/in/data.txt"),
+        )
+        inputs = fetch_inputs(document, tmp_path / "inputs", file_roots=())
+        assert inputs["data.txt"].read_text() == "from ftp\n"
+        assert inputs["anon.txt"].read_text() == "from ftp\n"
+
+        outputs = job(
+            staging("result.txt", target=f"{url}/out/result.txt", user=("grid", "secret")),
+            staging(
+                "result.txt",
+                target=f"{url}/out/kept.txt",
+                flag="dontOverwrite",
+                user=("grid", "secret"),
+            ),
+            staging(
+                "result.txt", target=f"{url}/out/log.txt", flag="append", user=("grid", "secret")
+            ),
+            staging(
+                "result.txt", target=f"{url}/out/log.txt", flag="append", user=("grid", "secret")
+            ),
+            staging("result.txt", target=f"{url}/out/denied.txt"),  # anonymous: read-only
+        )
+        failures = deliver_outputs(
+            outputs, results(tmp_path, {"result.txt": b"42\n"}), file_roots=()
+        )
+    assert (root / "out" / "result.txt").read_text() == "42\n"
+    assert (root / "out" / "kept.txt").read_text() == "old\n"
+    assert (root / "out" / "log.txt").read_text() == "42\n42\n"
+    assert len(failures) == 2
+    assert "exists and CreationFlag is dontOverwrite" in failures[0]
+    assert "STOR" in failures[1] and "denied.txt" in failures[1]
+
+
+def unicore_job(url: str) -> JobDefinition:
+    return load_job_definition(
+        f"""<jsdl:JobDefinition xmlns:jsdl="http://schemas.ggf.org/jsdl/2005/11/jsdl"
+          xmlns:posix="http://schemas.ggf.org/jsdl/2005/11/jsdl-posix"
+          xmlns:u="http://www.unicore.eu/unicore/jsdl-extensions"
+          xmlns:ac="http://schemas.ogf.org/hpcp/2007/11/ac">
+          <jsdl:JobDescription><jsdl:Application><posix:POSIXApplication>
+            <posix:Executable>/bin/sh</posix:Executable></posix:POSIXApplication>
+          </jsdl:Application>
+          <jsdl:DataStaging><jsdl:FileName>script.sh</jsdl:FileName>
+            <jsdl:CreationFlag>overwrite</jsdl:CreationFlag>
+            <jsdl:Source><jsdl:URI>inline://script</jsdl:URI></jsdl:Source>
+            <u:InlineData>#!/bin/sh
+echo inline</u:InlineData>
+          </jsdl:DataStaging>
+          <jsdl:DataStaging><jsdl:FileName>private.txt</jsdl:FileName>
+            <jsdl:CreationFlag>overwrite</jsdl:CreationFlag>
+            <jsdl:Source><jsdl:URI>{url}/private</jsdl:URI></jsdl:Source>
+            <ac:Credential><u:BearerToken>tok-123</u:BearerToken></ac:Credential>
+          </jsdl:DataStaging>
+          </jsdl:JobDescription></jsdl:JobDefinition>""".encode()
+    )
+
+
+def test_unicore_inline_data_and_bearer_tokens(tmp_path: Path) -> None:
+    with file_server(credentials=None) as server:
+        server.files["/private"] = b"secret data"
+        handler = server._server.RequestHandlerClass  # type: ignore[attr-defined]
+        original = handler.do_GET
+        seen: list[str | None] = []
+
+        def do_get(self):  # type: ignore[no-untyped-def]
+            seen.append(self.headers.get("Authorization"))
+            return original(self)
+
+        handler.do_GET = do_get
+        document = unicore_job(server.url)
+        assert "tok-123" not in repr(document), "tokens never reach a log line"
+        inputs = fetch_inputs(document, tmp_path, file_roots=())
+    assert inputs["script.sh"].read_text() == "#!/bin/sh\necho inline"
+    assert inputs["private.txt"].read_bytes() == b"secret data"
+    assert seen == ["Bearer tok-123"]

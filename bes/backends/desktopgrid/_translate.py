@@ -18,9 +18,9 @@ from bes.vm.repository import Catalog
 from bes.vm.spec import NetworkMode
 from bes.vmjob import VmDefaults, guest_task, virtual_machine
 
-SOURCE_SCHEMES: Final = frozenset({"http", "https", "file"})
-"""DataStaging Source URI schemes a worker fetches."""
-TARGET_SCHEMES: Final = frozenset({"http", "https", "file"})
+SOURCE_SCHEMES: Final = frozenset({"http", "https", "ftp", "file", "inline"})
+"""DataStaging Source URI schemes a worker fetches (inline: UNICORE's data in the document)."""
+TARGET_SCHEMES: Final = frozenset({"http", "https", "ftp", "file"})
 """DataStaging Target URI schemes a worker delivers to (file: only under its allowed roots)."""
 
 WORKER_SUBSTATES: Final = {

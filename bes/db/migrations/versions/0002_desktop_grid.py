@@ -1,4 +1,5 @@
-"""Desktop grid: workers, the queue of leased jobs, kept outputs of activities; the documents
+"""Desktop grid: workers, the queue of leased jobs, kept outputs of activities, warnings of
+normalized documents; the documents
 move out of the activity row (rewritten at every transition) into activity_document.
 
 Revision ID: 0002
@@ -36,6 +37,7 @@ def upgrade() -> None:
     op.add_column(
         "activity", sa.Column("outputs", sa.Boolean(), nullable=False, server_default=sa.false())
     )
+    op.add_column("activity", sa.Column("warnings", sa.Text()))
     # Not batch mode: on SQLite that copies the table and drops the old one, and the drop
     # would cascade to the documents and events that refer to it (foreign_keys=ON). SQLite
     # (3.35 and later) and PostgreSQL both drop a column in place.
@@ -89,6 +91,7 @@ def downgrade() -> None:
     op.drop_table("grid_job")
     op.drop_table("worker")
     op.execute("ALTER TABLE activity DROP COLUMN outputs")
+    op.execute("ALTER TABLE activity DROP COLUMN warnings")
     op.add_column("activity", sa.Column("document", sa.Text(), nullable=False, server_default=""))
     op.add_column("activity", sa.Column("job", sa.Text(), nullable=False, server_default=""))
     op.execute(
