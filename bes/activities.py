@@ -14,6 +14,7 @@ time and reason.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -166,12 +167,89 @@ class Activities:
             self.tracker.wakeup.set()
         return activity_id
 
+    async def create_sweep(
+        self,
+        caller: Principal,
+        document: str,
+        points: Sequence[tuple[JobDefinition, str]],
+        *,
+        warnings: Sequence[str] = (),
+    ) -> ActivityId:
+        """Store a parameter sweep: one activity standing for one child activity per point
+        (``(job, document)``), all committed together. The sweep's own state is its
+        children's (see :class:`~bes.db.activity_rows.SweepSummary`).
+
+        Raises:
+            UnsupportedFeature: A point's job cannot run on the backend (the first such).
+            NotAcceptingNewActivities: The factory was told to stop accepting activities.
+        """
+        backend = self.default_backend
+        at = self._clock()
+        parent = new_activity_id()
+        children = []
+        for index, (job, child_document) in enumerate(points):
+            if backend is not None:
+                missing = self._backends[backend].unsupported(job)
+                if missing:
+                    raise UnsupportedFeature(
+                        missing,
+                        f"point {index + 1} of the sweep: backend {backend!r} cannot run: "
+                        + ", ".join(missing),
+                    )
+            children.append(
+                NewActivity(
+                    id=new_activity_id(),
+                    owner=caller.name,
+                    job_name=job.job_name,
+                    document=child_document,
+                    job=codec.to_json(job),
+                    backend=backend,
+                    at=at,
+                    parent_id=parent,
+                )
+            )
+        first = points[0][0] if points else None
+        sweep = NewActivity(
+            id=parent,
+            owner=caller.name,
+            job_name=first.job_name if first else None,
+            document=document,
+            job="{}",
+            backend=None,
+            at=at,
+            warnings=tuple(warnings),
+            children=len(children),
+        )
+        if not await self._db.write(rows.create_sweeps, [sweep, *children]):
+            raise NotAcceptingNewActivities("this factory is not accepting new activities")
+        log.info(
+            "%s created a parameter sweep %s of %d activities", caller.name, parent, len(children)
+        )
+        if backend is not None:
+            self.tracker.wakeup.set()
+        return parent
+
     async def statuses(
         self, caller: Principal, ids: Sequence[ActivityId]
     ) -> dict[ActivityId, ActivityRecord]:
-        """The activities among ``ids`` that the caller may see (others are absent)."""
+        """The activities among ``ids`` that the caller may see (others are absent). A
+        parameter sweep comes with its children's summary, and their state as its own."""
         found = await self._db.read(rows.get_activities, ids)
-        return {i: r for i, r in found.items() if caller.may_see(r.owner)}
+        visible = {i: r for i, r in found.items() if caller.may_see(r.owner)}
+        sweeps = [i for i, r in visible.items() if r.children]
+        if sweeps:
+            summaries = await self._db.read(rows.sweep_summaries, sweeps)
+            for i in sweeps:
+                summary = summaries[i]
+                counts = ", ".join(f"{n} {s.value}" for s, n in summary.counts.items() if n)
+                visible[i] = dataclasses.replace(
+                    visible[i],
+                    state=summary.state,
+                    substate=None,
+                    message=f"parameter sweep of {visible[i].children} activities: {counts}",
+                    sweep=summary,
+                )
+        return visible
 
     async def documents(
         self, caller: Principal, ids: Sequence[ActivityId]
@@ -244,6 +322,8 @@ class Activities:
     # ------------------------------------------------------------------ termination
 
     async def _terminate_one(self, caller: Principal, record: ActivityRecord) -> TerminateResult:
+        if record.sweep is not None:
+            return await self._terminate_sweep(caller, record, record.sweep)
         if record.state is ActivityState.CANCELLED:
             return TerminateResult(outcome=TerminateOutcome.TERMINATED, record=record)
         if record.state.terminal:
@@ -280,6 +360,21 @@ class Activities:
         )
         refreshed = (await self.statuses(caller, [record.id])).get(record.id, record)
         return TerminateResult(outcome=TerminateOutcome.WILL_APPLY_LATER, record=refreshed)
+
+    async def _terminate_sweep(
+        self, caller: Principal, record: ActivityRecord, sweep: rows.SweepSummary
+    ) -> TerminateResult:
+        """Terminating a sweep terminates every point of it."""
+        results = await self.terminate(caller, list(sweep.children))
+        outcomes = {r.outcome for r in results.values()}
+        refreshed = (await self.statuses(caller, [record.id]))[record.id]
+        if TerminateOutcome.WILL_APPLY_LATER in outcomes:
+            outcome = TerminateOutcome.WILL_APPLY_LATER
+        elif TerminateOutcome.TERMINATED in outcomes:
+            outcome = TerminateOutcome.TERMINATED
+        else:
+            outcome = TerminateOutcome.NOT_APPLICABLE
+        return TerminateResult(outcome=outcome, record=refreshed)
 
     async def _finish_termination(self, record: ActivityRecord, reason: str) -> TerminateResult:
         transition = Transition(

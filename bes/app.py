@@ -109,6 +109,7 @@ class BesApp:
             identity=self.identity,
             resource=_describe(config),
             strict=config.strict_jsdl,
+            sweep_limit=config.sweep_limit,
         )
         grid = next((b for b in backends.values() if isinstance(b, DesktopGridBackend)), None)
         self.workers = WorkerApi(grid.gateway) if grid is not None else None

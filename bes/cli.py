@@ -82,6 +82,13 @@ def main(verbose: int) -> None:
     "CreationFlag, elements out of order, namespace variants) are normalized, with warnings.",
 )
 @click.option(
+    "--sweep-limit",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Most activities one JSDL parameter sweep may expand into.",
+)
+@click.option(
     "--local-worker/--no-local-worker",
     default=True,
     show_default=True,
@@ -104,6 +111,7 @@ def serve(
     backend: str,
     backend_options: tuple[str, ...],
     strict_jsdl: bool,
+    sweep_limit: int,
     local_worker: bool,
     worker_options: tuple[str, ...],
 ) -> None:
@@ -130,6 +138,7 @@ def serve(
         backend=None if backend == "none" else backend,
         backend_options=options,
         strict_jsdl=strict_jsdl,
+        sweep_limit=sweep_limit,
     )
     worker = None
     try:

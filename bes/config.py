@@ -26,6 +26,7 @@ class ServiceConfig:
         resource_name: Name in the factory attributes document; None uses the host name.
         strict_jsdl: Validate JSDL exactly as submitted, without normalizing the known
             real-world variants (bes.jsdl.normalize).
+        sweep_limit: Most activities one JSDL parameter sweep may expand into.
     """
 
     host: str = "127.0.0.1"
@@ -38,6 +39,7 @@ class ServiceConfig:
     backend_options: Mapping[str, str] = field(default_factory=dict)
     resource_name: str | None = None
     strict_jsdl: bool = False
+    sweep_limit: int = 1000
 
     @property
     def effective_database_url(self) -> str:

@@ -16,12 +16,14 @@ from typing import Final
 from lxml import etree
 
 from bes.activities import Activities, TerminateOutcome
-from bes.errors import InvalidRequest, UnsupportedFeature
+from bes.errors import InvalidRequest, JsdlError, UnsupportedFeature
 from bes.identity import IdentityPolicy, Transport
 from bes.ids import ActivityId
 from bes.jsdl import schema
+from bes.jsdl.model import JobDefinition
 from bes.jsdl.normalize import normalize
 from bes.jsdl.parse import JOB_DEFINITION, parse_job_definition
+from bes.jsdl.sweep import expand, has_sweep
 from bes.jsdl.xml import parse_stored, tag
 from bes.ns import BES_FACTORY, BES_MANAGEMENT, WSA, WSA_FAULT_ACTION, qname
 from bes.principal import Principal
@@ -116,12 +118,15 @@ class Factory:
         identity: IdentityPolicy,
         resource: ResourceDescription,
         strict: bool = False,
+        sweep_limit: int = 1000,
     ) -> None:
         self.activities = activities
         self.identity = identity
         self.resource = resource
         self.strict = strict
         """Validate JSDL as submitted: no normalization of real-world variants."""
+        self.sweep_limit = sweep_limit
+        """Most activities one parameter sweep may expand into."""
 
     async def handle(
         self,
@@ -185,19 +190,23 @@ class Factory:
             raise InvalidRequest("ActivityDocument has no jsdl:JobDefinition")
         unsupported = _extensions(body, keep=document_element)
         unsupported += _extensions(document_element, keep=job_element)
-        try:
-            job = parse_job_definition(job_element, validated=True)
-        except UnsupportedFeature as exc:
-            raise UnsupportedFeature([*unsupported, *exc.features]) from exc
         if unsupported:
             raise UnsupportedFeature(unsupported)
         document = call.submitted or etree.tostring(job_element, encoding="unicode")
-        activity_id = await self.activities.create(
-            call.caller, job, document, warnings=call.warnings
-        )
-        log.debug(
-            "%s created activity %s (%s)", call.caller.name, activity_id, job.job_name or "unnamed"
-        )
+        if has_sweep(job_element):
+            points = [
+                (_point(i, point), etree.tostring(point, encoding="unicode"))
+                for i, point in enumerate(expand(job_element, limit=self.sweep_limit), 1)
+            ]
+            activity_id = await self.activities.create_sweep(
+                call.caller, document, points, warnings=call.warnings
+            )
+        else:
+            job = parse_job_definition(job_element, validated=True)
+            activity_id = await self.activities.create(
+                call.caller, job, document, warnings=call.warnings
+            )
+        log.debug("%s created activity %s", call.caller.name, activity_id)
         response = element("CreateActivityResponse")
         activity_epr(response, "ActivityIdentifier", call.endpoint, activity_id)
         return response
@@ -394,6 +403,20 @@ def _refuse_extensions(body: etree._Element) -> None:
     unsupported = _extensions(body)
     if unsupported:
         raise UnsupportedFeature(unsupported)
+
+
+def _point(index: int, point: etree._Element) -> JobDefinition:
+    """One point of a parameter sweep, validated and parsed on its own."""
+    try:
+        return parse_job_definition(point)
+    except JsdlError as exc:
+        raise JsdlError(
+            f"point {index} of the parameter sweep: {exc}", exc.invalid_elements, line=exc.line
+        ) from exc
+    except UnsupportedFeature as exc:
+        raise UnsupportedFeature(
+            exc.features, f"point {index} of the parameter sweep: {exc.message}"
+        ) from exc
 
 
 def _validate(body: etree._Element) -> None:

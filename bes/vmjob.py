@@ -19,7 +19,7 @@ from bes.jsdl.model import JobDefinition, Limits, RangeValue
 from bes.vm.guest import GuestLimits, GuestTask
 from bes.vm.job import VmJob
 from bes.vm.media import UnsafePath, safe_relative
-from bes.vm.repository import ImageRepository
+from bes.vm.repository import Catalog, ImageRepository
 from bes.vm.spec import ImageFormat, ImageRef, VirtualMachine
 
 _MIB = 1024 * 1024
@@ -131,8 +131,18 @@ def guest_task(job: JobDefinition) -> GuestTask:
     raise UnsupportedFeature(["a job without a POSIXApplication or HPCProfileApplication"])
 
 
-def virtual_machine(job: JobDefinition, defaults: VmDefaults) -> VirtualMachine:
-    """The job's VM description, or the default VM sized from its Resources."""
+def virtual_machine(
+    job: JobDefinition, defaults: VmDefaults, catalog: Catalog | None = None
+) -> VirtualMachine:
+    """The job's VM description, or the default VM sized from its Resources.
+
+    A job without the VM extension (any grid client's plain JSDL) runs in the template its
+    ``Resources/OperatingSystem`` selects in ``catalog`` (see :func:`template_for`), else in
+    the catalog's default template, else in ``defaults.template``.
+
+    Raises:
+        UnsupportedFeature: The job asks for an operating system no template provides.
+    """
     requested = job.job_description.virtual_machine
     if requested is not None:
         return requested
@@ -142,7 +152,47 @@ def virtual_machine(job: JobDefinition, defaults: VmDefaults) -> VirtualMachine:
         memory = _at_least(resources.individual_physical_memory_bytes, _MIB)
         vcpus = _at_least(resources.individual_cpu_count, 1)
     return VirtualMachine(
-        image=ImageRef(template=defaults.template), memory_mib=memory, vcpus=vcpus
+        image=ImageRef(template=template_for(job, defaults, catalog)),
+        memory_mib=memory,
+        vcpus=vcpus,
+    )
+
+
+def template_for(job: JobDefinition, defaults: VmDefaults, catalog: Catalog | None) -> str:
+    """The template of a plain JSDL job, chosen by its ``Resources/OperatingSystem``.
+
+    A template lists in ``jsdl_os`` what it answers to: an OperatingSystem Description
+    (VENUS-C chose images so), ``NAME VERSION`` or ``NAME`` (OperatingSystemName, e.g.
+    ``LINUX``), compared without regard to case, most specific first. A job that names no
+    operating system, or LINUX without a match, gets the default template.
+
+    Raises:
+        UnsupportedFeature: It names another operating system that no template provides.
+    """
+    default = (catalog.default if catalog is not None else None) or defaults.template
+    resources = job.job_description.resources
+    wanted = resources.operating_system if resources is not None else None
+    if wanted is None:
+        return default
+    name = (wanted.operating_system_name or "").lower()
+    keys = [
+        (wanted.description or "").lower(),
+        f"{name} {(wanted.operating_system_version or '').lower()}".strip(),
+        name,
+    ]
+    for key in (k for k in keys if k):
+        for template_name in catalog.names() if catalog is not None else ():
+            template = catalog.get(template_name) if catalog is not None else None
+            if template is not None and key in (os.lower() for os in template.jsdl_os):
+                return template.name
+    if name in ("", "linux"):
+        return default
+    raise UnsupportedFeature(
+        [
+            f"Resources/OperatingSystem {wanted.operating_system_name} "
+            f"{wanted.operating_system_version or ''}".rstrip()
+            + " (no template image at this site provides it)"
+        ]
     )
 
 
@@ -159,7 +209,7 @@ def plan(
     """The VM job for ``job``: image fetched, verified and in one of ``formats``;
     ``cpu_cap_percent`` is the host's limit on the VM's CPU use (a volunteer's setting)."""
     defaults = defaults or VmDefaults()
-    machine = virtual_machine(job, defaults)
+    machine = virtual_machine(job, defaults, repository.site_catalog)
     task = guest_task(job)
     boot, template = repository.resolve(machine.image, formats)
     minimum = template.min_memory_mib if template is not None else 0

@@ -44,6 +44,8 @@ _MESSAGE: Final = qname(BES_ACTIVITY, "Message")
 _CHANGED: Final = qname(BES_ACTIVITY, "Changed")
 _OUTPUTS: Final = qname(BES_ACTIVITY, "Outputs")
 _WARNING: Final = qname(BES_ACTIVITY, "Warning")
+_COUNT: Final = qname(BES_ACTIVITY, "ActivityCount")
+_CHILD: Final = qname(BES_ACTIVITY, "Child")
 # Sub-state -> element name: HPC File Staging Profile names for staging, ours for the rest.
 _SUBSTATE_ELEMENTS: Final = {
     s: qname(HPCP_FS if s in (SubState.STAGING_IN, SubState.STAGING_OUT) else BES_ACTIVITY, s.value)
@@ -135,8 +137,9 @@ def activity_status(
     parent: etree._Element, record: ActivityRecord, *, endpoint: str | None = None
 ) -> etree._Element:
     """Append ``bes-factory:ActivityStatus`` for an activity: the basic state as ``@state``,
-    then the sub-state element, then our details (exit code, message, time of change, and
-    where its kept files are, when it has some and ``endpoint`` is given)."""
+    then the sub-state element, then our details: exit code, message, time of change, where
+    its kept files are (when it has some and ``endpoint`` is given), what normalization
+    rewrote in its document, and for a parameter sweep its counts per state and children."""
     status = etree.SubElement(parent, _ACTIVITY_STATUS, state=record.state.value)
     if record.substate is not None and not record.state.terminal:
         etree.SubElement(status, _SUBSTATE_ELEMENTS[record.substate])
@@ -147,6 +150,17 @@ def activity_status(
     etree.SubElement(status, _CHANGED).text = _xsd_datetime(record.changed_at)
     if record.outputs and endpoint is not None:
         etree.SubElement(status, _OUTPUTS).text = f"{endpoint}{ACTIVITY_PATH}{record.id}/outputs"
+    for warning in record.warnings:
+        etree.SubElement(status, _WARNING).text = warning
+    if record.sweep is not None and endpoint is not None:
+        for state in ActivityState:
+            count = etree.SubElement(status, _COUNT, state=state.value)
+            count.text = str(record.sweep.counts.get(state, 0))
+        for child in record.sweep.children:
+            child_epr = etree.SubElement(status, _CHILD)
+            etree.SubElement(child_epr, _ADDRESS).text = endpoint + ACTIVITY_PATH + child
+            params = etree.SubElement(child_epr, _REFERENCE_PARAMETERS)
+            etree.SubElement(params, _ACTIVITY_ID).text = child
     return status
 
 

@@ -124,7 +124,8 @@ class Capability(StrEnum):
     VM_JOBS = "vm-jobs"
     """Runs jobs inside a virtual machine described by the VM extension."""
     NO_APPLICATION = "no-application"
-    """Accepts jobs without an executable (pure data staging, no-op)."""
+    """Runs jobs without an Application element: data staging only (in, then out), or
+    nothing at all."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -265,8 +266,14 @@ def missing_capabilities(job: JobDefinition, capabilities: frozenset[Capability]
         missing.append("jsdl-hpcpa:HPCProfileApplication")
     if application and application.spmd and Capability.SPMD_APPLICATION not in capabilities:
         missing.append("jsdl-spmd:SPMDApplication")
-    if executable is None and Capability.NO_APPLICATION not in capabilities:
-        missing.append("a job without an executable application element")
+    if application is not None and executable is None:
+        named = f" {application.application_name!r}" if application.application_name else ""
+        missing.append(
+            f"jsdl:Application{named} without an executable (this service has no registry of "
+            "site applications: say what to run with POSIXApplication or HPCProfileApplication)"
+        )
+    elif application is None and Capability.NO_APPLICATION not in capabilities:
+        missing.append("a job without an Application (data staging only)")
     if description.data_staging and Capability.DATA_STAGING not in capabilities:
         missing.append("jsdl:DataStaging")
     return missing

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -57,6 +57,37 @@ class ActivityRecord:
     """The service keeps files this activity produced (retrievable under its URL)."""
     warnings: tuple[str, ...] = ()
     """What was rewritten in its document before it was parsed (normalization)."""
+    parent_id: ActivityId | None = None
+    """The parameter sweep this activity is a point of."""
+    children: int = 0
+    """For a parameter sweep: how many activities it stands for (its state is theirs)."""
+    sweep: SweepSummary | None = None
+    """For a parameter sweep, as read with :func:`sweep_summaries`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SweepSummary:
+    """The activities of a parameter sweep: how many are in each state, and which."""
+
+    counts: Mapping[ActivityState, int]
+    children: tuple[ActivityId, ...]
+
+    @property
+    def state(self) -> ActivityState:
+        """Finished once all are and none failed; Failed once all ended and any failed;
+        Cancelled once all ended, none failed, and any was cancelled; Running once any
+        started; Pending until then."""
+        total = sum(self.counts.values())
+        ended = sum(n for s, n in self.counts.items() if s.terminal)
+        if total and ended == total:
+            if self.counts.get(ActivityState.FAILED):
+                return ActivityState.FAILED
+            if self.counts.get(ActivityState.CANCELLED):
+                return ActivityState.CANCELLED
+            return ActivityState.FINISHED
+        if ended or self.counts.get(ActivityState.RUNNING):
+            return ActivityState.RUNNING
+        return ActivityState.PENDING
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +102,8 @@ class NewActivity:
     backend: str | None
     at: dt.datetime
     warnings: tuple[str, ...] = ()
+    parent_id: ActivityId | None = None
+    children: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +154,8 @@ _RECORD_COLUMNS: Final = (
     activity.c.changed_at,
     activity.c.outputs,
     activity.c.warnings,
+    activity.c.parent_id,
+    activity.c.children,
 )
 
 
@@ -141,7 +176,9 @@ def _record(row: Sequence[Any]) -> ActivityRecord:
         changed_at,
         outputs,
         warnings,
-    ) = row[:14]
+        parent_id,
+        child_count,
+    ) = row[:16]
     return ActivityRecord(
         id=ActivityId(id_),
         owner=owner,
@@ -157,6 +194,8 @@ def _record(row: Sequence[Any]) -> ActivityRecord:
         changed_at=from_db_time(changed_at),
         outputs=bool(outputs),
         warnings=tuple(json.loads(warnings)) if warnings else (),
+        parent_id=ActivityId(parent_id) if parent_id else None,
+        children=child_count or 0,
     )
 
 
@@ -209,6 +248,8 @@ _INSERT_ACTIVITY: Final = Prepared(
         "created_at",
         "changed_at",
         "warnings",
+        "parent_id",
+        "children",
     ],
 )
 _INSERT_DOCUMENT: Final = Prepared(insert(activity_document), column_keys=["id", "document", "job"])
@@ -229,6 +270,20 @@ def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[bo
     """
     if not is_accepting(conn):
         return [False] * len(items)
+    _insert(conn, items)
+    return [True] * len(items)
+
+
+def create_sweeps(conn: Connection, items: Sequence[Sequence[NewActivity]]) -> list[bool]:
+    """Insert parameter sweeps, each (its parent first, then its points) in full or not at
+    all; False where the factory is not accepting."""
+    if not is_accepting(conn):
+        return [False] * len(items)
+    _insert(conn, [a for sweep in items for a in sweep])
+    return [True] * len(items)
+
+
+def _insert(conn: Connection, items: Sequence[NewActivity]) -> None:
     pending, queued = ActivityState.PENDING.value, SubState.QUEUED.value
     activities, documents, events = [], [], []
     for a in items:
@@ -245,6 +300,8 @@ def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[bo
                 "created_at": at,
                 "changed_at": at,
                 "warnings": json.dumps(a.warnings) if a.warnings else None,
+                "parent_id": a.parent_id,
+                "children": a.children,
             }
         )
         documents.append({"id": a.id, "document": a.document, "job": a.job})
@@ -260,7 +317,6 @@ def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[bo
     _INSERT_ACTIVITY.executemany(conn, activities)
     _INSERT_DOCUMENT.executemany(conn, documents)
     _INSERT_EVENT.executemany(conn, events)
-    return [True] * len(items)
 
 
 def _transition_statement(target: ActivityState, *, via_running: bool = False) -> Prepared:
@@ -484,6 +540,30 @@ def jobs_of(conn: Connection, ids: Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
+def sweep_summaries(
+    conn: Connection, parents: Sequence[ActivityId]
+) -> dict[ActivityId, SweepSummary]:
+    """The children of parameter sweeps: counts per state and identifiers, oldest first."""
+    out: dict[ActivityId, SweepSummary] = {}
+    for i in range(0, len(parents), _CHUNK):
+        chunk = list(parents[i : i + _CHUNK])
+        counts: dict[str, dict[ActivityState, int]] = {p: {} for p in chunk}
+        children: dict[str, list[ActivityId]] = {p: [] for p in chunk}
+        rows = conn.execute(
+            select(activity.c.parent_id, activity.c.id, activity.c.state)
+            .where(activity.c.parent_id.in_(chunk))
+            .order_by(activity.c.created_at, activity.c.id)
+        )
+        for parent, child, state in rows:
+            children[parent].append(ActivityId(child))
+            counts[parent][ActivityState(state)] = counts[parent].get(ActivityState(state), 0) + 1
+        for parent in chunk:
+            out[ActivityId(parent)] = SweepSummary(
+                counts=counts[parent], children=tuple(children[parent])
+            )
+    return out
+
+
 def set_setting(conn: Connection, items: Sequence[tuple[str, str]]) -> list[None]:
     """Insert or replace service settings."""
     for name, value in items:
@@ -517,7 +597,7 @@ def get_documents(
     out: dict[ActivityId, tuple[ActivityRecord, str]] = {}
     for row in _fetch_by_ids(conn, _DOCUMENTS_BY_IDS, ids):
         record = _record(row)
-        out[record.id] = (record, row[14])
+        out[record.id] = (record, row[16])
     return out
 
 

@@ -75,12 +75,15 @@ activity = Table(
     Column("cancel_requested", Boolean, nullable=False, default=False),
     Column("outputs", Boolean, nullable=False, server_default=false()),
     Column("warnings", Text),
+    Column("parent_id", String(32)),
+    Column("children", Integer, nullable=False, server_default="0"),
     Column("dispatch_owner", String(64)),
     Column("dispatch_until", UtcDateTime()),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("changed_at", UtcDateTime(), nullable=False),
     Index(None, "owner", "created_at"),
     Index(None, "state"),
+    Index(None, "parent_id"),
 )
 
 # What an activity was created from, written once: the JobDefinition as submitted and its

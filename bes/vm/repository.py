@@ -50,6 +50,9 @@ class Template:
     initrd_sha256: str | None = None
     cmdline: str | None = None
     runs_cloud_config: bool = True
+    jsdl_os: tuple[str, ...] = ()
+    """What plain JSDL jobs select this template with, in Resources/OperatingSystem: a
+    Description, ``NAME VERSION`` or ``NAME`` (e.g. ``LINUX``)."""
     build: str | None = None
     """How a template built on the node was made (tiny: its init script's hash); a node
     rebuilds it when this changes."""
@@ -57,6 +60,7 @@ class Template:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["format"] = self.format.value if self.format else None
+        data["jsdl_os"] = list(self.jsdl_os) or None
         return {key: value for key, value in data.items() if value is not None}
 
     @classmethod
@@ -68,22 +72,33 @@ class Template:
         values = dict(data)
         if values.get("format") is not None:
             values["format"] = ImageFormat(values["format"])
+        values["jsdl_os"] = tuple(values.get("jsdl_os") or ())
         return cls(**values)
 
 
 class Catalog:
-    def __init__(self, templates: list[Template] | None = None) -> None:
+    """Templates by name, and the default one for jobs that name none (``default_template``
+    in the JSON)."""
+
+    def __init__(self, templates: list[Template] | None = None, *, default: str | None = None):
         self._templates = {template.name: template for template in templates or []}
+        self.default = default
 
     @classmethod
     def load(cls, path: Path) -> Catalog:
         if not path.exists():
             return cls()
         try:
-            data = json.loads(path.read_text())
-            return cls([Template.from_json(entry) for entry in data.get("templates", [])])
-        except (OSError, ValueError) as exc:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
             raise ImageError(f"cannot read the image catalog {path}: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Catalog:
+        default = data.get("default_template")
+        if default is not None and not isinstance(default, str):
+            raise ImageError("default_template must be a template's name")
+        return cls([Template.from_json(e) for e in data.get("templates", [])], default=default)
 
     def save(self, path: Path) -> None:
         partial = path.with_name(path.name + ".partial")
@@ -100,7 +115,12 @@ class Catalog:
         return sorted(self._templates)
 
     def to_json(self) -> dict[str, Any]:
-        return {"templates": [self._templates[name].to_json() for name in self.names()]}
+        data: dict[str, Any] = {
+            "templates": [self._templates[name].to_json() for name in self.names()]
+        }
+        if self.default is not None:
+            data["default_template"] = self.default
+        return data
 
 
 TINY_TEMPLATE = Template(
@@ -124,6 +144,8 @@ class ImageRepository:
     ) -> None:
         self.cache = cache
         self._site = catalog or Catalog()
+        self.site_catalog = self._site
+        """The site's catalog (templates, their operating systems, the default)."""
         self._runner = runner or CommandRunner()
 
     def template(self, name: str) -> Template | None:

@@ -24,7 +24,7 @@ from bes.errors import BesError, LeaseLost
 from bes.jsdl import codec
 from bes.jsdl.model import JobDefinition
 from bes.vm.images import ImageError
-from bes.vm.repository import Catalog, Template
+from bes.vm.repository import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,8 @@ class ServiceClient:
         """The service's template catalog."""
         response = self._raw("GET", self.base_url + "/bes/images", timeout_s=_TIMEOUT_S)
         try:
-            data = response.json()
-            return Catalog([Template.from_json(entry) for entry in data.get("templates", [])])
-        except (ValueError, TypeError, ImageError) as exc:
+            return Catalog.from_json(response.json())
+        except (ValueError, TypeError, AttributeError, ImageError) as exc:
             raise ProtocolError(f"the service's image catalog is unreadable: {exc}") from exc
 
     # ------------------------------------------------------------------ plumbing

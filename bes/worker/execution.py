@@ -23,6 +23,7 @@ from bes.errors import BesError, HypervisorError, LeaseLost
 from bes.states import SubState
 from bes.vm.drivers.base import HypervisorDriver
 from bes.vm.job import VmOutcome, run_vm_job
+from bes.vm.media import GuestResults
 from bes.vm.repository import ImageRepository
 from bes.vm.spec import Hypervisor
 from bes.vmjob import VmDefaults, kept_files, plan, virtual_machine
@@ -102,6 +103,9 @@ def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
     inputs_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     assignment.enter(SubState.STAGING_IN)
+    if work.job.job_description.application is None:
+        _data_job(assignment, node, inputs_dir, workdir)
+        return
     try:
         driver = _driver_for(work, node)
         inputs = fetch_inputs(work.job, inputs_dir, file_roots=node.config.file_roots)
@@ -148,32 +152,69 @@ def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
         uploaded = _upload_console(assignment, node, outcome, workdir)
         _fail(client, work, outcome.reason, retry=outcome.reason == _CRASHED, files=uploaded)
         return
+    timing["vm"] = ran - staged_in
+    _stage_out_and_complete(
+        assignment, node, outcome.results, exit_code=outcome.exit_code, timing=timing
+    )
+
+
+def _stage_out_and_complete(
+    assignment: Assignment,
+    node: Node,
+    results: GuestResults,
+    *,
+    exit_code: int,
+    timing: dict[str, float],
+    streams: bool = True,
+) -> None:
+    """Deliver outputs to their Targets, upload what is kept, and complete the lease (with
+    the next job leased in the same call, if the slot is welcome to one)."""
+    work, client = assignment.work, node.client
     assignment.enter(SubState.STAGING_OUT)
-    failures = deliver_outputs(work.job, outcome.results, file_roots=node.config.file_roots)
-    files = {"stdout": outcome.results.stdout, "stderr": outcome.results.stderr}
-    files.update(kept_paths(outcome.results, kept_files(work.job)))
+    staging_out = time.monotonic()
+    failures = deliver_outputs(work.job, results, file_roots=node.config.file_roots)
+    files = {"stdout": results.stdout, "stderr": results.stderr} if streams else {}
+    files.update(kept_paths(results, kept_files(work.job)))
     for name, path in files.items():
         _upload(client, work.lease, name, path)
-    missing = outcome.results.missing
-    if missing:
-        failures.append("the job did not produce " + ", ".join(missing))
-    if outcome.results.guest_seconds is not None:
-        timing["guest"] = outcome.results.guest_seconds
-    timing.update(vm=ran - staged_in, staging_out=time.monotonic() - ran)
+    if results.missing:
+        failures.append("the job did not produce " + ", ".join(results.missing))
+    if results.guest_seconds is not None:
+        timing["guest"] = results.guest_seconds
+    timing["staging_out"] = time.monotonic() - staging_out
     claim = None if node.stopping.is_set() else node.next_claim(assignment)
     state, more = _report(
         lambda: client.complete(
             work.lease,
-            exit_code=outcome.exit_code or 0,
+            exit_code=exit_code,
             failure="; ".join(failures) or None,
             timing=timing,
             files=list(files),
             claim=claim,
         )
     )
-    log.info("%s: done, exit code %s, %s", work.activity, outcome.exit_code, state)
+    log.info("%s: done, exit code %s, %s", work.activity, exit_code, state)
     if more:
         node.adopt(more)
+
+
+def _data_job(assignment: Assignment, node: Node, inputs_dir: Path, workdir: Path) -> None:
+    """A job without an Application: its files are staged in, then out (GridSAM's pure data
+    staging jobs); no VM is needed."""
+    work = assignment.work
+    started = time.monotonic()
+    try:
+        inputs = fetch_inputs(work.job, inputs_dir, file_roots=node.config.file_roots)
+    except BesError as exc:
+        _fail(node.client, work, f"{exc}", retry=False)
+        return
+    empty = workdir / "empty"
+    empty.write_bytes(b"")
+    results = GuestResults(
+        exit_code=0, stdout=empty, stderr=empty, outputs=inputs, missing=(), guest_seconds=None
+    )
+    timing = {"staging_in": time.monotonic() - started}
+    _stage_out_and_complete(assignment, node, results, exit_code=0, timing=timing, streams=False)
 
 
 def _driver_for(work: Work, node: Node) -> HypervisorDriver:

@@ -21,6 +21,8 @@ class FileServer:
     def __init__(self, credentials: tuple[str, str] | None = None) -> None:
         self.files: dict[str, bytes] = {}
         self.delays: dict[str, float] = {}
+        self.read_only: set[str] = set()
+        """Paths a PUT may not write (403), as a read-only web server answers."""
         """Seconds to wait before answering a GET of a path (a slow source)."""
         self.requests: list[tuple[str, str]] = []
         self.credentials = credentials
@@ -80,6 +82,9 @@ class FileServer:
                 length = int(self.headers.get("Content-Length", "0"))
                 data = self.rfile.read(length)
                 if not self._authorized():
+                    return
+                if self.path in server.read_only:
+                    self._answer(403, b"read-only")
                     return
                 if self.headers.get("If-None-Match") == "*" and self.path in server.files:
                     self._answer(412, b"exists")

@@ -50,7 +50,7 @@ class Requirements:
 
 def requirements(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> Requirements:
     """The job's VM as a worker must fit it (memory at least the template's minimum)."""
-    machine = virtual_machine(job, defaults)
+    machine = virtual_machine(job, defaults, catalog)
     template = catalog.get(machine.image.template) if machine.image.template else None
     minimum = template.min_memory_mib if template is not None else 0
     return Requirements(
@@ -65,10 +65,11 @@ def requirements(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> 
 def unsupported(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> list[str]:
     """What in ``job`` the desktop grid cannot run, as readable feature names."""
     features: list[str] = []
-    try:
-        guest_task(job)
-    except UnsupportedFeature as exc:
-        features.extend(exc.features)
+    if job.job_description.application is not None:  # else a data-staging job: no VM
+        try:
+            guest_task(job)
+        except UnsupportedFeature as exc:
+            features.extend(exc.features)
     for staging in job.job_description.data_staging:
         for role, uri, schemes in (
             ("Source", staging.source, SOURCE_SCHEMES),
@@ -83,7 +84,10 @@ def unsupported(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> l
                     f"DataStaging {role} {uri!r} for {staging.file_name!r}: "
                     f"{scheme or 'relative'} URIs (this service stages {shown})"
                 )
-    machine = virtual_machine(job, defaults)
+    try:
+        machine = virtual_machine(job, defaults, catalog)
+    except UnsupportedFeature as exc:
+        return [*features, *exc.features]
     name = machine.image.template
     if name is not None:
         template = catalog.get(name)

@@ -81,6 +81,7 @@ class DesktopGridBackend(Backend):
             Capability.HPC_PROFILE_APPLICATION,
             Capability.DATA_STAGING,
             Capability.VM_JOBS,
+            Capability.NO_APPLICATION,
         }
     )
     # Workers' reports reach activities at once (pushed); polls only catch up on what a push

@@ -307,10 +307,11 @@ class WorkerGateway:
             InvalidRequest: A file it names was not uploaded.
         """
         ref = self._required(worker, reported)
-        if failure:
+        if exit_code != 0:
+            message = f"the job exited with status {exit_code}"
+            state, message = GridState.FAILED, f"{message}; {failure}" if failure else message
+        elif failure:
             state, message = GridState.FAILED, failure
-        elif exit_code != 0:
-            state, message = GridState.FAILED, f"the job exited with status {exit_code}"
         else:
             state, message = GridState.FINISHED, None
         result = {

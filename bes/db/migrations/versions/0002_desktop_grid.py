@@ -1,5 +1,5 @@
 """Desktop grid: workers, the queue of leased jobs, kept outputs of activities, warnings of
-normalized documents; the documents
+normalized documents, parameter sweeps (parent and child activities); the documents
 move out of the activity row (rewritten at every transition) into activity_document.
 
 Revision ID: 0002
@@ -38,6 +38,12 @@ def upgrade() -> None:
         "activity", sa.Column("outputs", sa.Boolean(), nullable=False, server_default=sa.false())
     )
     op.add_column("activity", sa.Column("warnings", sa.Text()))
+    # A parameter sweep is one activity (the parent, children > 0) standing for its points.
+    op.add_column("activity", sa.Column("parent_id", sa.String(32)))
+    op.add_column(
+        "activity", sa.Column("children", sa.Integer(), nullable=False, server_default="0")
+    )
+    op.create_index("ix_activity_parent_id", "activity", ["parent_id"])
     # Not batch mode: on SQLite that copies the table and drops the old one, and the drop
     # would cascade to the documents and events that refer to it (foreign_keys=ON). SQLite
     # (3.35 and later) and PostgreSQL both drop a column in place.
@@ -92,6 +98,9 @@ def downgrade() -> None:
     op.drop_table("worker")
     op.execute("ALTER TABLE activity DROP COLUMN outputs")
     op.execute("ALTER TABLE activity DROP COLUMN warnings")
+    op.drop_index("ix_activity_parent_id", table_name="activity")
+    op.execute("ALTER TABLE activity DROP COLUMN parent_id")
+    op.execute("ALTER TABLE activity DROP COLUMN children")
     op.add_column("activity", sa.Column("document", sa.Text(), nullable=False, server_default=""))
     op.add_column("activity", sa.Column("job", sa.Text(), nullable=False, server_default=""))
     op.execute(
