@@ -25,7 +25,7 @@ from bes.jsdl.normalize import normalize
 from bes.jsdl.parse import JOB_DEFINITION, parse_job_definition
 from bes.jsdl.sweep import expand, has_sweep
 from bes.jsdl.xml import parse_stored, tag
-from bes.ns import BES_FACTORY, BES_MANAGEMENT, WSA, WSA_FAULT_ACTION, qname
+from bes.ns import BES_FACTORY, BES_MANAGEMENT, WSA, WSA_FAULT_ACTION, XSI, qname
 from bes.principal import Principal
 from bes.soap import (
     CLIENT,
@@ -58,6 +58,7 @@ FACTORY_ACTIONS: Final = BES_FACTORY + "/BESFactoryPortType/"
 MANAGEMENT_ACTIONS: Final = BES_MANAGEMENT + "/BESManagementPortType/"
 _ACTIVITY_IDENTIFIER: Final = bes("ActivityIdentifier")
 _ACTIVITY_DOCUMENT: Final = bes("ActivityDocument")
+_XSI_TYPE: Final = qname(XSI, "type")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -386,8 +387,35 @@ def _responses(
     echoed as sent (moved out of the request, which is done with)."""
     for epr, activity_id in zip(eprs, ids, strict=True):
         item = sub(response, "Response")
-        item.append(epr)
-        yield item, epr, activity_id
+        echoed, typed = _typed(epr)
+        item.append(echoed)
+        _retyped(echoed, typed)
+        yield item, echoed, activity_id
+
+
+def _typed(epr: etree._Element) -> tuple[etree._Element, list[tuple[etree._Element, str, str]]]:
+    """The EPR and its ``xsi:type`` values resolved, to move into the response intact.
+
+    Values such as ``xsi:type="ns2:AttributedURIType"`` (Genesis II's EPRs) are QNames whose
+    prefix must stay bound to its namespace; lxml renames prefixes when an element moves into
+    another document, so each such value is resolved first and re-prefixed after the move."""
+    typed = []
+    for node in epr.iter(etree.Element):
+        value = node.get(_XSI_TYPE)
+        if value and ":" in value:
+            prefix, _, local = value.partition(":")
+            namespace = node.nsmap.get(prefix)
+            if namespace is not None:
+                typed.append((node, namespace, local))
+    return epr, typed
+
+
+def _retyped(epr: etree._Element, typed: list[tuple[etree._Element, str, str]]) -> etree._Element:
+    for node, namespace, local in typed:
+        prefixes = [p for p, uri in node.nsmap.items() if uri == namespace and p]
+        if prefixes:
+            node.set(_XSI_TYPE, f"{prefixes[0]}:{local}")
+    return epr
 
 
 def _extensions(parent: etree._Element, *, keep: etree._Element | None = None) -> list[str]:
