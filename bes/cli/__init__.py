@@ -1,4 +1,5 @@
-"""The ``bes`` command line."""
+"""The ``bes`` command line: the service and its workers (``serve``, ``worker``,
+``worker-token``, ``vm run``) here, the client commands in :mod:`bes.cli.jobs`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bes import __version__
+from bes.cli.jobs import CLIENT_COMMANDS
 from bes.config import ServiceConfig
 from bes.errors import BesError
 
@@ -458,3 +460,7 @@ def vm_run(
     for path in run.delivered:
         click.echo(f"bes: delivered {path}", err=True)
     sys.exit(outcome.exit_code)
+
+
+for _command in CLIENT_COMMANDS:
+    main.add_command(_command)

@@ -1,0 +1,76 @@
+"""Output of the client commands: tables for people, JSON for scripts, a live progress line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from typing import IO, Any
+
+import click
+
+from bes.client.model import ActivityStatus, State
+
+_ORDER = (State.PENDING, State.RUNNING, State.FINISHED, State.FAILED, State.CANCELLED)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns; the last column is not padded."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = []
+    for row in (headers, *rows):
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + [row[-1]]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def counts(statuses: Sequence[ActivityStatus]) -> str:
+    """``2 Running, 1 Finished`` (in the order of the state machine)."""
+    tally = Counter(s.state for s in statuses if s.fault is None)
+    errors = sum(1 for s in statuses if s.fault is not None)
+    parts = [f"{tally[state]} {state.value}" for state in _ORDER if tally[state]]
+    parts += [f"{tally[State.UNKNOWN]} in an unknown state"] if tally[State.UNKNOWN] else []
+    parts += [f"{errors} unknown to the service"] if errors else []
+    return ", ".join(parts) or "nothing"
+
+
+def elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
+
+
+class ProgressLine:
+    """One line on the terminal rewritten after every poll; nothing at all when the stream is
+    not a terminal (a log file or a pipe gets only the final result)."""
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self._width = 0
+
+    def __call__(self, statuses: Sequence[ActivityStatus], seconds: float) -> None:
+        if not self.live:
+            return
+        if len(statuses) == 1:
+            what = statuses[0].label
+        else:
+            what = f"{len(statuses)} activities: {counts(statuses)}"
+        line = f"waiting {elapsed(seconds)}  {what}"
+        self.stream.write("\r" + line.ljust(self._width))
+        self.stream.flush()
+        self._width = len(line)
+
+    def done(self) -> None:
+        if self.live and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
