@@ -168,17 +168,20 @@ class OperationWillBeAppliedEventuallyFault(BesFault):
 
 
 BES_FAULTS: Final[dict[str, type[BesFault]]] = {
-    cls.fault_name: cls
-    for cls in (
-        NotAuthorizedFault,
-        NotAcceptingNewActivitiesFault,
-        UnsupportedFeatureFault,
-        InvalidRequestMessageFault,
-        UnknownActivityIdentifierFault,
-        InvalidActivityIdentifierFault,
-        CantApplyOperationToCurrentStateFault,
-        OperationWillBeAppliedEventuallyFault,
-    )
+    "InvalidRequestMessageFaultType": InvalidRequestMessageFault,  # ARC's spelling
+    **{
+        cls.fault_name: cls
+        for cls in (
+            NotAuthorizedFault,
+            NotAcceptingNewActivitiesFault,
+            UnsupportedFeatureFault,
+            InvalidRequestMessageFault,
+            UnknownActivityIdentifierFault,
+            InvalidActivityIdentifierFault,
+            CantApplyOperationToCurrentStateFault,
+            OperationWillBeAppliedEventuallyFault,
+        )
+    },
 }
 """Fault classes by the local name of their detail element (matched in any namespace: the
 final and draft BES namespaces, and the ones some servers use, differ)."""

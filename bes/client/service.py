@@ -39,6 +39,7 @@ from bes.client import _envelope, jsdl
 from bes.client._http import describe_failure, raise_for_http
 from bes.client.auth import Credential, X509Signature, tls_client_certificate, wsse_plugins
 from bes.client.faults import (
+    InvalidJsdl,
     NoOutputs,
     ProtocolProblem,
     SoapFault,
@@ -77,6 +78,8 @@ class BESClient:
         verify_tls: Check the server's certificate (only ever switch off for tests).
         timeout_s: Seconds to wait for each answer.
         batch_size: Identifiers per request in the vector operations.
+        plugins: Further zeep plugins, after the client's own (``zeep.plugins.HistoryPlugin``
+            shows the envelopes as sent, before WS-Security is applied).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class BESClient:
         verify_tls: bool = True,
         timeout_s: float = 30.0,
         batch_size: int = 500,
+        plugins: Sequence[Any] = (),
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
@@ -102,6 +106,7 @@ class BESClient:
             isinstance(c, X509Signature) and c.verify_file is not None for c in credentials
         )
         self._slots = _Slots()
+        self._plugins = [self._slots, *plugins]
         self._service: Any = None
         self._client: Any = None
         self._lock = threading.Lock()
@@ -124,9 +129,8 @@ class BESClient:
         data = _document_bytes(document)
         if check:
             jsdl.check(data)
-        job = parse_untrusted(data)
         payload = self._call(
-            "CreateActivity", {"ActivityDocument": {"JobDefinition": xsd.SkipValue}}, job
+            "CreateActivity", {"ActivityDocument": {"JobDefinition": xsd.SkipValue}}, _root(data)
         )
         return _envelope.created(payload)
 
@@ -282,14 +286,12 @@ class BESClient:
                 settings = zeep.Settings(
                     strict=False, forbid_dtd=True, forbid_entities=True, forbid_external=True
                 )
-                transport = zeep.transports.Transport(
-                    session=self._session, operation_timeout=self.timeout_s
-                )
+                transport = _Transport(session=self._session, operation_timeout=self.timeout_s)
                 client = zeep.Client(
                     str(schema_file("bes-factory.wsdl")),
                     settings=settings,
                     transport=transport,
-                    plugins=[self._slots],
+                    plugins=self._plugins,
                     wsse=Compose(self._wsse) if self._wsse else None,
                 )
                 self._client = client
@@ -300,7 +302,7 @@ class BESClient:
         self,
         operation: str,
         arguments: dict[str, Any],
-        job: etree._Element | None,
+        job: bytes | None,
         refs: Sequence[ActivityRef] = (),
     ) -> etree._Element:
         service = self._zeep()
@@ -339,7 +341,7 @@ class BESClient:
 
     def _get_json(self, url: str) -> Any:
         try:
-            response = self._session.get(url, timeout=self.timeout_s)
+            response = self._session.get(url, timeout=self.timeout_s, verify=self._session.verify)
         except requests.RequestException as exc:
             raise describe_failure(exc, url, self.timeout_s) from exc
         raise_for_http(response, url, soap=False)
@@ -352,7 +354,9 @@ class BESClient:
         url = urljoin(self.url, url)
         partial = path.with_name(path.name + ".partial")
         try:
-            with self._session.get(url, timeout=self.timeout_s, stream=True) as response:
+            with self._session.get(
+                url, timeout=self.timeout_s, stream=True, verify=self._session.verify
+            ) as response:
                 raise_for_http(response, url, soap=False)
                 size = 0
                 with partial.open("wb") as out:
@@ -366,15 +370,36 @@ class BESClient:
         return size
 
 
+class _Transport(zeep.transports.Transport):
+    """zeep's transport, passing the session's TLS trust on every request: requests lets
+    ``REQUESTS_CA_BUNDLE`` (set on many systems) override a session's ``verify`` otherwise,
+    and ``--ca-file`` would be ignored."""
+
+    def post(self, address: str, message: bytes, headers: dict[str, str]) -> requests.Response:
+        return self.session.post(
+            address,
+            data=message,
+            headers=headers,
+            timeout=self.operation_timeout,
+            verify=self.session.verify,
+        )
+
+
 class _Slots:
     """A zeep plugin that puts the verbatim parts into the envelope zeep built: the JSDL
     document into the empty ActivityDocument, and each endpoint reference in place of the
-    placeholder reference whose Address names its slot. Runs before WS-Security signs."""
+    placeholder reference whose Address names its slot. Runs before WS-Security signs.
+
+    The parts go in as text and the envelope is parsed again. Moving elements between lxml
+    trees would drop namespace declarations it finds redundant (a second prefix for a URI
+    already declared above), which breaks prefixed values such as ``xsi:type`` that still
+    use the dropped prefix.
+    """
 
     def __init__(self) -> None:
         self._local = threading.local()
 
-    def fill(self, job: etree._Element | None, refs: Sequence[ActivityRef]) -> None:
+    def fill(self, job: bytes | None, refs: Sequence[ActivityRef]) -> None:
         self._local.job = job
         self._local.refs = list(refs)
 
@@ -382,28 +407,52 @@ class _Slots:
         return envelope, http_headers
 
     def egress(self, envelope: Any, http_headers: Any, operation: Any, options: Any) -> Any:
-        job: etree._Element | None = getattr(self._local, "job", None)
+        job: bytes | None = getattr(self._local, "job", None)
         refs: list[ActivityRef] = getattr(self._local, "refs", [])
+        parts: dict[bytes, bytes] = {}
         if job is not None:
             for holder in envelope.iter(qname(BES_FACTORY, "ActivityDocument")):
-                holder.append(job)
+                holder.append(etree.ProcessingInstruction("bes-slot", "job"))
+                parts[b"<?bes-slot job?>"] = job
         for address in list(envelope.iter(qname(WSA, "Address"))):
             value = (address.text or "").strip()
             if not value.startswith(_SLOT):
                 continue
+            slot = value[len(_SLOT) :]
             placeholder = address.getparent()
-            original = etree.fromstring(refs[int(value[len(_SLOT) :])].epr)
-            placeholder.remove(address)
-            placeholder.text = original.text
-            for name, attribute in original.attrib.items():
-                placeholder.set(name, attribute)
-            for part in original:
-                placeholder.append(part)
-        return envelope, http_headers
+            reference = etree.fromstring(refs[int(slot)].epr)
+            reference.tag = placeholder.tag  # its name becomes the operation's element name
+            placeholder.getparent().replace(
+                placeholder, etree.ProcessingInstruction("bes-slot", slot)
+            )
+            parts[f"<?bes-slot {slot}?>".encode()] = etree.tostring(reference)
+        if not parts:
+            return envelope, http_headers
+        text = etree.tostring(envelope)
+        for marker, part in parts.items():
+            text = text.replace(marker, part, 1)
+        return etree.fromstring(text, _PARSER), http_headers
+
+
+_PARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 
 def _as_list(refs: ActivityRef | Iterable[ActivityRef]) -> list[ActivityRef]:
     return [refs] if isinstance(refs, ActivityRef) else list(refs)
+
+
+def _root(document: bytes) -> bytes:
+    """The JobDefinition element of a document as text, without the XML declaration (it goes
+    inside the envelope). Comments and processing instructions are dropped; the rest goes as
+    written.
+
+    Raises:
+        InvalidJsdl: The document is not well-formed XML.
+    """
+    try:
+        return etree.tostring(parse_untrusted(document))
+    except MalformedXml as exc:
+        raise InvalidJsdl(f"the document is not well-formed XML: {exc.message}", ()) from exc
 
 
 def _document_bytes(document: bytes | str | os.PathLike[str]) -> bytes:
