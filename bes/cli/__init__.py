@@ -14,7 +14,6 @@ import click
 
 from bes import __version__
 from bes.cli.jobs import CLIENT_COMMANDS
-from bes.config import ServiceConfig
 from bes.errors import BesError
 
 if TYPE_CHECKING:
@@ -130,6 +129,8 @@ def serve(
         if not sep:
             raise click.BadParameter(f"{option!r} is not KEY=VALUE", param_hint="--backend-option")
         options[key.strip()] = value.strip()
+    from bes.config import ServiceConfig
+
     config = ServiceConfig(
         host=host,
         port=port,

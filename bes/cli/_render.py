@@ -6,13 +6,12 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import click
 
-from bes.client.model import ActivityStatus, State
-
-_ORDER = (State.PENDING, State.RUNNING, State.FINISHED, State.FAILED, State.CANCELLED)
+if TYPE_CHECKING:  # the client (and zeep) load only when a command needs them
+    from bes.client.model import ActivityStatus
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -34,9 +33,12 @@ def emit_json(value: Any) -> None:
 
 def counts(statuses: Sequence[ActivityStatus]) -> str:
     """``2 Running, 1 Finished`` (in the order of the state machine)."""
+    from bes.client.model import State
+
+    order = (State.PENDING, State.RUNNING, State.FINISHED, State.FAILED, State.CANCELLED)
     tally = Counter(s.state for s in statuses if s.fault is None)
     errors = sum(1 for s in statuses if s.fault is not None)
-    parts = [f"{tally[state]} {state.value}" for state in _ORDER if tally[state]]
+    parts = [f"{tally[state]} {state.value}" for state in order if tally[state]]
     parts += [f"{tally[State.UNKNOWN]} in an unknown state"] if tally[State.UNKNOWN] else []
     parts += [f"{errors} unknown to the service"] if errors else []
     return ", ".join(parts) or "nothing"
