@@ -174,7 +174,8 @@ def test_endpoint_from_flag_then_environment_then_config_file(
 
 
 def test_progress_is_live_on_a_terminal_and_silent_elsewhere(bes: Shell) -> None:
-    activity = bes("submit", "--no-check", str(Path(__file__).parents[2] / "examples" / "hello-vm.jsdl")).stdout.strip()  # fmt: skip
+    example = str(Path(__file__).parents[2] / "examples" / "hello-vm.jsdl")
+    activity = bes("submit", example).stdout.strip()
     quiet = bes("wait", activity, "--timeout", "2")
     assert quiet.returncode == 6
     assert "waiting" not in quiet.stderr  # a pipe gets no progress line
