@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -413,7 +414,7 @@ class _Slots:
         if job is not None:
             for holder in envelope.iter(qname(BES_FACTORY, "ActivityDocument")):
                 holder.append(etree.ProcessingInstruction("bes-slot", "job"))
-                parts[b"<?bes-slot job?>"] = job
+                parts[b"job"] = job
         for address in list(envelope.iter(qname(WSA, "Address"))):
             value = (address.text or "").strip()
             if not value.startswith(_SLOT):
@@ -425,15 +426,14 @@ class _Slots:
             placeholder.getparent().replace(
                 placeholder, etree.ProcessingInstruction("bes-slot", slot)
             )
-            parts[f"<?bes-slot {slot}?>".encode()] = etree.tostring(reference)
+            parts[slot.encode()] = etree.tostring(reference)
         if not parts:
             return envelope, http_headers
-        text = etree.tostring(envelope)
-        for marker, part in parts.items():
-            text = text.replace(marker, part, 1)
+        text = _MARKER.sub(lambda m: parts[m[1]], etree.tostring(envelope))
         return etree.fromstring(text, _PARSER), http_headers
 
 
+_MARKER: Final = re.compile(rb"<\?bes-slot ([0-9a-z]+)\?>")
 _PARSER: Final = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 
