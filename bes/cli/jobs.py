@@ -503,9 +503,11 @@ def _resolve(ctx: _Context, ids: Sequence[str], all_: bool) -> list[tuple[str, A
         if entry is not None:
             chosen.append((entry.endpoint, entry.ref))
             continue
+        from bes.client.faults import ClientError
+
         try:
             chosen.append((ctx.config.endpoint, ctx.client().ref(text)))
-        except ValueError:
+        except ClientError:
             raise CommandError(
                 f"{text} is not in the job list (bes status --all lists it) and is not an "
                 "activity id or address",

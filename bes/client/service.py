@@ -40,6 +40,7 @@ from bes.client import _envelope, jsdl
 from bes.client._http import describe_failure, raise_for_http
 from bes.client.auth import Credential, X509Signature, tls_client_certificate, wsse_plugins
 from bes.client.faults import (
+    ClientError,
     InvalidJsdl,
     NoOutputs,
     ProtocolProblem,
@@ -246,7 +247,11 @@ class BESClient:
     def ref(self, text: str) -> ActivityRef:
         """A reference to an activity of *this* service from its id or its address, for
         services that, like ours, find an activity from either (others need the EPR they
-        returned)."""
+        returned).
+
+        Raises:
+            ClientError: ``text`` is neither.
+        """
         text = text.strip()
         activity_id = parse_activity_id(text.rstrip("/").rsplit("/", 1)[-1])
         if "://" in text:
@@ -254,7 +259,7 @@ class BESClient:
         elif activity_id is not None:
             address = self.url.rstrip("/") + _ACTIVITY_PATH + quote(activity_id)
         else:
-            raise ValueError(f"{text!r} is neither an activity id nor an activity address")
+            raise ClientError(f"{text!r} is neither an activity id nor an activity address")
         epr = etree.Element(qname(WSA, "EndpointReference"), nsmap={"wsa": WSA})
         etree.SubElement(epr, qname(WSA, "Address")).text = address
         if activity_id is not None:
