@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -36,6 +37,7 @@ from bes.errors import (
 from bes.ids import ActivityId, new_activity_id
 from bes.jsdl import codec
 from bes.jsdl.model import JobDefinition
+from bes.metrics import Metrics
 from bes.principal import Principal
 from bes.states import ActivityState, SubState
 from bes.tracking import Tracker
@@ -48,6 +50,19 @@ Clock = Callable[[], dt.datetime]
 def utc_now() -> dt.datetime:
     """The default clock."""
     return dt.datetime.now(dt.UTC)
+
+
+def kept_files(directory: Path) -> list[tuple[str, int]]:
+    """The files in a directory of kept outputs (:meth:`Activities.outputs`): relative
+    name and size in bytes, by name; files still being uploaded are left out. Blocking."""
+    found = []
+    for folder, _, names in os.walk(directory):
+        for name in names:
+            if name.endswith(".partial"):
+                continue
+            path = Path(folder) / name
+            found.append((str(path.relative_to(directory)), path.stat().st_size))
+    return sorted(found)
 
 
 class TerminateOutcome(StrEnum):
@@ -95,6 +110,7 @@ class Activities:
         default_backend: Name of the backend new activities go to; None keeps them queued.
         clock: Returns the current time (aware, UTC).
         reference_limit: Most activity references listed in the factory attributes.
+        metrics: Where submissions are counted.
     """
 
     def __init__(
@@ -105,6 +121,7 @@ class Activities:
         default_backend: str | None = None,
         clock: Clock = utc_now,
         reference_limit: int = 1000,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
         self._backends = dict(backends or {})
@@ -113,6 +130,7 @@ class Activities:
         self.default_backend = default_backend
         self._clock = clock
         self.reference_limit = reference_limit
+        self.metrics = metrics or Metrics()
         self.tracker = Tracker(db, self._backends, clock=clock)
 
     @property
@@ -163,6 +181,7 @@ class Activities:
         )
         if not await self._db.write(rows.create_activities, new):
             raise NotAcceptingNewActivities("this factory is not accepting new activities")
+        self.metrics.submissions.inc()
         if backend is not None:
             self.tracker.wakeup.set()
         return activity_id
@@ -222,6 +241,7 @@ class Activities:
         )
         if not await self._db.write(rows.create_sweeps, [sweep, *children]):
             raise NotAcceptingNewActivities("this factory is not accepting new activities")
+        self.metrics.submissions.inc()
         log.info(
             "%s created a parameter sweep %s of %d activities", caller.name, parent, len(children)
         )

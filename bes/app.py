@@ -8,10 +8,15 @@ Routes::
     GET  /bes?wsdl                  the service WSDL
     GET  /bes/schemas/<file>        the XSD and WSDL files it imports
     GET  /bes/images                the template image catalog (JSON)
+    GET  /bes/activities/<id>/outputs[/<name>]   an activity's kept files (bes.results)
+    GET  /bes/status[/activities/<id>]           the status page, HTML (bes.statuspage)
+    GET  /metrics                   Prometheus text format, for administrators (bes.metrics)
     GET  /healthz                   liveness and database check
+    /worker/v1/...                  the desktop grid's worker protocol (bes.workerapi)
 
 Request bodies over the configured limit are refused before parsing, with a SOAP fault.
-Nothing here answers with HTML or a traceback.
+Every request is timed into the ``bes_request_duration_seconds`` histogram, by route and
+operation. Nothing here answers with a traceback; the only HTML is the status page's.
 """
 
 from __future__ import annotations
@@ -24,14 +29,17 @@ import os
 import platform
 import secrets
 import socket
+import time
 from typing import Any, Final
 
+from bes import __version__
 from bes.activities import Activities
 from bes.backends.base import Backend, BackendContext
 from bes.backends.desktopgrid import DesktopGridBackend
 from bes.backends.registry import backend_class
 from bes.config import ServiceConfig
 from bes.db.store import Database
+from bes.errors import NotAuthorized
 from bes.factory import Factory
 from bes.http import (
     TEXT,
@@ -44,10 +52,15 @@ from bes.http import (
     read_body,
     respond,
 )
-from bes.identity import AnonymousPolicy, IdentityPolicy, Transport
+from bes.identity import AnonymousPolicy, IdentityPolicy, transport_of
+from bes.metrics import CONTENT_TYPE as METRICS_TYPE
+from bes.metrics import Metrics
+from bes.overview import Overview
+from bes.principal import Principal
 from bes.results import serve_outputs
 from bes.schemas import schema_file
 from bes.soap import CLIENT, SoapFault, render_fault
+from bes.statuspage import STATUS_PATH, serve_status
 from bes.vm.images import ImageError
 from bes.vm.repository import CATALOG_FILE, TINY, TINY_TEMPLATE, Catalog
 from bes.wire import ACTIVITY_PATH, DRAFT_2007, FINAL, Dialect, ResourceDescription
@@ -71,14 +84,17 @@ class BesApp:
         *,
         identity: IdentityPolicy | None = None,
         backends: dict[str, Backend] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.identity = identity or AnonymousPolicy()
+        self.metrics = metrics or Metrics(version=__version__)
         self._backends = backends
         self.db: Database | None = None
         self.activities: Activities | None = None
         self.factory: Factory | None = None
         self.workers: WorkerApi | None = None
+        self.overview: Overview | None = None
         self._stop = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -100,10 +116,14 @@ class BesApp:
                     data_dir=config.data_dir,
                     loop=asyncio.get_running_loop(),
                     options=config.backend_options,
+                    metrics=self.metrics,
                 )
                 backends[config.backend] = backend_class(config.backend).build(context)
         self.db = db
-        self.activities = Activities(db, backends=backends, default_backend=config.backend)
+        self.activities = Activities(
+            db, backends=backends, default_backend=config.backend, metrics=self.metrics
+        )
+        self.overview = Overview(self.activities, db)
         self.factory = Factory(
             self.activities,
             identity=self.identity,
@@ -129,7 +149,7 @@ class BesApp:
         if self.db is not None:
             self.db.close()  # in the loop: the loop's committer resolves its last futures here
             log.info("bes stopped after %d write transactions", self.db.transactions)
-        self.db = self.activities = self.factory = self.workers = None
+        self.db = self.activities = self.factory = self.workers = self.overview = None
 
     # ------------------------------------------------------------------ ASGI
 
@@ -139,19 +159,24 @@ class BesApp:
             return
         if scope["type"] != "http":
             return
+        started = time.perf_counter()
+        route: tuple[str, str] = (_OTHER, "")
         try:
-            await self._route(scope, receive, send)
+            route = await self._route(scope, receive, send)
         except Exception:
             reference = secrets.token_hex(4)
             log.exception("internal error %s on %s %s", reference, scope["method"], scope["path"])
             await respond(send, 500, f"internal error (reference {reference})\n".encode(), TEXT)
+        finally:
+            self.metrics.observe_request(*route, time.perf_counter() - started)
 
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> tuple[str, str]:
+        """Answer one request; return its route family and operation (for the timings)."""
         path: str = scope["path"]
         method: str = scope["method"]
         if path in ("/bes", "/bes/"):
             if method == "POST":
-                await self._soap(scope, receive, send, FINAL)
+                return "soap", await self._soap(scope, receive, send, FINAL)
             elif method in ("GET", "HEAD") and scope["query_string"].lower() == b"wsdl":
                 await respond(send, 200, service_wsdl(self._endpoint(scope)), XML)
             elif method in ("GET", "HEAD"):
@@ -163,24 +188,36 @@ class BesApp:
                 await respond(send, 404, b"this service has no desktop grid\n", TEXT)
             else:
                 await self.workers(scope, receive, send)
+            return "worker", _worker_operation(path)
         elif path.startswith(ACTIVITY_PATH) and "/outputs" in path and method in ("GET", "HEAD"):
-            if self.activities is None:
-                await respond(send, 503, b"starting up\n", TEXT)
-            else:
+            caller = await self._http_caller(scope, send)
+            if caller is not None and self.activities is not None:
                 await serve_outputs(
                     scope,
                     send,
+                    caller=caller,
                     activities=self.activities,
-                    identity=self.identity,
                     endpoint=self._endpoint(scope),
                 )
+            return "outputs", ""
         elif path.startswith(ACTIVITY_PATH) or path == "/bes/draft-2007":
             if method != "POST":
                 await not_allowed(send, "POST")
             else:
-                await self._soap(
-                    scope, receive, send, DRAFT_2007 if path.endswith("draft-2007") else FINAL
-                )
+                dialect = DRAFT_2007 if path.endswith("draft-2007") else FINAL
+                return "soap", await self._soap(scope, receive, send, dialect)
+        elif path == STATUS_PATH or path.startswith(STATUS_PATH + "/"):
+            if method not in ("GET", "HEAD"):
+                await not_allowed(send, "GET")
+            else:
+                await self._status(scope, send)
+            return "status", ""
+        elif path == "/metrics":
+            if method not in ("GET", "HEAD"):
+                await not_allowed(send, "GET")
+            else:
+                await self._metrics(scope, send)
+            return "metrics", ""
         elif path.startswith(SCHEMA_PATH) and method in ("GET", "HEAD"):
             await self._schema(path[len(SCHEMA_PATH) :], send)
         elif path == "/bes/images" and method in ("GET", "HEAD"):
@@ -189,12 +226,14 @@ class BesApp:
             await self._health(send)
         else:
             await respond(send, 404, b"not found; the BES endpoint is /bes\n", TEXT)
+        return _OTHER, ""
 
-    async def _soap(self, scope: Scope, receive: Receive, send: Send, dialect: Dialect) -> None:
+    async def _soap(self, scope: Scope, receive: Receive, send: Send, dialect: Dialect) -> str:
+        """Serve a SOAP request; return the operation's name (for the timings)."""
         factory = self.factory
         if factory is None:
             await respond(send, 503, b"starting up\n", TEXT)
-            return
+            return ""
         headers = headers_of(scope)
         body = await read_body(receive, headers, self.config.max_request_bytes)
         if body is None:
@@ -204,19 +243,54 @@ class BesApp:
             )
             envelope = render_fault(fault, default_action=_FACTORY_FAULT, request=None)
             await respond(send, 500, envelope, XML, close=True)
-            return
-        client = scope.get("client") or ("", 0)
-        transport = Transport(
-            client=f"{client[0]}:{client[1]}", scheme=scope.get("scheme", "http"), headers=headers
-        )
-        status, envelope = await factory.handle(
+            return ""
+        answer = await factory.handle(
             body,
             soap_action=headers.get("soapaction"),
             endpoint=self._endpoint(scope),
-            transport=transport,
+            transport=transport_of(scope, headers),
             dialect=dialect,
         )
-        await respond(send, status, envelope, XML)
+        await respond(send, answer.status, answer.envelope, XML)
+        return answer.operation
+
+    async def _http_caller(self, scope: Scope, send: Send) -> Principal | None:
+        """The caller of a plain HTTP request, decided by the identity policy as for SOAP
+        ones; None once it was answered (401 refused, 503 starting up)."""
+        if self.activities is None:
+            await respond(send, 503, b"starting up\n", TEXT)
+            return None
+        try:
+            return self.identity.identify(transport_of(scope, headers_of(scope)), None)
+        except NotAuthorized as exc:
+            await respond(send, 401, f"{exc}\n".encode(), TEXT)
+            return None
+
+    async def _status(self, scope: Scope, send: Send) -> None:
+        caller = await self._http_caller(scope, send)
+        if caller is None or self.overview is None or self.activities is None:
+            return
+        await serve_status(
+            scope,
+            send,
+            caller=caller,
+            overview=self.overview,
+            endpoint=self._endpoint(scope),
+            backends=list(self.activities.backends),
+            version=__version__,
+        )
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        """``GET /metrics``: administrators only (the figures are everyone's)."""
+        caller = await self._http_caller(scope, send)
+        if caller is None or self.overview is None:
+            return
+        try:
+            census = await self.overview.census(caller)
+        except NotAuthorized as exc:
+            await respond(send, 403, f"{exc}\n".encode(), TEXT)
+            return
+        await respond(send, 200, self.metrics.render(census), METRICS_TYPE)
 
     async def _schema(self, name: str, send: Send) -> None:
         try:
@@ -274,6 +348,18 @@ class BesApp:
 
 
 _FACTORY_FAULT: Final = "http://schemas.ggf.org/bes/2006/08/bes-factory/BESFactoryPortType/Fault"
+_OTHER: Final = "other"
+_WORKER_CALLS: Final = frozenset(
+    {"register", "claim", "heartbeat", "complete", "fail", "release", "openapi.json"}
+)
+
+
+def _worker_operation(path: str) -> str:
+    """The worker protocol's call a path names (a label from a fixed set)."""
+    if "/files/" in path:
+        return "upload"
+    last = path.rpartition("/")[2]
+    return last if last in _WORKER_CALLS else _OTHER
 
 
 def create_app(config: ServiceConfig, **kwargs: Any) -> BesApp:

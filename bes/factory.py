@@ -79,6 +79,17 @@ class Call:
 Handler = Callable[["Factory", Call], Awaitable[etree._Element]]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    """The HTTP answer to one SOAP request."""
+
+    status: int
+    envelope: bytes
+    operation: str
+    """The operation it asked for (``CreateActivity``, ...), or ``unknown`` if none was
+    recognized (for the request timings)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Operation:
     """One operation of a BES port type."""
@@ -137,8 +148,8 @@ class Factory:
         endpoint: str,
         transport: Transport,
         dialect: Dialect = FINAL,
-    ) -> tuple[int, bytes]:
-        """Answer one HTTP request body; return ``(HTTP status, response envelope)``."""
+    ) -> Answer:
+        """Answer one HTTP request body: its HTTP status and response envelope."""
         request: SoapRequest | None = None
         operation: Operation | None = None
         try:
@@ -159,8 +170,16 @@ class Factory:
         except Exception as exc:  # noqa: BLE001 - every failure becomes a SOAP fault (logged there)
             fault = fault_for(exc)
             default_action = operation.fault_action if operation else FACTORY_ACTIONS + "Fault"
-            return 500, render_fault(fault, default_action=default_action, request=request)
-        return 200, render_response(payload, action=operation.output_action, request=request)
+            return Answer(
+                status=500,
+                envelope=render_fault(fault, default_action=default_action, request=request),
+                operation=operation.name if operation else "unknown",
+            )
+        return Answer(
+            status=200,
+            envelope=render_response(payload, action=operation.output_action, request=request),
+            operation=operation.name,
+        )
 
     def _normalized(self, body: etree._Element) -> tuple[str | None, tuple[str, ...]]:
         """For CreateActivity: the JobDefinition as sent, then made canonical in place."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from bes.principal import ANONYMOUS, Principal
 from bes.soap import SoapRequest
@@ -31,6 +31,15 @@ class Transport:
     scheme: str = "http"
     headers: Mapping[str, str] = field(default_factory=dict)
     peer_certificate: bytes | None = None
+
+
+def transport_of(scope: Mapping[str, Any], headers: Mapping[str, str]) -> Transport:
+    """What an ASGI request's scope tells of its transport (``headers`` as the HTTP layer
+    decoded them, names in lower case)."""
+    client = scope.get("client") or ("", 0)
+    return Transport(
+        client=f"{client[0]}:{client[1]}", scheme=scope.get("scheme", "http"), headers=headers
+    )
 
 
 class IdentityPolicy(Protocol):

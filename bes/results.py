@@ -11,16 +11,13 @@ URL (``besa:Outputs``) once there are files.
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 from typing import Final
 from urllib.parse import quote, unquote
 
-from bes.activities import Activities
-from bes.errors import NotAuthorized
-from bes.http import TEXT, Scope, Send, headers_of, respond, respond_file, respond_json
-from bes.identity import IdentityPolicy, Transport
+from bes.activities import Activities, kept_files
+from bes.http import TEXT, Scope, Send, respond, respond_file, respond_json
 from bes.ids import parse_activity_id
+from bes.principal import Principal
 from bes.vm.media import UnsafePath, safe_relative
 from bes.wire import ACTIVITY_PATH
 
@@ -37,32 +34,22 @@ async def serve_outputs(
     scope: Scope,
     send: Send,
     *,
+    caller: Principal,
     activities: Activities,
-    identity: IdentityPolicy,
     endpoint: str,
 ) -> None:
-    """Answer a GET under ``/bes/activities/ID/outputs``."""
+    """Answer a GET under ``/bes/activities/ID/outputs`` for ``caller`` (as the identity
+    policy decided it)."""
     rest = scope["path"][len(ACTIVITY_PATH) :]
     raw_id, _, tail = rest.partition("/")
     name = unquote(tail[len(OUTPUTS) :].lstrip("/")) if tail.startswith(OUTPUTS) else None
     activity_id = parse_activity_id(raw_id)
-    client = scope.get("client") or ("", 0)
-    transport = Transport(
-        client=f"{client[0]}:{client[1]}",
-        scheme=scope.get("scheme", "http"),
-        headers=headers_of(scope),
-    )
-    try:
-        caller = identity.identify(transport, None)
-    except NotAuthorized as exc:
-        await respond(send, 401, f"{exc}\n".encode(), TEXT)
-        return
     directory = await activities.outputs(caller, activity_id) if activity_id else None
     if activity_id is None or name is None or directory is None:
         await respond(send, 404, b"no such activity, or it has no kept files\n", TEXT)
         return
     if not name:
-        files = await asyncio.to_thread(_listing, directory)
+        files = await asyncio.to_thread(kept_files, directory)
         base = outputs_url(endpoint, activity_id)
         await respond_json(
             send,
@@ -83,14 +70,3 @@ async def serve_outputs(
         await respond(send, 404, b"no such file\n", TEXT)
         return
     await respond_file(send, path, _OCTETS, head=scope["method"] == "HEAD")
-
-
-def _listing(directory: Path) -> list[tuple[str, int]]:
-    found = []
-    for folder, _, names in os.walk(directory):
-        for name in names:
-            if name.endswith(".partial"):
-                continue
-            path = Path(folder) / name
-            found.append((str(path.relative_to(directory)), path.stat().st_size))
-    return sorted(found)

@@ -47,6 +47,7 @@ from bes.db.store import Database
 from bes.errors import BackendError, SubmitError
 from bes.ids import ActivityId, BackendJobId
 from bes.jsdl.model import JobDefinition
+from bes.metrics import Metrics
 from bes.states import ActivityState, SubState
 
 
@@ -137,12 +138,14 @@ class BackendContext:
         data_dir: The service's data directory (for files a backend keeps).
         loop: The service's event loop, when the backend may schedule work on it.
         options: Backend-specific settings (``--backend-option key=value``).
+        metrics: The service's counters (a backend counts what happens only inside it).
     """
 
     db: Database
     data_dir: Path
     loop: asyncio.AbstractEventLoop | None = None
     options: Mapping[str, str] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

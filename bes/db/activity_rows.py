@@ -139,7 +139,7 @@ class TransitionResult:
     """None if the activity does not exist."""
 
 
-_RECORD_COLUMNS: Final = (
+RECORD_COLUMNS: Final = (
     activity.c.id,
     activity.c.owner,
     activity.c.state,
@@ -159,8 +159,8 @@ _RECORD_COLUMNS: Final = (
 )
 
 
-def _record(row: Sequence[Any]) -> ActivityRecord:
-    """An ActivityRecord from a row of ``_RECORD_COLUMNS`` as the driver returned it."""
+def record_of(row: Sequence[Any]) -> ActivityRecord:
+    """An ActivityRecord from a row of ``RECORD_COLUMNS`` as the driver returned it."""
     (
         id_,
         owner,
@@ -214,10 +214,9 @@ def _by_ids(columns: tuple[Any, ...], size: int, *, documents: bool = False) -> 
     return Prepared(query)
 
 
-_RECORDS_BY_IDS: Final = {n: _by_ids(_RECORD_COLUMNS, n) for n in _BUCKETS}
+_RECORDS_BY_IDS: Final = {n: _by_ids(RECORD_COLUMNS, n) for n in _BUCKETS}
 _DOCUMENTS_BY_IDS: Final = {
-    n: _by_ids((*_RECORD_COLUMNS, activity_document.c.document), n, documents=True)
-    for n in _BUCKETS
+    n: _by_ids((*RECORD_COLUMNS, activity_document.c.document), n, documents=True) for n in _BUCKETS
 }
 
 
@@ -586,7 +585,7 @@ def is_accepting(conn: Connection) -> bool:
 
 def get_activities(conn: Connection, ids: Sequence[ActivityId]) -> dict[ActivityId, ActivityRecord]:
     """The stored activities among ``ids`` (unknown ids are simply absent)."""
-    records = (_record(row) for row in _fetch_by_ids(conn, _RECORDS_BY_IDS, ids))
+    records = (record_of(row) for row in _fetch_by_ids(conn, _RECORDS_BY_IDS, ids))
     return {r.id: r for r in records}
 
 
@@ -596,7 +595,7 @@ def get_documents(
     """Activities among ``ids`` with the JSDL document each was created from."""
     out: dict[ActivityId, tuple[ActivityRecord, str]] = {}
     for row in _fetch_by_ids(conn, _DOCUMENTS_BY_IDS, ids):
-        record = _record(row)
+        record = record_of(row)
         out[record.id] = (record, row[16])
     return out
 

@@ -36,6 +36,7 @@ from sqlalchemy import (
 from bes.db.prepared import Prepared, db_time, from_db_time
 from bes.db.tables import activity_document, grid_job, worker
 from bes.ids import ActivityId, BackendJobId
+from bes.states import SubState
 
 
 class GridState(StrEnum):
@@ -141,6 +142,8 @@ class Renewal:
     activity_id: ActivityId | None
     """The lease's activity (None when the lease is lost)."""
     ran: bool = False
+    began_executing: bool = False
+    """This heartbeat is the first of the lease to report Executing (its VM runs)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -532,6 +535,18 @@ _HEARTBEAT: Final = Prepared(
 )
 
 
+# Executed before the heartbeat itself when it reports Executing: changes a row only the
+# first time for a lease (a claim resets the sub-state), so VM starts are counted once.
+_BEGIN_EXECUTING: Final = Prepared(
+    update(grid_job)
+    .where(
+        _holds(),
+        or_(grid_job.c.substate.is_(None), grid_job.c.substate != SubState.EXECUTING.value),
+    )
+    .values(substate=SubState.EXECUTING.value)
+)
+
+
 def _lease_params(conn: Connection, ref: LeaseRef, now: dt.datetime) -> dict[str, Any]:
     return {
         "job_id": ref.job_id,
@@ -547,6 +562,9 @@ def heartbeat(conn: Connection, items: Sequence[Heartbeat]) -> list[Renewal]:
     seen: dict[str, dt.datetime] = {}
     for h in items:
         params = _lease_params(conn, h.ref, h.now)
+        began = (
+            h.substate == SubState.EXECUTING.value and _BEGIN_EXECUTING.execute(conn, params) > 0
+        )
         params.update(until=db_time(conn, h.until), substate=h.substate, running=h.running)
         rows = _HEARTBEAT.fetchall(conn, params)
         if not rows:
@@ -554,7 +572,14 @@ def heartbeat(conn: Connection, items: Sequence[Heartbeat]) -> list[Renewal]:
         else:
             cancel, activity_id, ran = rows[0]
             action = LeaseAction.CANCEL if cancel else LeaseAction.CONTINUE
-            out.append(Renewal(action=action, activity_id=ActivityId(activity_id), ran=bool(ran)))
+            out.append(
+                Renewal(
+                    action=action,
+                    activity_id=ActivityId(activity_id),
+                    ran=bool(ran),
+                    began_executing=began,
+                )
+            )
         seen[h.ref.worker_id] = h.now
     touch_workers(conn, list(seen.items()))
     return out

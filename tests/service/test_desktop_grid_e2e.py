@@ -302,7 +302,15 @@ def test_sigterm_hands_running_work_back(tmp_path: Path, recorder: Recorder) -> 
         bes.wait(epr, ("Running",), substate="Executing")
         assert worker.terminate(60) == 0
         assert qemu_processes(activity_id(epr)) == []
+        # The hand-back reaches the activity moments after the worker's exit (pushed changes
+        # are applied in batches every PUSH_GATHER_S): wait for it, within bounds.
+        deadline = time.monotonic() + 10
         status = bes.status(epr)
+        while (
+            "handed back" not in (detail(status, "Message") or "") and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+            status = bes.status(epr)
         assert status.state == "Running"
         assert "handed back by worker leaving" in (detail(status, "Message") or "")
         bes.terminate(epr)

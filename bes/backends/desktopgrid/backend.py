@@ -39,6 +39,7 @@ from bes.db.store import Database
 from bes.errors import BackendError, BesError, ConfigError, StoreError
 from bes.ids import ActivityId, BackendJobId
 from bes.jsdl.model import JobDefinition
+from bes.metrics import Metrics
 from bes.vm.images import ImageError
 from bes.vm.repository import TINY, TINY_TEMPLATE, Catalog
 
@@ -72,6 +73,7 @@ class DesktopGridBackend(Backend):
         loop: The service's event loop; writes from the registry's threads are run there, so
             the service keeps a single writer.
         clock: The current time (aware, UTC).
+        metrics: Where claims, lease expiries, VM starts and failed runs are counted.
     """
 
     name = "desktopgrid"
@@ -96,6 +98,7 @@ class DesktopGridBackend(Backend):
         *,
         loop: asyncio.AbstractEventLoop | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
+        metrics: Metrics | None = None,
     ) -> None:
         if config.heartbeat_s >= config.lease_s:
             raise ConfigError("the heartbeat period must be shorter than the lease")
@@ -109,6 +112,7 @@ class DesktopGridBackend(Backend):
         self._listener: StatusListener | None = None
         self._catalog: tuple[float, Catalog] | None = None
         self.outputs = OutputStore(config.outputs_dir, max_bytes=config.max_output_bytes)
+        self.metrics = metrics or Metrics()
         # Late-bound: a clock set on the backend later (tests) applies to the gateway too.
         self.gateway = WorkerGateway(
             db,
@@ -116,6 +120,7 @@ class DesktopGridBackend(Backend):
             self.outputs,
             clock=lambda: self.clock(),  # noqa: PLW0108
             changed=self._changed,
+            metrics=self.metrics,
         )
 
     @classmethod
@@ -135,7 +140,7 @@ class DesktopGridBackend(Backend):
             catalog_path=context.data_dir / "templates.json",
             **numbers,
         )
-        return cls(context.db, config, loop=context.loop)
+        return cls(context.db, config, loop=context.loop, metrics=context.metrics)
 
     # ------------------------------------------------------------------ Backend verbs
 
@@ -244,6 +249,7 @@ class DesktopGridBackend(Backend):
         expired = self._write(grid.expire_leases, self.clock())
         if not expired:
             return
+        self.metrics.lease_expiries.inc(len(expired))
         for lease in expired:
             log.warning("%s: %s", lease.activity_id, lease.message)
         if self._loop is not None:

@@ -34,6 +34,7 @@ from bes.db.grid_rows import GridState, Lease, LeaseAction, LeaseRef, WorkerIden
 from bes.db.store import Database
 from bes.errors import InvalidRequest, LeaseLost, NotAuthorized
 from bes.ids import BackendJobId
+from bes.metrics import INFRASTRUCTURE, JOB, Metrics
 from bes.states import SubState
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class WorkerGateway:
         outputs: Where uploaded files go.
         clock: The current time (aware, UTC).
         changed: Told of every change of a job's state (the backend pushes it on).
+        metrics: Where claims, VM starts and failed runs are counted.
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class WorkerGateway:
         *,
         clock: Callable[[], dt.datetime],
         changed: Callable[[Sequence[StatusChange]], None] = lambda changes: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
         self.config = config
@@ -98,6 +101,7 @@ class WorkerGateway:
         self._changed = changed
         self._work = asyncio.Event()
         self._identities: dict[str, WorkerIdentity] = {}
+        self._metrics = metrics or Metrics()
 
     # ------------------------------------------------------------------ identity
 
@@ -183,6 +187,7 @@ class WorkerGateway:
                 ),
             )
             if leases:
+                self._metrics.claims.inc(len(leases))
                 for lease in leases:
                     log.debug(
                         "%s: leased to worker %s (attempt %d of %d)",
@@ -244,6 +249,9 @@ class WorkerGateway:
         results = await asyncio.gather(*(self._db.write(grid.heartbeat, b) for _, b in beats))
         if any(renewal.action is LeaseAction.LOST for renewal in results):
             await self.refuse_if_revoked(worker)
+        began = sum(renewal.began_executing for renewal in results)
+        if began:
+            self._metrics.vm_boots.inc(began)
         changes = []
         for (reported, beat), renewal in zip(beats, results, strict=True):
             actions[reported] = renewal.action
@@ -357,23 +365,27 @@ class WorkerGateway:
                 "files": self.outputs.uploaded(ref.job_id, ref.epoch, files),
                 "worker": worker.name,
             }
-            return await self._end(
+            state = await self._end(
                 worker,
                 ref,
                 grid.Finish(
                     ref=ref, state=GridState.FAILED, message=message, result=result, now=now
                 ),
             )
+            self._metrics.vm_failures[JOB].inc()
+            return state
         row = (await self._db.read(grid.grid_statuses, [ref.job_id])).get(ref.job_id)
         attempts = f"attempt {row.attempts} of {row.max_attempts}" if row else "an attempt"
         give_up = row is not None and row.attempts >= row.max_attempts
         text = f"{attempts} failed on worker {worker.name}: {message}"
         text = f"given up: {text}" if give_up else f"{text}; back in the queue"
-        return await self._end(
+        state = await self._end(
             worker,
             ref,
             grid.Finish(ref=ref, state=GridState.QUEUED, retry=True, message=text, now=now),
         )
+        self._metrics.vm_failures[INFRASTRUCTURE].inc()
+        return state
 
     async def release(self, worker: WorkerIdentity, reported: str, *, message: str) -> GridState:
         """The worker gives the job back unfinished (shutting down, or it was cancelled).
