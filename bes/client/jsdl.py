@@ -97,7 +97,8 @@ def build(
     """
     if not command or not command[0].strip():
         raise InvalidJsdl("the command is empty: give the executable to run", ())
-    root = etree.Element(_J + "JobDefinition", nsmap=_NSMAP)
+    nsmap = _NSMAP if vm else {k: v for k, v in _NSMAP.items() if k != "vm"}
+    root = etree.Element(_J + "JobDefinition", nsmap=nsmap)
     if commented:
         root.addprevious(etree.Comment(_HEAD))
     description = etree.SubElement(root, _J + "JobDescription")
