@@ -165,9 +165,12 @@ def _signer(credential: X509Signature) -> _Signer:
     # Imported here: xmlsec refuses to load when its libxml2 differs from lxml's, and that
     # must not break the clients that do not sign.
     try:
+        import xmlsec  # noqa: F401, PLC0415 - zeep would only say so when signing
         from zeep.wsse.signature import BinarySignature  # noqa: PLC0415
     except Exception as exc:
-        raise ClientError(f"signing needs a working xmlsec package: {exc}") from exc
+        raise ClientError(
+            f"signing needs a working xmlsec package ({exc}): pip install 'bes[sign]'"
+        ) from exc
     _readable(credential.key_file, "signing key")
     _readable(credential.cert_file, "signing certificate")
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,6 +168,14 @@ def test_our_service_takes_a_signed_request(server: LiveServer, pki: Pki) -> Non
 def test_a_missing_key_file_is_reported_before_any_request(tmp_path: Path, pki: Pki) -> None:
     with pytest.raises(faults.ClientError, match=r"signing key .* does not exist"):
         BESClient("http://127.0.0.1:9/bes", auth=X509Signature(tmp_path / "no.key", pki.alice.cert))
+
+
+def test_signing_without_xmlsec_says_what_to_install(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "xmlsec", None)  # as on a machine without the package
+    with pytest.raises(faults.ClientError, match=r"xmlsec .*pip install 'bes\[sign\]'"):
+        BESClient("http://127.0.0.1:9/bes", auth=X509Signature(pki.alice.key, pki.alice.cert))
 
 
 @pytest.fixture
