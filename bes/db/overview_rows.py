@@ -97,18 +97,19 @@ def activity_line(conn: Connection, record: ActivityRecord) -> ActivityLine:
 
 
 def _lines(conn: Connection, records: Sequence[ActivityRecord]) -> list[ActivityLine]:
-    jobs = [r.backend_job_id for r in records if r.backend_job_id is not None]
     ids = [r.id for r in records]
     workers: dict[str, str] = {}
     started: dict[str, dt.datetime] = {}
-    for i in range(0, len(jobs), _CHUNK):
-        found = conn.execute(
-            select(grid_job.c.id, worker.c.name)
-            .select_from(grid_job.join(worker, worker.c.id == grid_job.c.worker_id))
-            .where(grid_job.c.id.in_(jobs[i : i + _CHUNK]))
-        )
-        workers.update((job, name) for job, name in found)
     for i in range(0, len(ids), _CHUNK):
+        # By activity, not by the activity's backend_job_id: a worker may lease the job
+        # moments before the dispatcher has recorded that id on the activity.
+        found = conn.execute(
+            select(grid_job.c.activity_id, worker.c.name)
+            .select_from(grid_job.join(worker, worker.c.id == grid_job.c.worker_id))
+            .where(grid_job.c.activity_id.in_(ids[i : i + _CHUNK]))
+            .order_by(grid_job.c.queued_at)
+        )
+        workers.update((activity_id, name) for activity_id, name in found)
         rows = conn.execute(
             select(activity_event.c.activity_id, func.min(activity_event.c.at))
             .where(
@@ -121,7 +122,7 @@ def _lines(conn: Connection, records: Sequence[ActivityRecord]) -> list[Activity
     return [
         ActivityLine(
             record=r,
-            worker=workers.get(r.backend_job_id) if r.backend_job_id else None,
+            worker=workers.get(r.id),
             started_at=started.get(r.id),
             ended_at=r.changed_at if r.state.terminal else None,
         )

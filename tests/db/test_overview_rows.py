@@ -166,3 +166,36 @@ def test_the_queue_says_how_long_its_oldest_job_waits(db: Database) -> None:
     assert summary.oldest_queued_at == T0 + SECOND
     (load,) = db.read_sync(overview.worker_loads, 10)
     assert load.leases == 1 and load.last_seen_at is None and load.max_vms is None
+
+
+def test_a_job_leased_before_its_activity_records_it_shows_its_worker(db: Database) -> None:
+    # The dispatcher records the backend job id on the activity after the grid has the job;
+    # a worker can lease it in between, and the page must not lose the worker meanwhile.
+    early = create(db, "alice", T0)
+    new_job = grid.NewGridJob(
+        id=BackendJobId("g-early"),
+        activity_id=early,
+        memory_mib=256,
+        vcpus=1,
+        disk_mib=1024,
+        needs_network=False,
+        hypervisors=(),
+        max_attempts=3,
+        at=T0,
+    )
+    db.write_sync(grid.add_grid_jobs, [new_job])
+    assert db.write_sync(grid.create_worker, ("w-1", "lab-pc", "h" * 64, T0))
+    claim = grid.Claim(
+        worker_id="w-1",
+        limit=1,
+        memory_mib=4096,
+        vcpus=4,
+        disk_mib=10_000,
+        hypervisors=("qemu",),
+        network=False,
+        now=T0 + SECOND,
+        until=T0 + 60 * SECOND,
+    )
+    assert db.write_sync(grid.claim_grid_jobs, claim)
+    (line,) = lines(db)
+    assert line.record.backend_job_id is None and line.worker == "lab-pc"
