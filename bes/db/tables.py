@@ -82,8 +82,9 @@ activity = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("changed_at", UtcDateTime(), nullable=False),
     Index(None, "owner", "created_at"),
-    Index(None, "state"),
+    Index(None, "state", "created_at", "id"),  # also: one state's activities newest first
     Index(None, "parent_id"),
+    Index(None, "created_at", "id"),  # everyone's activities newest first (administrators)
 )
 
 # What an activity was created from, written once: the JobDefinition as submitted and its
