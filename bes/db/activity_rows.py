@@ -600,9 +600,15 @@ def get_documents(
     return out
 
 
-def count_by_state(conn: Connection, owner: str | None) -> dict[ActivityState, int]:
-    """How many activities are in each basic state (of one owner, or of everyone)."""
+def count_by_state(
+    conn: Connection, owner: str | None, *, points: bool = False
+) -> dict[ActivityState, int]:
+    """How many activities are in each basic state (of one owner, or of everyone); with
+    ``points``, a parameter sweep counts by its points (its own row, which stands for them,
+    is left out)."""
     query = select(activity.c.state, func.count()).group_by(activity.c.state)
+    if points:
+        query = query.where(activity.c.children == 0)
     if owner is not None:
         query = query.where(activity.c.owner == owner)
     counts = dict.fromkeys(ActivityState, 0)

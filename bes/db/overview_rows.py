@@ -1,9 +1,9 @@
 """Read-only SQL for the status page and the metrics: pages of activities with when each
-started and ended and which worker ran it, counts by state, the workers' load and the queue.
-SQLite and PostgreSQL alike.
+started and ended and which worker ran it, the workers' load and the queue (counts by state
+are :func:`bes.db.activity_rows.count_by_state`, by points). SQLite and PostgreSQL alike.
 
 Parameter sweeps appear as their points: a sweep's own row stands for its children and is
-left out of pages and counts, so every job is counted once.
+left out of the pages, so every job is listed once.
 """
 
 from __future__ import annotations
@@ -125,22 +125,6 @@ def _lines(conn: Connection, records: Sequence[ActivityRecord]) -> list[Activity
         )
         for r in records
     ]
-
-
-def state_counts(conn: Connection, owner: str | None) -> dict[ActivityState, int]:
-    """How many activities are in each state (of one owner, or everyone's), sweeps counted
-    by their points."""
-    query = (
-        select(activity.c.state, func.count())
-        .where(activity.c.children == 0)
-        .group_by(activity.c.state)
-    )
-    if owner is not None:
-        query = query.where(activity.c.owner == owner)
-    counts = dict.fromkeys(ActivityState, 0)
-    for state, n in conn.execute(query):
-        counts[ActivityState(state)] = n
-    return counts
 
 
 def worker_loads(conn: Connection, limit: int) -> list[WorkerLoad]:
