@@ -9,10 +9,10 @@ from bes.db import activity_rows as rows
 from bes.db import grid_rows as grid
 from bes.db import overview_rows as overview
 from bes.db.store import Database
-from bes.ids import ActivityId, BackendJobId, new_activity_id
+from bes.ids import ActivityId, new_activity_id
 from bes.states import ActivityState, SubState
+from tests.support.queue import T0, add_worker, claim, job
 
-T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 SECOND = dt.timedelta(seconds=1)
 
 
@@ -70,34 +70,12 @@ def test_pages_go_newest_first_and_on_from_the_last_one_shown(db: Database) -> N
 def test_a_line_knows_its_worker_and_when_it_started_and_ended(db: Database) -> None:
     ran = create(db, "alice", T0)
     waiting = create(db, "alice", T0 + SECOND)
-    job_id = BackendJobId("g-ran")
-    assert db.write_sync(rows.set_backend_job, (ran, job_id, T0 + SECOND))
-    new_job = grid.NewGridJob(
-        id=job_id,
-        activity_id=ran,
-        memory_mib=256,
-        vcpus=1,
-        disk_mib=1024,
-        needs_network=False,
-        hypervisors=(),
-        max_attempts=3,
-        at=T0 + SECOND,
-    )
+    new_job = job(activity_id=ran, at=T0 + SECOND)
+    assert db.write_sync(rows.set_backend_job, (ran, new_job.id, T0 + SECOND))
     db.write_sync(grid.add_grid_jobs, [new_job])
-    assert db.write_sync(grid.create_worker, ("w-1", "lab-pc", "h" * 64, T0))
-    db.write_sync(grid.register_worker, ("w-1", {"max_vms": 2, "max_memory_mib": 2048}, T0))
-    claim = grid.Claim(
-        worker_id="w-1",
-        limit=1,
-        memory_mib=4096,
-        vcpus=4,
-        disk_mib=10_000,
-        hypervisors=("qemu",),
-        network=False,
-        now=T0 + 2 * SECOND,
-        until=T0 + 60 * SECOND,
-    )
-    assert db.write_sync(grid.claim_grid_jobs, claim)
+    worker = add_worker(db, "lab-pc")
+    db.write_sync(grid.register_worker, (worker, {"max_vms": 2, "max_memory_mib": 2048}, T0))
+    assert claim(db, worker, now=T0 + 2 * SECOND)
     step = rows.Transition(
         id=ran, state=ActivityState.RUNNING, substate=SubState.EXECUTING, at=T0 + 3 * SECOND
     )
@@ -132,34 +110,8 @@ def test_counts_leave_out_the_sweep_that_stands_for_its_points(db: Database) -> 
 def test_the_queue_says_how_long_its_oldest_job_waits(db: Database) -> None:
     empty = db.read_sync(overview.queue_summary)
     assert empty.oldest_queued_at is None and sum(empty.counts.values()) == 0
-    jobs = [
-        grid.NewGridJob(
-            id=BackendJobId(f"g{i}"),
-            activity_id=ActivityId(new_activity_id()),
-            memory_mib=256,
-            vcpus=1,
-            disk_mib=1024,
-            needs_network=False,
-            hypervisors=(),
-            max_attempts=3,
-            at=T0 + i * SECOND,
-        )
-        for i in range(3)
-    ]
-    db.write_sync(grid.add_grid_jobs, jobs)
-    assert db.write_sync(grid.create_worker, ("w-1", "lab-pc", "h" * 64, T0))
-    claim = grid.Claim(
-        worker_id="w-1",
-        limit=1,
-        memory_mib=4096,
-        vcpus=4,
-        disk_mib=10_000,
-        hypervisors=("qemu",),
-        network=False,
-        now=T0 + 5 * SECOND,
-        until=T0 + 60 * SECOND,
-    )
-    db.write_sync(grid.claim_grid_jobs, claim)  # takes the oldest
+    db.write_sync(grid.add_grid_jobs, [job(at=T0 + i * SECOND) for i in range(3)])
+    claim(db, add_worker(db, "lab-pc"), now=T0 + 5 * SECOND)  # takes the oldest
     summary = db.read_sync(overview.queue_summary)
     assert summary.counts[grid.GridState.QUEUED] == 2
     assert summary.counts[grid.GridState.LEASED] == 1
@@ -172,30 +124,7 @@ def test_a_job_leased_before_its_activity_records_it_shows_its_worker(db: Databa
     # The dispatcher records the backend job id on the activity after the grid has the job;
     # a worker can lease it in between, and the page must not lose the worker meanwhile.
     early = create(db, "alice", T0)
-    new_job = grid.NewGridJob(
-        id=BackendJobId("g-early"),
-        activity_id=early,
-        memory_mib=256,
-        vcpus=1,
-        disk_mib=1024,
-        needs_network=False,
-        hypervisors=(),
-        max_attempts=3,
-        at=T0,
-    )
-    db.write_sync(grid.add_grid_jobs, [new_job])
-    assert db.write_sync(grid.create_worker, ("w-1", "lab-pc", "h" * 64, T0))
-    claim = grid.Claim(
-        worker_id="w-1",
-        limit=1,
-        memory_mib=4096,
-        vcpus=4,
-        disk_mib=10_000,
-        hypervisors=("qemu",),
-        network=False,
-        now=T0 + SECOND,
-        until=T0 + 60 * SECOND,
-    )
-    assert db.write_sync(grid.claim_grid_jobs, claim)
+    db.write_sync(grid.add_grid_jobs, [job(activity_id=early, at=T0)])
+    assert claim(db, add_worker(db, "lab-pc"), now=T0 + SECOND)
     (line,) = lines(db)
     assert line.record.backend_job_id is None and line.worker == "lab-pc"
