@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from lxml import etree
 
@@ -20,15 +19,6 @@ SOAP_DIR = corpus_dir() / "soap"
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     with live_server(tmp_path_factory.mktemp("captures") / "data") as server:
         yield server
-
-
-def post(server: LiveServer, body: bytes, operation: str) -> httpx.Response:
-    return httpx.post(
-        server.endpoint,
-        content=body,
-        headers={"SOAPAction": soap.ACTIONS + operation, "Content-Type": "text/xml"},
-        timeout=30,
-    )
 
 
 def as_identifier(name: str) -> bytes:
@@ -53,7 +43,7 @@ def test_other_servers_eprs_are_identifiers_we_do_not_know(
     service: LiveServer, name: str, operation: str
 ) -> None:
     body = soap.envelope(soap.vector(operation, [as_identifier(name)]))
-    response = post(service, body, operation)
+    response = service.post(body, operation)
     assert response.status_code == 200, response.text
     assert_official(response.content, f"{operation} of {name}")
     (item,) = soap.xpath(soap.body_of(response.content), "bes:Response")
@@ -62,8 +52,7 @@ def test_other_servers_eprs_are_identifiers_we_do_not_know(
 
 
 def test_arcs_clean_hpcp_interop_request_is_taken(service: LiveServer) -> None:
-    response = post(
-        service,
+    response = service.post(
         (SOAP_DIR / "arc-hpcp-interop-createactivity-request.xml").read_bytes(),
         "CreateActivity",
     )
@@ -77,7 +66,7 @@ def test_a_body_without_namespaces_is_refused_clearly(service: LiveServer) -> No
     that is not BES: the answer says where the namespace is missing."""
     body = (SOAP_DIR / "venusc-genericworker-createactivity-body.xml").read_bytes()
     body = body.split(b"?>", 1)[1]
-    response = post(service, soap.envelope(body), "CreateActivity")
+    response = service.post(soap.envelope(body), "CreateActivity")
     assert response.status_code == 500
     assert_official(response.content, "fault")
     message = soap.xpath(soap.fault_of(response.content), "faultstring/text()")[0]

@@ -41,18 +41,8 @@ def test_the_table_has_one_row_per_corpus_file() -> None:
     assert sorted(VERDICTS) == [p.name for p in CORPUS]
 
 
-def post(server: LiveServer, body: bytes, operation: str) -> httpx.Response:
-    return httpx.post(
-        server.endpoint,
-        content=body,
-        headers={"SOAPAction": soap.ACTIONS + operation, "Content-Type": "text/xml"},
-        timeout=30,
-    )
-
-
 def status_of(server: LiveServer, activity_id: str) -> etree._Element:
-    answer = post(
-        server,
+    answer = server.post(
         soap.envelope(soap.vector("GetActivityStatuses", [soap.epr(activity_id=activity_id)])),
         "GetActivityStatuses",
     )
@@ -84,7 +74,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 @pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.name)
 def test_each_corpus_document_gets_its_verdict(service: LiveServer, path: Path) -> None:
     expected, why = VERDICTS[path.name]
-    response = post(service, corpus.create_activity(path), "CreateActivity")
+    response = service.post(corpus.create_activity(path), "CreateActivity")
     assert_official(response.content, f"answer to {path.name}")
     assert verdict_of(service, response) == expected, why
     if path.name.split(".")[0].endswith("-NEG") and expected in ("accepted", "normalized"):
@@ -96,16 +86,15 @@ def test_strict_mode_takes_documents_only_as_they_are(tmp_path: Path) -> None:
         for name, (expected, _) in VERDICTS.items():
             if expected != "normalized":
                 continue
-            response = post(
-                strict, corpus.create_activity(corpus_dir() / "jsdl" / name), "CreateActivity"
+            response = strict.post(
+                corpus.create_activity(corpus_dir() / "jsdl" / name), "CreateActivity"
             )
             refused = verdict_of(strict, response)
             assert refused in ("InvalidRequestMessageFault", "UnsupportedFeatureFault"), name
 
 
 def test_a_normalized_document_says_what_was_rewritten(service: LiveServer) -> None:
-    response = post(
-        service,
+    response = service.post(
         corpus.create_activity(corpus_dir() / "jsdl" / "unicore-ems-ls-with-stagein.jsdl"),
         "CreateActivity",
     )
@@ -114,8 +103,7 @@ def test_a_normalized_document_says_what_was_rewritten(service: LiveServer) -> N
     assert any("put in the order of the schema" in w for w in warnings)
     assert any("CreationFlag (required) was missing; overwrite assumed" in w for w in warnings)
     # GetActivityDocuments gives the document back as it was sent.
-    documents = post(
-        service,
+    documents = service.post(
         soap.envelope(
             soap.vector("GetActivityDocuments", [soap.epr(activity_id=str(activity_id))])
         ),
@@ -179,7 +167,7 @@ def test_documents_that_must_fail_fail_and_plain_jobs_run_in_the_default_vm(
             submitted = {}
             for name in RUNTIME:
                 body = corpus.create_activity(corpus_dir() / "jsdl" / name, http=http.url, ftp=ftp)
-                response = post(server, body, "CreateActivity")
+                response = server.post(body, "CreateActivity")
                 assert response.status_code == 200, (name, response.text)
                 (activity_id,) = soap.xpath(
                     soap.body_of(response.content), "//besa:ActivityId/text()"

@@ -33,12 +33,7 @@ def posix_job(name: str, staging: str = "") -> bytes:
 
 def call(server: LiveServer, operation: str, body: str) -> bytes:
     """One BES-Factory operation over HTTP; the response envelope."""
-    response = httpx.post(
-        server.endpoint,
-        content=soap.envelope(body),
-        headers={"SOAPAction": soap.ACTIONS + operation, "Content-Type": "text/xml"},
-        timeout=10,
-    )
+    response = server.post(soap.envelope(body), operation, timeout_s=10)
     assert response.status_code == 200, response.text
     return response.content
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.soap import ACTIONS
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -46,6 +48,16 @@ class LiveServer:
     @property
     def endpoint(self) -> str:
         return self.url + "/bes"
+
+    def post(self, envelope: bytes, operation: str, *, timeout_s: float = 30.0) -> httpx.Response:
+        """POST a SOAP envelope of a BES-Factory ``operation`` (its SOAPAction) to the
+        endpoint; the answer, whatever its status."""
+        return httpx.post(
+            self.endpoint,
+            content=envelope,
+            headers={"SOAPAction": ACTIONS + operation, "Content-Type": "text/xml"},
+            timeout=timeout_s,
+        )
 
     def start(self, timeout_s: float = 30.0) -> LiveServer:
         argv = [
