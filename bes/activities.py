@@ -17,7 +17,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -50,19 +49,6 @@ Clock = Callable[[], dt.datetime]
 def utc_now() -> dt.datetime:
     """The default clock."""
     return dt.datetime.now(dt.UTC)
-
-
-def kept_files(directory: Path) -> list[tuple[str, int]]:
-    """The files in a directory of kept outputs (:meth:`Activities.outputs`): relative
-    name and size in bytes, by name; files still being uploaded are left out. Blocking."""
-    found = []
-    for folder, _, names in os.walk(directory):
-        for name in names:
-            if name.endswith(".partial"):
-                continue
-            path = Path(folder) / name
-            found.append((str(path.relative_to(directory)), path.stat().st_size))
-    return sorted(found)
 
 
 class TerminateOutcome(StrEnum):

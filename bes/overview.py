@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from bes.activities import Activities, kept_files, utc_now
+from bes.activities import Activities, utc_now
+from bes.backends.base import kept_files
 from bes.db import activity_rows as rows
 from bes.db import overview_rows as overview
 from bes.db.overview_rows import ActivityLine, QueueSummary, WorkerLoad

@@ -14,7 +14,8 @@ import asyncio
 from typing import Final
 from urllib.parse import quote, unquote
 
-from bes.activities import Activities, kept_files
+from bes.activities import Activities
+from bes.backends.base import kept_files
 from bes.http import TEXT, Scope, Send, respond, respond_file, respond_json
 from bes.ids import parse_activity_id
 from bes.principal import Principal

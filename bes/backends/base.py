@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from bes.db.store import Database
 from bes.errors import BackendError, SubmitError
@@ -242,12 +244,34 @@ class Backend(abc.ABC):
         return missing_capabilities(job, self.capabilities)
 
     def kept_outputs(self, job_id: BackendJobId) -> Path | None:
-        """The directory of files the service keeps for this job's owner, if any."""
+        """The directory of files the service keeps for this job's owner, if any (files
+        still being written in it end with :data:`PARTIAL`; see :func:`kept_files`)."""
         del job_id
         return None
 
     def close(self) -> None:  # noqa: B027 - optional hook with a sensible empty default
         """Release connections and threads. The backend is not used afterwards."""
+
+
+PARTIAL: Final = ".partial"
+"""The suffix of a kept file still being written (renamed without it once complete)."""
+
+
+def kept_files(top: Path, *, partial: bool = False) -> list[tuple[str, int]]:
+    """The files under a directory of kept outputs (:meth:`Backend.kept_outputs`): relative
+    name and size in bytes, by name; files still being written only with ``partial``, and
+    none if there is no such directory. Blocking."""
+    found: list[tuple[str, int]] = []
+    if not top.is_dir():
+        return found
+    for directory, _, names in os.walk(top):
+        for name in names:
+            if name.endswith(PARTIAL) and not partial:
+                continue
+            path = Path(directory) / name
+            with contextlib.suppress(OSError):  # removed meanwhile
+                found.append((str(path.relative_to(top)), path.stat().st_size))
+    return sorted(found)
 
 
 def missing_capabilities(job: JobDefinition, capabilities: frozenset[Capability]) -> list[str]:

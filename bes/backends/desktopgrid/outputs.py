@@ -19,11 +19,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from bes.backends.base import PARTIAL, kept_files
 from bes.errors import BesError, InvalidRequest
 from bes.ids import BackendJobId
 from bes.vm.media import UnsafePath, safe_relative
-
-_PARTIAL = ".partial"
 
 
 class OutputTooLarge(BesError):
@@ -58,7 +57,7 @@ class OutputStore:
         relative = safe_relative(name)
         target = self.attempt_dir(job_id, epoch) / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + _PARTIAL)
+        partial = target.with_name(target.name + PARTIAL)
         try:
             with partial.open("wb") as out:
                 yield out
@@ -68,7 +67,7 @@ class OutputStore:
 
     def used_bytes(self, job_id: BackendJobId, epoch: int) -> int:
         """Bytes stored so far by one attempt (complete and partial files)."""
-        return sum(size for _, size in self._walk(self.attempt_dir(job_id, epoch), partial=True))
+        return sum(size for _, size in kept_files(self.attempt_dir(job_id, epoch), partial=True))
 
     def uploaded(self, job_id: BackendJobId, epoch: int, names: Sequence[str]) -> dict[str, int]:
         """The sizes of the files a worker says it uploaded for one attempt.
@@ -91,7 +90,7 @@ class OutputStore:
         """One attempt's complete files: relative name to size in bytes."""
         if not os.path.isdir(os.path.join(self.root, _safe_component(job_id))):
             return {}  # the common case of a job without uploads, answered with one stat
-        return dict(self._walk(self.attempt_dir(job_id, epoch), partial=False))
+        return dict(kept_files(self.attempt_dir(job_id, epoch)))
 
     def keep_only(self, job_id: BackendJobId, epoch: int | None) -> None:
         """Remove every attempt's files but those of ``epoch`` (None: remove them all)."""
@@ -103,18 +102,6 @@ class OutputStore:
                 shutil.rmtree(attempt, ignore_errors=True)
         if epoch is None:
             shutil.rmtree(job_dir, ignore_errors=True)
-
-    @staticmethod
-    def _walk(top: Path, *, partial: bool) -> Iterator[tuple[str, int]]:
-        if not top.is_dir():
-            return
-        for directory, _, names in os.walk(top):
-            for name in names:
-                if name.endswith(_PARTIAL) and not partial:
-                    continue
-                path = Path(directory) / name
-                with contextlib.suppress(OSError):
-                    yield str(path.relative_to(top)), path.stat().st_size
 
 
 def _safe_component(job_id: str) -> str:
