@@ -87,15 +87,30 @@ class Person:
         element = self.find(css)
         element.click()
         if leaving:
-            from selenium.webdriver.support import expected_conditions
-
-            self.wait.until(expected_conditions.staleness_of(element))
+            self.wait.until(lambda _: _detached(element))
             self.wait.until(lambda b: b.execute_script("return document.readyState") == "complete")
 
     def choose(self, css: str, text: str) -> None:
         from selenium.webdriver.support.ui import Select
 
         Select(self.find(css)).select_by_visible_text(text)
+
+
+def _detached(element: Any) -> bool:
+    """Whether ``element`` has left the document (its page was replaced). Chromium says so
+    as a stale reference or, caught mid-navigation, as a node that "does not belong to the
+    document"; any other error is one."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
 
 
 def test_a_person_follows_their_activities_in_a_browser(
