@@ -261,7 +261,7 @@ class BesApp:
             await respond(send, 503, b"starting up\n", TEXT)
             return None
         try:
-            return self.identity.identify(transport_of(scope, headers_of(scope)), None)
+            return await self.identity.identify(transport_of(scope, headers_of(scope)), None)
         except NotAuthorized as exc:
             await respond(send, 401, f"{exc}\n".encode(), TEXT)
             return None

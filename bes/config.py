@@ -27,6 +27,22 @@ class ServiceConfig:
         strict_jsdl: Validate JSDL exactly as submitted, without normalizing the known
             real-world variants (bes.jsdl.normalize).
         sweep_limit: Most activities one JSDL parameter sweep may expand into.
+        tls_cert: PEM certificate (chain) of the service; with ``tls_key``, HTTPS only.
+        tls_key: PEM private key of ``tls_cert``.
+        tls_client_ca: PEM CA bundle that client certificates (TLS, and the signers of
+            WS-Security X.509 signatures) must chain to; with it TLS asks for client
+            certificates.
+        tls_crl: PEM CRLs of those CAs; revoked client certificates are refused.
+        insecure: Allow a non-loopback address without TLS (a lab); logged on every start.
+        trusted_proxies: Addresses of TLS-terminating proxies whose ``X-Forwarded-Proto`` and
+            client-certificate headers are believed (nobody else's are).
+        secret_key_file: Key that seals secrets at rest (PasswordDigest passwords, staging
+            credentials); the same file on every replica. None: ``data_dir/secret.key``,
+            created on first use.
+        file_roots: Directories ``file:`` staging URIs may name; none refuses them.
+        auth_window_s: How far a WS-Security Created or Timestamp may be from now.
+        signature_algorithms: Accepted XML Signature methods (URIs); None: RSA-SHA256 and up,
+            and the RSA-SHA1 deployed clients still send.
     """
 
     host: str = "127.0.0.1"
@@ -40,6 +56,26 @@ class ServiceConfig:
     resource_name: str | None = None
     strict_jsdl: bool = False
     sweep_limit: int = 1000
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tls_crl: Path | None = None
+    insecure: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+    secret_key_file: Path | None = None
+    file_roots: tuple[str, ...] = ()
+    auth_window_s: float = 300.0
+    signature_algorithms: frozenset[str] | None = None
+
+    @property
+    def tls(self) -> bool:
+        """Whether the service itself speaks HTTPS."""
+        return self.tls_cert is not None
+
+    @property
+    def effective_secret_key_file(self) -> Path:
+        """The key file in use."""
+        return self.secret_key_file or self.data_dir / "secret.key"
 
     @property
     def effective_database_url(self) -> str:

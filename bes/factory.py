@@ -153,8 +153,10 @@ class Factory:
         request: SoapRequest | None = None
         operation: Operation | None = None
         try:
-            request = parse_request(data, soap_action=soap_action)
-            caller = self.identity.identify(transport, request)  # before anything is revealed
+            request = parse_request(
+                data, soap_action=soap_action, understood=self.identity.understood_headers
+            )
+            caller = await self.identity.identify(transport, request)  # before anything is revealed
             operation = _operation(request)
             submitted, warnings = self._normalized(request.body)
             _validate(request.body)

@@ -45,7 +45,11 @@ def transport_of(scope: Mapping[str, Any], headers: Mapping[str, str]) -> Transp
 class IdentityPolicy(Protocol):
     """Decides the principal of a request, or refuses it."""
 
-    def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
+    understood_headers: frozenset[str]
+    """SOAP header blocks (Clark names) the policy processes, so ``mustUnderstand`` on
+    them is honoured (``wsse:Security`` once WS-Security is checked)."""
+
+    async def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
         """Return the caller, or raise :class:`~bes.errors.NotAuthorized`.
 
         ``request`` is None for plain HTTP requests (documents, status pages).
@@ -64,5 +68,7 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 class AnonymousPolicy:
     """No authentication: every caller is the anonymous administrator (loopback default)."""
 
-    def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
+    understood_headers: frozenset[str] = frozenset()
+
+    async def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
         return ANONYMOUS

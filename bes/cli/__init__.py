@@ -102,6 +102,64 @@ def main(verbose: int) -> None:
     metavar="OPTION",
     help="An option for the local worker, e.g. --worker-option=--max-vms=2 (repeatable).",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM certificate (and chain) of the service: HTTPS only (needs --tls-key).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM CA bundle that client certificates (TLS, and WS-Security X.509 signers) "
+    "must chain to; TLS then asks clients for a certificate.",
+)
+@click.option(
+    "--tls-crl",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM certificate revocation lists of those CAs.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow a non-loopback address without TLS (a lab only: passwords cross the "
+    "network in clear).",
+)
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="ADDRESS",
+    help="A TLS-terminating proxy whose X-Forwarded-Proto and client-certificate headers "
+    "are believed (repeatable).",
+)
+@click.option(
+    "--secret-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="BES_SECRET_KEY_FILE",
+    help="Key sealing secrets at rest; the same on every replica "
+    "(default: DATA_DIR/secret.key, created on first start).",
+)
+@click.option(
+    "--file-root",
+    "file_roots",
+    multiple=True,
+    metavar="DIR",
+    help="A directory file: staging URIs in JSDL documents may name (repeatable; default "
+    "none: file: URIs are refused at submission).",
+)
+@click.option(
+    "--auth-window",
+    "auth_window_s",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(1.0),
+    help="Seconds a WS-Security Created or Timestamp may be away from now.",
+)
 def serve(
     host: str,
     port: int,
@@ -115,6 +173,15 @@ def serve(
     sweep_limit: int,
     local_worker: bool,
     worker_options: tuple[str, ...],
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    tls_crl: Path | None,
+    insecure: bool,
+    trusted_proxies: tuple[str, ...],
+    secret_key_file: Path | None,
+    file_roots: tuple[str, ...],
+    auth_window_s: float,
 ) -> None:
     """Run the BES service (SOAP at http://HOST:PORT/bes), by default with a desktop grid
     and one local worker, so submitted jobs run in VMs on this machine."""
@@ -142,6 +209,15 @@ def serve(
         backend_options=options,
         strict_jsdl=strict_jsdl,
         sweep_limit=sweep_limit,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        tls_crl=tls_crl,
+        insecure=insecure,
+        trusted_proxies=trusted_proxies,
+        secret_key_file=secret_key_file,
+        file_roots=file_roots,
+        auth_window_s=auth_window_s,
     )
     worker = None
     try:

@@ -33,7 +33,9 @@ class HeaderPolicy:
     """Test identity: the caller named by an X-Test-User header; 'root' is the administrator;
     'nobody' is refused."""
 
-    def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
+    understood_headers: frozenset[str] = frozenset()
+
+    async def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
         name = transport.headers.get("x-test-user", "alice")
         if name == "nobody":
             raise NotAuthorized("nobody may use this service")

@@ -33,7 +33,9 @@ class HeaderPolicy:
     """The tests' identity policy: the caller named in ``X-Test-User`` (``root`` is an
     administrator); no header, no entry."""
 
-    def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
+    understood_headers: frozenset[str] = frozenset()
+
+    async def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
         name = transport.headers.get("x-test-user")
         if not name:
             raise NotAuthorized("say who you are (X-Test-User)")
