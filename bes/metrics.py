@@ -111,6 +111,18 @@ class Metrics:
         self.vm_failures = {
             cause: self._vm_failures.labels(cause) for cause in (INFRASTRUCTURE, JOB)
         }
+        self._auth_failures = Counter(
+            "bes_auth_failures",
+            "Requests refused as not authorized, by reason (the caller is told only 'not "
+            "authorized'; the log says why)",
+            ["reason"],
+            registry=registry,
+        )
+        self.auth_throttled = Counter(
+            "bes_auth_throttled",
+            "Requests delayed because their source failed to authenticate repeatedly",
+            registry=registry,
+        )
         self._requests = Histogram(
             "bes_request_duration_seconds",
             "Time to answer an HTTP request, by route (soap, worker, status, outputs, metrics, "
@@ -123,6 +135,10 @@ class Metrics:
         # The process's CPU, memory and file descriptors (process_*), the interpreter's version.
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
+
+    def auth_failure(self, reason: str) -> None:
+        """Count one refused authentication (``reason`` from a small fixed set)."""
+        self._auth_failures.labels(reason).inc()
 
     def observe_request(self, route: str, operation: str, seconds: float) -> None:
         """Count one HTTP request that took ``seconds`` (labels from a small fixed set)."""

@@ -169,3 +169,34 @@ grid_job = Table(
     Index(None, "state", "queued_at"),
     Index(None, "activity_id"),
 )
+
+# The people who may use the service (``bes user add``). A password is kept twice, for two
+# ways of checking it: ``password_hash`` (argon2id) checks PasswordText and HTTP Basic, and
+# ``password_sealed`` (the password sealed with the service's key, bes.sealing) lets the
+# service recompute a WS-Security PasswordDigest, which a one-way hash cannot. A user made
+# with ``--no-digest`` has no sealed copy and cannot use PasswordDigest.
+service_user = Table(
+    "service_user",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("admin", Boolean, nullable=False, server_default=false()),
+    Column("password_hash", Text),
+    Column("password_sealed", Text),
+    Column("certificate_subject", Text),
+    Column("certificate_fingerprint", String(64)),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("changed_at", UtcDateTime(), nullable=False),
+    Index(None, "certificate_subject"),
+    Index(None, "certificate_fingerprint"),
+)
+
+# What authenticated requests used once and may not use again while they would still be
+# accepted: PasswordDigest nonces (per user) and the signature values of signed messages.
+# Shared by every replica through the database; rows past ``expires_at`` are deleted.
+seen_nonce = Table(
+    "seen_nonce",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index(None, "expires_at"),
+)
