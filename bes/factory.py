@@ -8,10 +8,13 @@ item failed (GFD.108 §6.2). Whole-call faults are reserved for failures that ap
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+import posixpath
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import unquote, urlsplit
 
 from lxml import etree
 
@@ -59,6 +62,10 @@ MANAGEMENT_ACTIONS: Final = BES_MANAGEMENT + "/BESManagementPortType/"
 _ACTIVITY_IDENTIFIER: Final = bes("ActivityIdentifier")
 _ACTIVITY_DOCUMENT: Final = bes("ActivityDocument")
 _XSI_TYPE: Final = qname(XSI, "type")
+_VECTOR_OPERATIONS: Final = frozenset(
+    bes(name) for name in ("GetActivityStatuses", "TerminateActivities", "GetActivityDocuments")
+)
+_OPAQUE_EPR_PARTS: Final = frozenset({qname(WSA, "ReferenceParameters"), qname(WSA, "Metadata")})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +128,10 @@ class Factory:
         activities: The activity registry.
         identity: Decides who is calling.
         resource: What the factory attributes document says about the resources.
+        strict: Validate JSDL as submitted, without normalizing real-world variants.
+        sweep_limit: Most activities one parameter sweep may expand into.
+        file_roots: Directories of this site that ``file:`` staging URIs may name (a
+            shared file system); none refuses ``file:`` URIs at submission.
     """
 
     def __init__(
@@ -131,6 +142,7 @@ class Factory:
         resource: ResourceDescription,
         strict: bool = False,
         sweep_limit: int = 1000,
+        file_roots: Sequence[str] = (),
     ) -> None:
         self.activities = activities
         self.identity = identity
@@ -139,6 +151,8 @@ class Factory:
         """Validate JSDL as submitted: no normalization of real-world variants."""
         self.sweep_limit = sweep_limit
         """Most activities one parameter sweep may expand into."""
+        self.file_roots = tuple(posixpath.normpath(posixpath.abspath(r)) for r in file_roots)
+        """Directories ``file:`` staging URIs may name; empty refuses every ``file:`` URI."""
 
     async def handle(
         self,
@@ -220,11 +234,14 @@ class Factory:
                 (_point(i, point), etree.tostring(point, encoding="unicode"))
                 for i, point in enumerate(expand(job_element, limit=self.sweep_limit), 1)
             ]
+            for i, (point_job, _) in enumerate(points, 1):
+                _refuse_file_uris(point_job, self.file_roots, f"point {i} of the parameter sweep: ")
             activity_id = await self.activities.create_sweep(
                 call.caller, document, points, warnings=call.warnings
             )
         else:
             job = parse_job_definition(job_element, validated=True)
+            _refuse_file_uris(job, self.file_roots)
             activity_id = await self.activities.create(
                 call.caller, job, document, warnings=call.warnings
             )
@@ -468,12 +485,87 @@ def _point(index: int, point: etree._Element) -> JobDefinition:
         ) from exc
 
 
+def _refuse_file_uris(job: JobDefinition, roots: tuple[str, ...], where: str = "") -> None:
+    """Site policy for ``file:`` staging URIs: they name this site's files, so they are taken
+    only under the directories the site set aside for them (``bes serve --file-root``).
+
+    Raises:
+        UnsupportedFeature: One feature per refused Source or Target URI. Staging by
+            ``file:`` is a protocol this site does not offer (or not there); the document is
+            valid JSDL, so it is not InvalidRequestMessageFault.
+    """
+    features = []
+    for index, staging in enumerate(job.job_description.data_staging, 1):
+        for role, uri in (("Source", staging.source), ("Target", staging.target)):
+            if uri is None or _scheme(uri) != "file":
+                continue
+            if _under(uri, roots):
+                continue
+            allowed = (
+                "under " + ", ".join(roots)
+                if roots
+                else "nowhere (this service has no directories for them)"
+            )
+            features.append(
+                f"jsdl:DataStaging[{index}]/jsdl:{role}/jsdl:URI {uri!r} for "
+                f"{staging.file_name!r}: file: URIs are staged {allowed}"
+            )
+    if features:
+        raise UnsupportedFeature(features, where + "unsupported: " + "; ".join(features))
+
+
+def _scheme(uri: str) -> str:
+    try:
+        return urlsplit(uri).scheme.lower()
+    except ValueError:
+        return ""
+
+
+def _under(uri: str, roots: tuple[str, ...]) -> bool:
+    """Whether a ``file:`` URI names, once normalized, a path under one of ``roots``."""
+    try:
+        parsed = urlsplit(uri)
+    except ValueError:
+        return False
+    path = unquote(parsed.path)
+    if parsed.netloc.lower() not in ("", "localhost") or not path.startswith("/"):
+        return False
+    if any(ord(c) < 0x20 for c in path):
+        return False
+    path = posixpath.normpath(path)
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
 def _validate(body: etree._Element) -> None:
-    """Every request body must be valid against our schemas before anything reads it."""
-    problems = schema.validate(body)
+    """Every request body must be valid against our schemas before anything reads it.
+
+    The identifiers of the vector operations are validated leniently: an EPR is opaque to its
+    holder, and wsa:EndpointReferenceType admits anything in ReferenceParameters, Metadata
+    and its trailing extensions. Our schemas declare ``besa:ActivityId`` strictly (for what
+    we send), so lax validation would turn another service's identifier there into a
+    whole-call fault; it is an unknown identifier instead, answered per item
+    (:func:`bes.wire.activity_id_of`).
+    """
+    problems = schema.validate(_opaque_identifiers_emptied(body))
     if problems:
         raise InvalidRequest(
             "the request is not valid: "
             + "; ".join(f"line {p.line}: {p.message}" if p.line else p.message for p in problems),
             [p.path for p in problems],
         )
+
+
+def _opaque_identifiers_emptied(body: etree._Element) -> etree._Element:
+    """``body`` itself, or for a vector operation a copy of it in which each identifier keeps
+    its wsa:Address and empty ReferenceParameters and Metadata."""
+    if body.tag not in _VECTOR_OPERATIONS:
+        return body
+    shown = copy.deepcopy(body)
+    for epr in shown.iterchildren(_ACTIVITY_IDENTIFIER):
+        for part in list(epr.iterchildren(etree.Element)):
+            if part.tag in _OPAQUE_EPR_PARTS:
+                for inner in list(part):
+                    part.remove(inner)
+            elif etree.QName(part).namespace != WSA:
+                epr.remove(part)
+    return shown

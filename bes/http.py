@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any, Final
 
 from bes.errors import BesError
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -17,7 +21,11 @@ Send = Callable[[Message], Awaitable[None]]
 XML: Final = b"text/xml; charset=utf-8"
 TEXT: Final = b"text/plain; charset=utf-8"
 JSON: Final = b"application/json"
-_DRAIN_FACTOR: Final = 16  # read (and discard) at most this many limits of an oversized body
+DRAIN_BYTES: Final = 256 * 1024 * 1024
+"""Most bytes of an oversized request body read (and thrown away) so the client can read
+the refusal."""
+DRAIN_SECONDS: Final = 30.0
+"""Longest time spent doing so."""
 _FILE_CHUNK: Final = 256 * 1024
 
 
@@ -30,10 +38,37 @@ def headers_of(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes | None:
-    """The request body, or None (after draining a bounded amount) if it exceeds ``limit``."""
-    declared = headers.get("content-length", "")
-    too_big = declared.isdigit() and int(declared) > limit
+async def read_body(
+    receive: Receive,
+    headers: dict[str, str],
+    limit: int,
+    *,
+    drain_bytes: int = DRAIN_BYTES,
+    drain_s: float = DRAIN_SECONDS,
+) -> bytes | None:
+    """The request body, or None if it exceeds ``limit`` (or the client went away).
+
+    Most clients send a whole body before they read the answer, and a server that closes its
+    socket with unread data in it makes the kernel reset the connection: the client then sees
+    "connection reset" instead of the refusal. So an oversized body is read to its end and
+    thrown away (nginx's lingering close), within ``drain_bytes`` and ``drain_s``; past
+    either, or when the declared length is already past them, the caller answers and closes
+    anyway. A client that waits for ``100 Continue`` before sending an oversized declared
+    body is refused before it sends anything.
+
+    Args:
+        receive: The ASGI receive callable.
+        headers: The request headers (names in lower case).
+        limit: Most bytes of body accepted.
+        drain_bytes: Most bytes of an oversized body read and thrown away past ``limit``.
+        drain_s: Longest time spent doing so.
+    """
+    declared = headers.get("content-length", "").strip()
+    if declared.isdigit() and int(declared) > limit:
+        expects = "100-continue" in headers.get("expect", "").lower()
+        if not expects and int(declared) <= limit + drain_bytes:
+            await _drain(receive, limit + drain_bytes, drain_s)
+        return None
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -41,14 +76,38 @@ async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> by
         if message["type"] == "http.disconnect":
             return None
         chunk = message.get("body", b"")
+        more = bool(message.get("more_body", False))
         size += len(chunk)
         if size > limit:
-            too_big = True
-        if not too_big:
-            chunks.append(chunk)
-        if not message.get("more_body", False) or size > limit * _DRAIN_FACTOR:
+            if more:
+                await _drain(receive, drain_bytes, drain_s)
+            return None
+        chunks.append(chunk)
+        if not more:
+            return b"".join(chunks)
+
+
+async def _drain(receive: Receive, budget: int, seconds: float) -> None:
+    """Read and discard the rest of a body, until its end or past ``budget`` bytes or
+    ``seconds``, whichever comes first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    drained = 0
+    while drained <= budget:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
             break
-    return None if too_big else b"".join(chunks)
+        try:
+            async with asyncio.timeout(remaining):
+                message = await receive()
+        except TimeoutError:
+            break
+        if message["type"] == "http.disconnect":
+            return
+        drained += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+    log.info("stopped draining an oversized request body after %d bytes", drained)
 
 
 async def stream_body(receive: Receive) -> AsyncIterator[bytes]:

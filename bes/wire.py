@@ -37,7 +37,8 @@ ACTIVITY_PATH: Final = "/bes/activities/"
 _NSMAP: Final = {"bes-factory": BES_FACTORY, "wsa": WSA, "besa": BES_ACTIVITY, "fs": HPCP_FS}
 _ADDRESS: Final = qname(WSA, "Address")
 _REFERENCE_PARAMETERS: Final = qname(WSA, "ReferenceParameters")
-_ACTIVITY_ID: Final = qname(BES_ACTIVITY, "ActivityId")
+_ACTIVITY_ID_NAME: Final = "ActivityId"
+_ACTIVITY_ID: Final = qname(BES_ACTIVITY, _ACTIVITY_ID_NAME)
 _ACTIVITY_STATUS: Final = qname(BES_FACTORY, "ActivityStatus")
 _EXIT_CODE: Final = qname(BES_ACTIVITY, "ExitCode")
 _MESSAGE: Final = qname(BES_ACTIVITY, "Message")
@@ -108,15 +109,41 @@ def activity_epr(
 
 
 def activity_id_of(epr: etree._Element) -> ActivityId | None:
-    """Our activity id in an EndpointReference, from ReferenceParameters or from the Address.
+    """Our activity id in an EndpointReference, from ReferenceParameters and the Address.
 
-    EPRs of other services (other paths, other reference parameters) give None.
+    SOAP stacks built from the official WSDL do not always send our EPRs back as we wrote
+    them, so the reference parameter is any element named ``ActivityId`` (in any namespace,
+    or none, at any depth) inside ``wsa:ReferenceParameters``; the Address counts when its
+    path is an activity's (``.../bes/activities/<id>``), whatever the host.
+
+    The parts must agree: a parameter or Address of the wrong shape (another service's
+    identifier), two parameters naming different activities, or a parameter and an Address
+    naming different ones give None (an unknown identifier), never one of the two activities.
+    An Address that is not an activity path (the factory's ``/bes``, a proxy, another
+    service) defers to the parameter; EPRs with neither give None.
     """
+    named = _named(epr)
+    if len(named) != 1:
+        return None
+    return parse_activity_id(next(iter(named)))
+
+
+def _named(epr: etree._Element) -> set[str]:
+    """Every identifier the EPR's parts name: its ActivityId parameters and its Address."""
+    named: set[str] = set()
     params = epr.find(_REFERENCE_PARAMETERS)
     if params is not None:
-        ours = params.find(_ACTIVITY_ID)
-        if ours is not None:
-            return parse_activity_id(ours.text or "")
+        for node in params.iter(etree.Element):
+            if node is not params and etree.QName(node).localname == _ACTIVITY_ID_NAME:
+                named.add((node.text or "").strip())
+    address = _activity_path_tail(epr)
+    if address is not None:
+        named.add(address)
+    return named
+
+
+def _activity_path_tail(epr: etree._Element) -> str | None:
+    """The last step of the Address when its path is an activity's, else None."""
     address = epr.find(_ADDRESS)
     if address is None or not address.text:
         return None
@@ -127,7 +154,7 @@ def activity_id_of(epr: etree._Element) -> ActivityId | None:
     head, _, tail = path.rstrip("/").rpartition("/")
     if not (head + "/").endswith(ACTIVITY_PATH):
         return None
-    return parse_activity_id(tail)
+    return tail
 
 
 # ------------------------------------------------------------------------------ statuses
@@ -184,7 +211,11 @@ def unknown_activity(dialect: Dialect, epr: etree._Element) -> SoapFault:
     """The fault for an identifier that names no activity of this caller."""
     address = epr.find(_ADDRESS)
     shown = (address.text or "").strip() if address is not None else "(no Address)"
-    message = f"no activity {shown} here"
+    named = _named(epr)
+    if len(named) > 1:  # says nothing about whether either activity exists
+        message = f"the Address and reference parameters of {shown} name different activities"
+    else:
+        message = f"no activity {shown} here"
     detail = element(dialect.unknown_activity_fault)
     sub(detail, "Message", message)
     return SoapFault(CLIENT, message, [detail])

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 from lxml import etree
@@ -43,6 +44,8 @@ _BEARER_TOKEN: Final = qname(UNICORE_JSDL, "BearerToken")
 _USERNAME_TOKEN: Final = qname(WSSE, "UsernameToken")
 _USERNAME: Final = qname(WSSE, "Username")
 _PASSWORD: Final = qname(WSSE, "Password")
+_PATH_STEPS: Final = re.compile(r"[/\\]")
+_WINDOWS_ABSOLUTE: Final = re.compile(r"[A-Za-z]:[/\\]")
 
 
 def parse_job_definition(element: etree._Element, *, validated: bool = False) -> JobDefinition:
@@ -185,12 +188,36 @@ def _data_staging(element: etree._Element, ctx: Context) -> DataStaging:
         else:
             ctx.unsupported_here(child)
     staging = DataStaging(name=element.get("name"), **values)
+    file_name = element.find(_J + "FileName")
+    problem = file_name_problem(staging.file_name)
+    if problem is not None and file_name is not None:
+        ctx.problem(file_name, problem)
     inline_source = (staging.source or "").lower().startswith("inline:")
     if staging.inline_data is not None and not inline_source:
         ctx.problem(element, "jsdl-u:InlineData goes with an inline: Source URI")
     elif inline_source and staging.inline_data is None:
         ctx.problem(element, "an inline: Source needs its jsdl-u:InlineData")
     return staging
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why a DataStaging FileName cannot name a file in the job's directory, or None.
+
+    The worker checks again where it stages (:func:`bes.vm.media.safe_relative`); refusing
+    here tells the submitter at once, as InvalidRequestMessageFault naming the element.
+    """
+    if not name:
+        return "the FileName is empty; it must name a file in the job's directory"
+    control = next((c for c in name if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    if control is not None:
+        return f"the FileName {name!r} holds the control character U+{ord(control):04X}"
+    if name.startswith(("/", "\\")) or _WINDOWS_ABSOLUTE.match(name):
+        return (
+            f"the FileName {name!r} is an absolute path; it must be relative to the job's directory"
+        )
+    if ".." in _PATH_STEPS.split(name):
+        return f"the FileName {name!r} climbs out of the job's directory with '..'"
+    return None
 
 
 def _uri(element: etree._Element, ctx: Context) -> str | None:

@@ -93,11 +93,18 @@ def test_strict_mode_takes_documents_only_as_they_are(tmp_path: Path) -> None:
             assert refused in ("InvalidRequestMessageFault", "UnsupportedFeatureFault"), name
 
 
-def test_a_normalized_document_says_what_was_rewritten(service: LiveServer) -> None:
+def test_a_normalized_document_says_what_was_rewritten(tmp_path: Path) -> None:
+    # Its stage-in is file:///etc/hosts: taken only where the site gave /etc as a file root.
+    with live_server(tmp_path / "data", extra=["--file-root", "/etc"]) as service:
+        check_normalized_document(service)
+
+
+def check_normalized_document(service: LiveServer) -> None:
     response = service.post(
         corpus.create_activity(corpus_dir() / "jsdl" / "unicore-ems-ls-with-stagein.jsdl"),
         "CreateActivity",
     )
+    assert response.status_code == 200, response.text
     (activity_id,) = soap.xpath(soap.body_of(response.content), "//besa:ActivityId/text()")
     warnings = soap.xpath(status_of(service, str(activity_id)), "besa:Warning/text()")
     assert any("put in the order of the schema" in w for w in warnings)
@@ -157,7 +164,14 @@ def test_documents_that_must_fail_fail_and_plain_jobs_run_in_the_default_vm(
     http, ftp = stores
     with live_server(
         tmp_path / "data",
-        extra=["--backend-option=lease_s=10", "--backend-option=heartbeat_s=1"],
+        # file: URIs pass the service's submission check (so the worker's own check, which
+        # allows none, is what refuses gridsam-purestaging-same-filename at run time).
+        extra=[
+            "--backend-option=lease_s=10",
+            "--backend-option=heartbeat_s=1",
+            "--file-root=/tmp",
+            "--file-root=/home/gos",
+        ],
     ) as server:
         worker = WorkerProcess(
             server.url, issue_token(server.data_dir, "corpus"), tmp_path / "w", "--max-vms=2"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from bes.errors import JsdlError, UnsupportedFeature
+from bes.errors import InvalidRequest, JsdlError, UnsupportedFeature
 from bes.jsdl import load_job_definition
 from bes.jsdl.model import (
     Argument,
@@ -16,6 +17,7 @@ from bes.jsdl.model import (
     FileName,
     FileSystemType,
 )
+from bes.jsdl.parse import file_name_problem
 from tests.support.standards import corpus_dir
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "jsdl"
@@ -237,3 +239,52 @@ def test_semantic_errors(description: str, expected: str) -> None:
 def test_empty_job_description_is_a_valid_job() -> None:
     job = load_job_definition(doc(""))
     assert job.job_description.application is None and job.job_name is None
+
+
+def staging(file_name: str, uri: str = "http://example.org/in") -> bytes:
+    return doc(
+        f"<jsdl:DataStaging><jsdl:FileName>{file_name}</jsdl:FileName>"
+        "<jsdl:CreationFlag>overwrite</jsdl:CreationFlag>"
+        f"<jsdl:Source><jsdl:URI>{uri}</jsdl:URI></jsdl:Source></jsdl:DataStaging>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("file_name", "expected"),
+    [
+        ("../outside", "climbs out"),
+        ("a/../../outside", "climbs out"),
+        ("a/..", "climbs out"),
+        ("..\\outside", "climbs out"),
+        ("/etc/passwd", "absolute path"),
+        ("\\\\server\\share\\x", "absolute path"),
+        ("C:\\Windows\\x", "absolute path"),
+        ("", "empty"),
+        ("   ", "empty"),
+        ("a&#9;b", "control character U+0009"),
+        ("a&#x7f;b", "control character U+007F"),
+        ("a&#x85;b", "control character U+0085"),
+    ],
+)
+def test_unsafe_file_names_are_refused_naming_the_element(file_name: str, expected: str) -> None:
+    with pytest.raises(JsdlError, match=re.escape(expected)) as info:
+        load_job_definition(staging(file_name))
+    assert info.value.invalid_elements == (
+        "/jsdl:JobDefinition/jsdl:JobDescription/jsdl:DataStaging/jsdl:FileName",
+    )
+
+
+def test_a_nul_in_a_file_name_is_refused() -> None:
+    # XML 1.0 cannot carry a NUL (not even as &#0;), so the parser refuses the document...
+    with pytest.raises(InvalidRequest):
+        load_job_definition(staging("a&#0;b"))
+    # ...and a name that reached the model some other way is refused by the same rule.
+    assert "U+0000" in (file_name_problem("a\0b") or "")
+
+
+@pytest.mark.parametrize(
+    "file_name", ["out.txt", "dir2/subdir1/file2.txt", "swissprot/", "a..b", "..hidden", "./x"]
+)
+def test_ordinary_file_names_are_taken(file_name: str) -> None:
+    job = load_job_definition(staging(file_name))
+    assert job.job_description.data_staging[0].file_name == file_name
