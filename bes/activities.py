@@ -36,8 +36,10 @@ from bes.errors import (
 from bes.ids import ActivityId, new_activity_id
 from bes.jsdl import codec
 from bes.jsdl.model import JobDefinition
+from bes.jsdl.secrets import redact_document, seal_credentials
 from bes.metrics import Metrics
 from bes.principal import Principal
+from bes.sealing import Sealer
 from bes.states import ActivityState, SubState
 from bes.tracking import Tracker
 
@@ -97,6 +99,9 @@ class Activities:
         clock: Returns the current time (aware, UTC).
         reference_limit: Most activity references listed in the factory attributes.
         metrics: Where submissions are counted.
+        sealer: Seals the staging passwords and bearer tokens of stored jobs (see
+            :mod:`bes.jsdl.secrets`); None stores them as given (documents are redacted
+            either way).
     """
 
     def __init__(
@@ -108,8 +113,10 @@ class Activities:
         clock: Clock = utc_now,
         reference_limit: int = 1000,
         metrics: Metrics | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self._db = db
+        self._sealer = sealer
         self._backends = dict(backends or {})
         if default_backend is not None and default_backend not in self._backends:
             raise ConfigError(f"default backend {default_backend!r} is not configured")
@@ -139,7 +146,8 @@ class Activities:
         Args:
             caller: Becomes the activity's owner.
             job: The parsed job definition.
-            document: The JobDefinition as submitted (returned by GetActivityDocuments).
+            document: The JobDefinition as submitted (returned by GetActivityDocuments,
+                with its passwords and bearer tokens redacted).
             warnings: What was rewritten in it before it was parsed (shown in its status).
 
         Raises:
@@ -159,8 +167,8 @@ class Activities:
             id=activity_id,
             owner=caller.name,
             job_name=job.job_name,
-            document=document,
-            job=codec.to_json(job),
+            document=redact_document(document),
+            job=self._stored_job(job),
             backend=backend,
             at=self._clock(),
             warnings=tuple(warnings),
@@ -206,8 +214,8 @@ class Activities:
                     id=new_activity_id(),
                     owner=caller.name,
                     job_name=job.job_name,
-                    document=child_document,
-                    job=codec.to_json(job),
+                    document=redact_document(child_document),
+                    job=self._stored_job(job),
                     backend=backend,
                     at=at,
                     parent_id=parent,
@@ -218,7 +226,7 @@ class Activities:
             id=parent,
             owner=caller.name,
             job_name=first.job_name if first else None,
-            document=document,
+            document=redact_document(document),
             job="{}",
             backend=None,
             at=at,
@@ -234,6 +242,10 @@ class Activities:
         if backend is not None:
             self.tracker.wakeup.set()
         return parent
+
+    def _stored_job(self, job: JobDefinition) -> str:
+        """The job as stored: JSON, its staging secrets sealed."""
+        return codec.to_json(seal_credentials(job, self._sealer) if self._sealer else job)
 
     async def statuses(
         self, caller: Principal, ids: Sequence[ActivityId]
@@ -260,9 +272,10 @@ class Activities:
     async def documents(
         self, caller: Principal, ids: Sequence[ActivityId]
     ) -> dict[ActivityId, str]:
-        """The JobDefinition documents of the visible activities among ``ids``."""
+        """The JobDefinition documents of the visible activities among ``ids``, secrets
+        redacted (documents are stored so; this catches those stored before that)."""
         found = await self._db.read(rows.get_documents, ids)
-        return {i: doc for i, (r, doc) in found.items() if caller.may_see(r.owner)}
+        return {i: redact_document(doc) for i, (r, doc) in found.items() if caller.may_see(r.owner)}
 
     async def terminate(
         self, caller: Principal, ids: Sequence[ActivityId]

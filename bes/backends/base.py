@@ -50,6 +50,7 @@ from bes.errors import BackendError, SubmitError
 from bes.ids import ActivityId, BackendJobId
 from bes.jsdl.model import JobDefinition
 from bes.metrics import Metrics
+from bes.sealing import Sealer
 from bes.states import ActivityState, SubState
 
 
@@ -141,6 +142,8 @@ class BackendContext:
         loop: The service's event loop, when the backend may schedule work on it.
         options: Backend-specific settings (``--backend-option key=value``).
         metrics: The service's counters (a backend counts what happens only inside it).
+        sealer: Opens the staging secrets sealed in stored jobs (:mod:`bes.jsdl.secrets`),
+            for a backend that hands jobs to their executors; None where nothing is sealed.
     """
 
     db: Database
@@ -148,6 +151,7 @@ class BackendContext:
     loop: asyncio.AbstractEventLoop | None = None
     options: Mapping[str, str] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    sealer: Sealer | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

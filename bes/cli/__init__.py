@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import sys
@@ -13,11 +12,16 @@ from typing import TYPE_CHECKING
 import click
 
 from bes import __version__
+from bes.cli._db import DATA_DIR as _DATA_DIR
+from bes.cli._db import DATABASE_URL as _DATABASE_URL
+from bes.cli._db import database as _database
+from bes.cli.ca import ca
 from bes.cli.jobs import CLIENT_COMMANDS
+from bes.cli.users import user
 from bes.errors import BesError
 
 if TYPE_CHECKING:
-    from bes.db.store import Database
+    from bes.config import ServiceConfig
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -185,8 +189,7 @@ def serve(
 ) -> None:
     """Run the BES service (SOAP at http://HOST:PORT/bes), by default with a desktop grid
     and one local worker, so submitted jobs run in VMs on this machine."""
-    import uvicorn
-
+    from bes import tls
     from bes.app import create_app
     from bes.localworker import LocalWorker
 
@@ -219,8 +222,15 @@ def serve(
         file_roots=file_roots,
         auth_window_s=auth_window_s,
     )
+    _check_exposure(config)
     worker = None
+    scheme = "https" if config.tls else "http"
     try:
+        context = None
+        if config.tls_cert is not None:
+            context = tls.server_context(
+                config.tls_cert, config.tls_key, client_ca=config.tls_client_ca, crl=config.tls_crl
+            )
         app = create_app(config)
         if local_worker and config.backend == "desktopgrid":
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -228,34 +238,51 @@ def serve(
             worker = LocalWorker(
                 data_dir=data_dir,
                 database_url=config.effective_database_url,
-                service_url=f"http://{loopback}:{port}",
+                service_url=f"{scheme}://{loopback}:{port}",
+                server_cert=config.tls_cert,
                 extra=list(worker_options),
             )
             worker.start()
     except BesError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
-        f"bes {__version__}: BES endpoint http://{host}:{port}/bes "
-        f"(WSDL: http://{host}:{port}/bes?wsdl); backend {config.backend or 'none'}"
+        f"bes {__version__}: BES endpoint {scheme}://{host}:{port}/bes "
+        f"(WSDL: {scheme}://{host}:{port}/bes?wsdl); backend {config.backend or 'none'}"
         + ("; with a local worker" if worker else ""),
         err=True,
     )
     try:
-        uvicorn.run(
-            app,
-            host=host,
-            port=port,
-            http="httptools" if importlib.util.find_spec("httptools") else "h11",
-            loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-            lifespan="on",
-            access_log=False,
-            log_config=None,
-            timeout_keep_alive=30,
-            server_header=False,
-        )
+        started = tls.run(app, host=host, port=port, context=context)
     finally:
         if worker is not None:
             worker.stop()
+    if not started:
+        sys.exit(3)
+
+
+def _check_exposure(config: ServiceConfig) -> None:
+    """Refuse to put the service on a network without users, and without TLS (on the
+    service, or at a trusted proxy) unless --insecure says it is a lab."""
+    from bes.authn import is_loopback
+    from bes.db import user_rows
+
+    if is_loopback(config.host):
+        return
+    where = f"--host {config.host}"
+    if not (config.tls or config.trusted_proxies or config.insecure):
+        raise click.ClickException(
+            f"{where} would put the service on a network without TLS: give --tls-cert and "
+            "--tls-key (bes ca makes a test CA), or run it behind a TLS-terminating proxy "
+            "(--trusted-proxy ADDRESS); --insecure allows plain HTTP for a lab"
+        )
+    with _database(config.data_dir, config.database_url) as db:
+        users = db.read_sync(user_rows.count_users)
+    if not users:
+        raise click.ClickException(
+            f"{where} needs users first, or anyone could use the service: "
+            f"bes user add NAME --admin --data-dir {config.data_dir} "
+            "(without users, only a loopback address is served, to anyone on this machine)"
+        )
 
 
 @main.command("worker")
@@ -316,6 +343,18 @@ def serve(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A directory that file: staging URIs may name (repeatable; default none).",
 )
+@click.option(
+    "--ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM certificates the service's HTTPS certificate must chain to "
+    "(default: the system's CAs).",
+)
+@click.option(
+    "--tls-server-name",
+    metavar="NAME",
+    help="The name the service's certificate must be valid for, when --service reaches it "
+    "by another (e.g. an address).",
+)
 @click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone.")
 def worker_command(
     service_url: str,
@@ -331,6 +370,8 @@ def worker_command(
     hypervisors: tuple[str, ...],
     accel: str,
     file_roots: tuple[Path, ...],
+    ca_file: Path | None,
+    tls_server_name: str | None,
     parent_pid: int | None,
 ) -> None:
     """Pull jobs from a bes service and run them in VMs on this machine.
@@ -360,6 +401,8 @@ def worker_command(
         hypervisors=tuple(Hypervisor(h) for h in hypervisors),
         accelerator=accel,
         file_roots=tuple(root.resolve() for root in file_roots),
+        ca_file=ca_file.resolve() if ca_file is not None else None,
+        tls_server_name=tls_server_name,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -378,29 +421,6 @@ def worker_command(
 @main.group("worker-token")
 def worker_token() -> None:
     """Issue and revoke the tokens workers sign in with (run on the service's machine)."""
-
-
-_DATA_DIR = click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("bes-data"),
-    show_default=True,
-    help="The service's data directory (its embedded database).",
-)
-_DATABASE_URL = click.option(
-    "--database-url", envvar="BES_DATABASE_URL", help="The service's database, if not embedded."
-)
-
-
-def _database(data_dir: Path, database_url: str | None) -> Database:
-    from bes.db.engine import default_url
-    from bes.db.store import Database
-
-    if database_url is None and not (data_dir / "bes.sqlite3").exists():
-        raise click.ClickException(f"no service database in {data_dir} (see --data-dir)")
-    db = Database(database_url or default_url(data_dir))
-    db.migrate()
-    return db
 
 
 @worker_token.command("create")
@@ -541,3 +561,5 @@ def vm_run(
 
 for _command in CLIENT_COMMANDS:
     main.add_command(_command)
+main.add_command(user)
+main.add_command(ca)

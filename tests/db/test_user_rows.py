@@ -36,7 +36,7 @@ def test_a_certificate_finds_its_user_by_fingerprint_before_subject(db: Database
         (UserRow(name="pinned", certificate_subject="CN=A", certificate_fingerprint="f" * 64), NOW),
     )
     by_print = db.read_sync(user_rows.users_by_certificate, "CN=A", "f" * 64)
-    assert [u.name for u in by_print][0] == "pinned"
+    assert by_print[0].name == "pinned"
     by_subject = db.read_sync(user_rows.users_by_certificate, "CN=A", "0" * 64)
     assert sorted(u.name for u in by_subject) == ["a", "pinned"]
     assert db.read_sync(user_rows.users_by_certificate, None, "0" * 64) == []

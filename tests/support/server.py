@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -33,8 +34,14 @@ class LiveServer:
         port: int | None = None,
         extra: list[str] | None = None,
         local_worker: bool = False,
+        verbose: int = 0,
+        ca_file: Path | None = None,
     ):
         self.data_dir = data_dir
+        # With a CA file the server speaks HTTPS (give it --tls-cert and --tls-key in extra).
+        self.tls = ssl.create_default_context(cafile=ca_file) if ca_file is not None else None
+        self.verbose = verbose
+        """``bes -v`` (INFO, the default) or ``-vv`` (DEBUG) into the log."""
         self.port = port or free_port()
         # Tests of the SOAP edge run no VMs: no local worker unless a test asks for one.
         self.extra = (extra or []) + ([] if local_worker else ["--no-local-worker"])
@@ -43,7 +50,7 @@ class LiveServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def endpoint(self) -> str:
@@ -64,6 +71,7 @@ class LiveServer:
             sys.executable,
             "-m",
             "bes",
+            *(["-" + "v" * self.verbose] if self.verbose else []),
             "serve",
             "--host",
             "127.0.0.1",
@@ -87,7 +95,8 @@ class LiveServer:
                     f"bes serve exited with {self.proc.returncode}:\n{self.log.read_text()}"
                 )
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                health = httpx.get(self.url + "/healthz", timeout=1.0, verify=self.tls or True)
+                if health.status_code == 200:
                     return self
             time.sleep(0.05)
         self.stop()

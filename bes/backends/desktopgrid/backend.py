@@ -40,6 +40,7 @@ from bes.errors import BackendError, BesError, ConfigError, StoreError
 from bes.ids import ActivityId, BackendJobId
 from bes.jsdl.model import JobDefinition
 from bes.metrics import Metrics
+from bes.sealing import Sealer
 from bes.vm.images import ImageError
 from bes.vm.repository import TINY, TINY_TEMPLATE, Catalog
 
@@ -74,6 +75,7 @@ class DesktopGridBackend(Backend):
             the service keeps a single writer.
         clock: The current time (aware, UTC).
         metrics: Where claims, lease expiries, VM starts and failed runs are counted.
+        sealer: Opens the sealed staging secrets of a job for the worker that leases it.
     """
 
     name = "desktopgrid"
@@ -99,6 +101,7 @@ class DesktopGridBackend(Backend):
         loop: asyncio.AbstractEventLoop | None = None,
         clock: Callable[[], dt.datetime] = utc_now,
         metrics: Metrics | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         if config.heartbeat_s >= config.lease_s:
             raise ConfigError("the heartbeat period must be shorter than the lease")
@@ -121,6 +124,7 @@ class DesktopGridBackend(Backend):
             clock=lambda: self.clock(),  # noqa: PLW0108
             changed=self._changed,
             metrics=self.metrics,
+            sealer=sealer,
         )
 
     @classmethod
@@ -140,7 +144,9 @@ class DesktopGridBackend(Backend):
             catalog_path=context.data_dir / "templates.json",
             **numbers,
         )
-        return cls(context.db, config, loop=context.loop, metrics=context.metrics)
+        return cls(
+            context.db, config, loop=context.loop, metrics=context.metrics, sealer=context.sealer
+        )
 
     # ------------------------------------------------------------------ Backend verbs
 
