@@ -38,7 +38,13 @@ from zeep.wsse.compose import Compose
 
 from bes.client import _envelope, jsdl
 from bes.client._http import describe_failure, raise_for_http
-from bes.client.auth import Credential, X509Signature, tls_client_certificate, wsse_plugins
+from bes.client.auth import (
+    Credential,
+    UsernameToken,
+    X509Signature,
+    tls_client_certificate,
+    wsse_plugins,
+)
 from bes.client.faults import (
     ClientError,
     InvalidJsdl,
@@ -103,6 +109,16 @@ class BESClient:
         self._session.verify = str(ca_file) if ca_file else verify_tls
         self._session.cert = tls_client_certificate(credentials)
         self._session.headers["User-Agent"] = "bes-client"
+        # The plain HTTP routes (kept outputs, the image catalog) take HTTP Basic; it is sent
+        # only over https, where a service accepts it (a password never goes out in clear).
+        self._basic = next(
+            (
+                (c.username, c.password)
+                for c in credentials
+                if isinstance(c, UsernameToken) and c.password is not None
+            ),
+            None,
+        )
         self._wsse = wsse_plugins(credentials)
         self._verifies = any(
             isinstance(c, X509Signature) and c.verify_file is not None for c in credentials
@@ -347,7 +363,9 @@ class BESClient:
 
     def _get_json(self, url: str) -> Any:
         try:
-            response = self._session.get(url, timeout=self.timeout_s, verify=self._session.verify)
+            response = self._session.get(
+                url, timeout=self.timeout_s, verify=self._session.verify, auth=self._auth_for(url)
+            )
         except requests.RequestException as exc:
             raise describe_failure(exc, url, self.timeout_s) from exc
         raise_for_http(response, url, soap=False)
@@ -356,12 +374,22 @@ class BESClient:
         except ValueError as exc:
             raise ProtocolProblem(f"{url} did not answer JSON") from exc
 
+    def _auth_for(self, url: str) -> tuple[str, str] | None:
+        """HTTP Basic credentials for a GET of ``url``: only over https."""
+        if self._basic is None or not url.lower().startswith("https://"):
+            return None
+        return self._basic
+
     def _download(self, url: str, path: Path) -> int:
         url = urljoin(self.url, url)
         partial = path.with_name(path.name + ".partial")
         try:
             with self._session.get(
-                url, timeout=self.timeout_s, stream=True, verify=self._session.verify
+                url,
+                timeout=self.timeout_s,
+                stream=True,
+                verify=self._session.verify,
+                auth=self._auth_for(url),
             ) as response:
                 raise_for_http(response, url, soap=False)
                 size = 0

@@ -194,7 +194,7 @@ class ImageRepository:
             return self._boot_image(template), template
         if ref.uri is None or ref.sha256 is None or ref.format is None:
             raise ImageError("a user image needs its URI, sha256 and format")
-        path = self.cache.fetch(ref.uri, ref.sha256)
+        path = self.cache.fetch(ref.uri, ref.sha256, ref.format)
         return BootImage(disk=Disk(path, ref.format, read_only=True)), None
 
     def _boot_image(self, template: Template) -> BootImage:
@@ -203,9 +203,9 @@ class ImageRepository:
             if template.format is None:
                 raise ImageError(f"template {template.name} names no disk format")
             if template.uri is not None:
-                path = self.cache.fetch(template.uri, template.sha256)
+                path = self.cache.fetch(template.uri, template.sha256, template.format)
             elif self.cache.has(template.sha256):
-                path = self.cache.path(template.sha256)
+                path = self.cache.disk(template.sha256, template.format)
             else:
                 raise ImageError(f"template {template.name} is neither cached nor downloadable")
             disk = Disk(path, template.format, read_only=True)

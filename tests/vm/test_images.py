@@ -58,8 +58,8 @@ def test_an_image_is_downloaded_once(
     _, sha = image(www / "disk.img")
     cache = ImageCache(tmp_path / "cache")
 
-    first = cache.fetch(f"{base_url}/disk.img", sha)
-    second = cache.fetch(f"{base_url}/disk.img", sha)
+    first = cache.fetch(f"{base_url}/disk.img", sha, ImageFormat.RAW)
+    second = cache.fetch(f"{base_url}/disk.img", sha, ImageFormat.RAW)
 
     assert first == second == cache.path(sha)
     assert file_sha256(first) == sha
@@ -73,7 +73,7 @@ def test_a_checksum_mismatch_leaves_nothing_behind(tmp_path: Path) -> None:
     cache = ImageCache(tmp_path / "cache")
     wrong = "0" * 64
     with pytest.raises(ImageError, match=f"not {wrong}"):
-        cache.fetch(source.as_uri(), wrong)
+        cache.fetch(source.as_uri(), wrong, ImageFormat.RAW)
     assert not cache.has(wrong)
     assert list((tmp_path / "cache" / "objects").iterdir()) == []
 
@@ -88,7 +88,7 @@ def test_a_checksum_mismatch_leaves_nothing_behind(tmp_path: Path) -> None:
 )
 def test_bad_references_are_clear_errors(tmp_path: Path, uri: str, sha: str, message: str) -> None:
     with pytest.raises(ImageError, match=message):
-        ImageCache(tmp_path / "cache").fetch(uri, sha)
+        ImageCache(tmp_path / "cache").fetch(uri, sha, ImageFormat.QCOW2)
 
 
 def test_least_recently_used_images_are_evicted_but_not_those_in_use(tmp_path: Path) -> None:
