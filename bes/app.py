@@ -33,10 +33,13 @@ import time
 from typing import Any, Final
 
 from bes import __version__
+from bes.accounts import Accounts
 from bes.activities import Activities
+from bes.authn import SitePolicy, is_loopback
 from bes.backends.base import Backend, BackendContext
 from bes.backends.desktopgrid import DesktopGridBackend
 from bes.backends.registry import backend_class
+from bes.certs import CertificateTrust
 from bes.config import ServiceConfig
 from bes.db.store import Database
 from bes.errors import NotAuthorized
@@ -52,13 +55,14 @@ from bes.http import (
     read_body,
     respond,
 )
-from bes.identity import AnonymousPolicy, IdentityPolicy, transport_of
+from bes.identity import AnonymousPolicy, IdentityPolicy, request_scheme, transport_of
 from bes.metrics import CONTENT_TYPE as METRICS_TYPE
 from bes.metrics import Metrics
 from bes.overview import Overview
 from bes.principal import Principal
 from bes.results import serve_outputs
 from bes.schemas import schema_file
+from bes.sealing import Sealer
 from bes.soap import CLIENT, SoapFault, render_fault
 from bes.statuspage import STATUS_PATH, serve_status
 from bes.vm.images import ImageError
@@ -87,7 +91,10 @@ class BesApp:
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
-        self.identity = identity or AnonymousPolicy()
+        self._trusted_proxies = frozenset(config.trusted_proxies)
+        self._given_identity = identity
+        self.identity: IdentityPolicy = identity or AnonymousPolicy()
+        self.accounts: Accounts | None = None
         self.metrics = metrics or Metrics(version=__version__)
         self._backends = backends
         self.db: Database | None = None
@@ -95,6 +102,7 @@ class BesApp:
         self.factory: Factory | None = None
         self.workers: WorkerApi | None = None
         self.overview: Overview | None = None
+        self.sealer: Sealer | None = None
         self._stop = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
 
@@ -107,6 +115,11 @@ class BesApp:
             config.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(config.effective_database_url)
         await asyncio.to_thread(db.migrate)
+        # One key for every secret at rest (staging credentials of jobs, PasswordDigest).
+        sealer = await asyncio.to_thread(
+            Sealer.from_file, config.effective_secret_key_file, create=True
+        )
+        self.sealer = sealer
         backends = self._backends
         if backends is None:
             backends = {}
@@ -117,11 +130,18 @@ class BesApp:
                     loop=asyncio.get_running_loop(),
                     options=config.backend_options,
                     metrics=self.metrics,
+                    sealer=sealer,
                 )
                 backends[config.backend] = backend_class(config.backend).build(context)
         self.db = db
+        if self._given_identity is None:
+            self.identity = await asyncio.to_thread(self._site_policy, db)
         self.activities = Activities(
-            db, backends=backends, default_backend=config.backend, metrics=self.metrics
+            db,
+            backends=backends,
+            default_backend=config.backend,
+            metrics=self.metrics,
+            sealer=sealer,
         )
         self.overview = Overview(self.activities, db)
         self.factory = Factory(
@@ -130,12 +150,37 @@ class BesApp:
             resource=_describe(config),
             strict=config.strict_jsdl,
             sweep_limit=config.sweep_limit,
+            file_roots=config.file_roots,
         )
         grid = next((b for b in backends.values() if isinstance(b, DesktopGridBackend)), None)
         self.workers = WorkerApi(grid.gateway) if grid is not None else None
         self._stop.clear()
         self._loop_task = asyncio.create_task(self.activities.run(self._stop), name="bes-backends")
         log.info("bes ready: database %s, backend %s", _redact(db.url), config.backend or "none")
+
+    def _site_policy(self, db: Database) -> IdentityPolicy:
+        """The identity policy of a site: users in the database, the client CA (blocking:
+        reads key and certificate files)."""
+        config = self.config
+        if config.insecure:
+            log.warning(
+                "INSECURE: --insecure lets passwords cross the network in clear (no TLS); "
+                "for a lab only"
+            )
+        assert self.sealer is not None
+        self.accounts = Accounts(db, self.sealer)
+        trust = None
+        if config.tls_client_ca is not None:
+            trust = CertificateTrust.from_files(config.tls_client_ca, crl_file=config.tls_crl)
+        return SitePolicy(
+            self.accounts,
+            trust=trust,
+            always=not is_loopback(config.host),
+            insecure=config.insecure,
+            window_s=config.auth_window_s,
+            algorithms=config.signature_algorithms,
+            metrics=self.metrics,
+        )
 
     async def shutdown(self) -> None:
         """Stop the backend loop, finish pending writes, close everything."""
@@ -221,7 +266,8 @@ class BesApp:
         elif path.startswith(SCHEMA_PATH) and method in ("GET", "HEAD"):
             await self._schema(path[len(SCHEMA_PATH) :], send)
         elif path == "/bes/images" and method in ("GET", "HEAD"):
-            await self._images(send)
+            if await self._http_caller(scope, send) is not None:
+                await self._images(send)
         elif path == "/healthz" and method in ("GET", "HEAD"):
             await self._health(send)
         else:
@@ -248,7 +294,7 @@ class BesApp:
             body,
             soap_action=headers.get("soapaction"),
             endpoint=self._endpoint(scope),
-            transport=transport_of(scope, headers),
+            transport=transport_of(scope, headers, trusted_proxies=self._trusted_proxies),
             dialect=dialect,
         )
         await respond(send, answer.status, answer.envelope, XML)
@@ -261,9 +307,12 @@ class BesApp:
             await respond(send, 503, b"starting up\n", TEXT)
             return None
         try:
-            return await self.identity.identify(transport_of(scope, headers_of(scope)), None)
+            transport = transport_of(
+                scope, headers_of(scope), trusted_proxies=self._trusted_proxies
+            )
+            return await self.identity.identify(transport, None)
         except NotAuthorized as exc:
-            await respond(send, 401, f"{exc}\n".encode(), TEXT)
+            await respond(send, 401, f"{exc}\n".encode(), TEXT, extra=[_CHALLENGE])
             return None
 
     async def _status(self, scope: Scope, send: Send) -> None:
@@ -328,7 +377,8 @@ class BesApp:
         if not host:
             server = scope.get("server") or (self.config.host, self.config.port)
             host = f"{server[0]}:{server[1]}"
-        return f"{scope.get('scheme', 'http')}://{host}"
+        scheme = request_scheme(scope, headers_of(scope), trusted_proxies=self._trusted_proxies)
+        return f"{scheme}://{host}"
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -347,6 +397,7 @@ class BesApp:
                 return
 
 
+_CHALLENGE: Final = (b"www-authenticate", b'Basic realm="bes", charset="UTF-8"')
 _FACTORY_FAULT: Final = "http://schemas.ggf.org/bes/2006/08/bes-factory/BESFactoryPortType/Fault"
 _OTHER: Final = "other"
 _WORKER_CALLS: Final = frozenset(

@@ -70,6 +70,18 @@ class NotAuthorized(BesError):
     """The caller may not perform this operation."""
 
 
+class UntrustedCertificate(NotAuthorized):
+    """A client certificate does not chain to a trusted CA, has expired, was revoked, or
+    breaks the proxy rules. The message says which, for the log; the caller is told only
+    "not authorized".
+
+    Attributes:
+        reason: A label for the failure counters (the message holds the details).
+    """
+
+    reason = "untrusted_certificate"
+
+
 class NotAcceptingNewActivities(BesError):
     """CreateActivity while the factory is not accepting new activities."""
 

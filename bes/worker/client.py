@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import requests
+import requests.adapters
 import requests.auth
 
 from bes.errors import BesError, LeaseLost
@@ -61,12 +63,26 @@ class ServiceClient:
     Args:
         base_url: The service's base URL, e.g. ``http://127.0.0.1:8080``.
         token: This worker's token.
+        ca_file: PEM certificates the service's HTTPS certificate must chain to; each is a
+            trust anchor (a self-signed or pinned server certificate works too). None: the
+            system's CAs.
+        server_name: The name the service's certificate must carry when the URL reaches the
+            service by another (sent as SNI too); None: the URL's host.
     """
 
-    def __init__(self, base_url: str, token: str) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        ca_file: Path | None = None,
+        server_name: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token.strip()
         self._local = threading.local()
+        self._ca_file = ca_file
+        self._server_name = server_name
 
     # ------------------------------------------------------------------ calls
 
@@ -205,6 +221,8 @@ class ServiceClient:
                 headers=dict(headers or {}),
                 auth=auth,
                 timeout=(10.0, timeout_s),
+                # Given here, not on the session: REQUESTS_CA_BUNDLE would replace the latter.
+                verify=str(self._ca_file) if self._ca_file is not None else True,
             )
         except requests.RequestException as exc:
             raise ServiceUnavailable(f"cannot reach {self.base_url}: {_reason(exc)}") from exc
@@ -223,6 +241,8 @@ class ServiceClient:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()  # proxies from the environment apply, as users expect
+            if self._ca_file is not None or self._server_name is not None:
+                session.mount("https://", _TlsAdapter(self._ca_file, self._server_name))
             self._local.session = session
         return session
 
@@ -244,6 +264,27 @@ def _works(leases: list[dict[str, Any]]) -> list[Work]:
             )
         )
     return work
+
+
+class _TlsAdapter(requests.adapters.HTTPAdapter):
+    """HTTPS to the service with its own trust anchors and, if asked, its certificate checked
+    against ``server_name`` instead of the URL's host."""
+
+    def __init__(self, ca_file: Path | None, server_name: str | None) -> None:
+        self._context = ssl.create_default_context(
+            cafile=str(ca_file) if ca_file is not None else None
+        )
+        # Every certificate in the file is an anchor (Python 3.13's default), so a pinned
+        # server certificate or an intermediate works without its root.
+        self._context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        self._server_name = server_name
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        if self._server_name is not None:
+            kwargs["server_hostname"] = self._server_name
+        super().init_poolmanager(*args, **kwargs)
 
 
 class _Bearer(requests.auth.AuthBase):

@@ -28,6 +28,10 @@ class WorkerConfig:
         hypervisors: Hypervisors to use, preferred first; empty: whatever works here.
         accelerator: QEMU accelerator (auto, kvm, tcg).
         file_roots: Directories that ``file:`` staging URIs may name; none by default.
+        ca_file: PEM certificates that the service's HTTPS certificate must chain to (any
+            of them is a trust anchor, also a server certificate itself); None: the system's.
+        tls_server_name: The name the service's certificate must be valid for, when the URL
+            reaches it by another (e.g. an address); None: the URL's host.
         max_backoff_s: Longest wait between attempts to reach the service.
         stop_grace_s: On shutdown, how long to wait for jobs to hand back.
     """
@@ -45,5 +49,7 @@ class WorkerConfig:
     hypervisors: tuple[Hypervisor, ...] = ()
     accelerator: str = "auto"
     file_roots: tuple[Path, ...] = ()
+    ca_file: Path | None = None
+    tls_server_name: str | None = None
     max_backoff_s: float = 60.0
     stop_grace_s: float = 30.0

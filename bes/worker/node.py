@@ -54,7 +54,12 @@ class Worker:
 
     def __init__(self, config: WorkerConfig, *, client: ServiceClient | None = None) -> None:
         self.config = config
-        self.client = client or ServiceClient(config.service, config.token)
+        self.client = client or ServiceClient(
+            config.service,
+            config.token,
+            ca_file=config.ca_file,
+            server_name=config.tls_server_name,
+        )
         self.defaults = VmDefaults()
         self.drivers: dict[Hypervisor, HypervisorDriver] = {}
         self.hosts: dict[Hypervisor, HostInfo] = {}

@@ -6,8 +6,8 @@ WS-Security are in test_authentication.py."""
 from __future__ import annotations
 
 import base64
-import re
 import datetime as dt
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -162,17 +163,22 @@ def test_plan_takes_the_smaller_wall_time_and_the_template_minimum_memory(tmp_pa
 
 
 def test_an_output_outside_the_job_directory_is_refused() -> None:
-    job = load_job_definition(
+    """The service refuses such a FileName at submission; the worker checks again, for a job
+    that reaches it some other way (an older service, a hand-made job)."""
+    parsed = load_job_definition(
         doc(
             """<jsdl:Application><posix:POSIXApplication>
               <posix:Executable>/bin/true</posix:Executable></posix:POSIXApplication>
             </jsdl:Application>
-            <jsdl:DataStaging><jsdl:FileName>../../etc/shadow</jsdl:FileName>
+            <jsdl:DataStaging><jsdl:FileName>loot</jsdl:FileName>
               <jsdl:CreationFlag>overwrite</jsdl:CreationFlag>
               <jsdl:Target><jsdl:URI>http://x.example.org/loot</jsdl:URI></jsdl:Target>
             </jsdl:DataStaging>"""
         )
     )
+    description = parsed.job_description
+    staging = replace(description.data_staging[0], file_name="../../etc/shadow")
+    job = replace(parsed, job_description=replace(description, data_staging=(staging,)))
     with pytest.raises(UnsupportedFeature, match="outside the job directory"):
         guest_task(job)
 
