@@ -73,8 +73,9 @@ class Refused(NotAuthorized):
 
 class Throttle:
     """Slows down sources that keep failing to authenticate: past
-    :data:`FAILURES_BEFORE_DELAY` failures within the window, each request from the source
-    waits, twice as long for every further failure, up to :data:`MAX_DELAY_S`."""
+    :data:`FAILURES_BEFORE_DELAY` failures within the window, each further refusal to the
+    source is answered late, twice as late for every further failure, up to
+    :data:`MAX_DELAY_S`."""
 
     def __init__(self) -> None:
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
@@ -83,7 +84,7 @@ class Throttle:
         """How long a request from ``source`` should wait before it is looked at."""
         recent = self._recent(source)
         excess = len(recent) - FAILURES_BEFORE_DELAY
-        return 0.0 if excess < 0 else min(MAX_DELAY_S, 0.1 * 2**excess)
+        return 0.0 if excess <= 0 else min(MAX_DELAY_S, 0.1 * 2 ** (excess - 1))
 
     def failed(self, source: str) -> None:
         """Count a failure of ``source``."""
@@ -149,11 +150,6 @@ class SitePolicy:
         if not self._secured:
             return ANONYMOUS
         source = _host(transport.client)
-        delay = self.throttle.delay_s(source)
-        if delay:
-            if self.metrics is not None:
-                self.metrics.auth_throttled.inc()
-            await asyncio.sleep(delay)
         try:
             return await self._authenticate(transport, request)
         except Refused as exc:
@@ -167,6 +163,13 @@ class SitePolicy:
         if self.metrics is not None:
             self.metrics.auth_failure(reason)
         self.throttle.failed(source)
+        # A source that keeps failing waits for its refusals; those who sign in do not wait
+        # (password guesses are also bounded by the argon2 verifications run at once).
+        delay = self.throttle.delay_s(source)
+        if delay:
+            if self.metrics is not None:
+                self.metrics.auth_throttled.inc()
+            await asyncio.sleep(delay)
         raise NotAuthorized("not authorized")
 
     async def _authenticate(self, transport: Transport, request: SoapRequest | None) -> Principal:

@@ -18,6 +18,23 @@ WSA_2004: Final = "http://schemas.xmlsoap.org/ws/2004/08/addressing"
 WSAM: Final = "http://www.w3.org/2007/05/addressing/metadata"
 WSSE: Final = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
 WSU: Final = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
+# WS-Security 1.1 (Salt, Iteration, SignatureConfirmation): recognised only to be refused.
+WSSE11: Final = "http://docs.oasis-open.org/wss/oasis-wss-wssecurity-secext-1.1.xsd"
+# Token profile and message security URIs; the value and encoding types append "#Name".
+WSS_USERNAME_PROFILE: Final = (
+    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
+)
+WSS_X509_PROFILE: Final = (
+    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-x509-token-profile-1.0"
+)
+WSS_SOAP_MESSAGE_SECURITY: Final = (
+    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0"
+)
+# XML Signature; its algorithm identifiers are these URIs plus "#name" (or DS + "name").
+DS: Final = "http://www.w3.org/2000/09/xmldsig#"
+XMLDSIG_MORE: Final = "http://www.w3.org/2001/04/xmldsig-more"
+XMLENC: Final = "http://www.w3.org/2001/04/xmlenc"
+EXC_C14N: Final = "http://www.w3.org/2001/10/xml-exc-c14n#"
 XSI: Final = "http://www.w3.org/2001/XMLSchema-instance"
 XSD: Final = "http://www.w3.org/2001/XMLSchema"
 XML: Final = "http://www.w3.org/XML/1998/namespace"
@@ -57,6 +74,8 @@ PREFIXES: Final[dict[str, str]] = {
     "ac": HPCP_AC,
     "fs": HPCP_FS,
     "wsse": WSSE,
+    "wsu": WSU,
+    "ds": DS,
     "besa": BES_ACTIVITY,
     "vm": BES_VM,
     "jsdl-u": UNICORE_JSDL,

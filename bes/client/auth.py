@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from zeep import wsse
-from zeep.wsse.utils import WSU
+from zeep.wsse.utils import WSU, get_security_header
 
 from bes.client.faults import ClientError
 
@@ -150,6 +150,11 @@ class _Signer:
         self._verify_file = verify_file
 
     def apply(self, envelope: Any, headers: Any) -> Any:
+        # zeep signs the Timestamp only if one is there already, and services that check
+        # signatures (this one included) require a signed Timestamp against replays.
+        security = get_security_header(envelope)
+        if security.find(WSU.Timestamp().tag) is None:
+            security.append(_timestamp())
         return self._signature.apply(envelope, headers)
 
     def verify(self, envelope: Any) -> Any:
@@ -165,7 +170,7 @@ def _signer(credential: X509Signature) -> _Signer:
     # Imported here: xmlsec refuses to load when its libxml2 differs from lxml's, and that
     # must not break the clients that do not sign.
     try:
-        import xmlsec  # noqa: F401, PLC0415 - zeep would only say so when signing
+        import xmlsec  # noqa: PLC0415 - zeep would only say so when signing
         from zeep.wsse.signature import BinarySignature  # noqa: PLC0415
     except Exception as exc:
         raise ClientError(
@@ -175,7 +180,11 @@ def _signer(credential: X509Signature) -> _Signer:
     _readable(credential.cert_file, "signing certificate")
     try:
         signature = BinarySignature(
-            str(credential.key_file), str(credential.cert_file), credential.key_password
+            str(credential.key_file),
+            str(credential.cert_file),
+            credential.key_password,
+            signature_method=xmlsec.Transform.RSA_SHA256,
+            digest_method=xmlsec.Transform.SHA256,
         )
     except Exception as exc:  # xmlsec raises its own Error types for unreadable keys
         raise ClientError(f"cannot load the signing key {credential.key_file}: {exc}") from exc

@@ -9,10 +9,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Final
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from bes.db.prepared import Prepared, db_time
 from bes.db.tables import seen_nonce, service_user
 
 
@@ -140,25 +142,44 @@ def remove_user(conn: Connection, items: Sequence[str]) -> list[bool]:
     ]
 
 
+def _upsert(dialect_insert: Any) -> Prepared:
+    statement = dialect_insert(seen_nonce).values(
+        key=bindparam("key"), expires_at=bindparam("expires_at")
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[seen_nonce.c.key],
+        set_={"expires_at": statement.excluded.expires_at},
+        where=seen_nonce.c.expires_at < bindparam("now"),
+    )
+    return Prepared(statement.returning(seen_nonce.c.key))
+
+
+# One statement on both dialects (the same SQL: INSERT … ON CONFLICT (key) DO UPDATE … WHERE
+# … RETURNING key), built by each dialect's own insert and compiled once: it is on the path
+# of every authenticated request.
+_REMEMBER: Final = {"sqlite": _upsert(sqlite.insert), "postgresql": _upsert(postgresql.insert)}
+
+
 def remember_nonces(
     conn: Connection, items: Sequence[tuple[str, dt.datetime, dt.datetime]]
 ) -> list[bool]:
     """Record keys ``(key, expires_at, now)``; True where the key is new (or its earlier use
     has expired), False for a replay. One statement per key, atomic on both dialects, so two
     replicas that see the same nonce at once cannot both take it."""
-    dialect = conn.dialect.name
-    out = []
-    for key, expires_at, now in items:
-        statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(
-            seen_nonce
-        ).values(key=key, expires_at=expires_at)
-        statement = statement.on_conflict_do_update(
-            index_elements=[seen_nonce.c.key],
-            set_={"expires_at": statement.excluded.expires_at},
-            where=seen_nonce.c.expires_at < now,
+    statement = _REMEMBER[conn.dialect.name]
+    return [
+        bool(
+            statement.fetchall(
+                conn,
+                {
+                    "key": key,
+                    "expires_at": db_time(conn, expires_at),
+                    "now": db_time(conn, now),
+                },
+            )
         )
-        out.append(conn.execute(statement.returning(seen_nonce.c.key)).first() is not None)
-    return out
+        for key, expires_at, now in items
+    ]
 
 
 def purge_nonces(conn: Connection, items: Sequence[dt.datetime]) -> list[int]:

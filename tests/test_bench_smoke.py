@@ -1,0 +1,36 @@
+"""bench/security_bench.py runs as an operator would set a secure service up (bes ca, bes user
+add, bes serve --tls-cert ...), and every authenticated request it sends is accepted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "security_bench.py"
+
+
+@pytest.mark.slow
+def test_security_bench_quick_run_is_accepted_in_every_mode(tmp_path: Path) -> None:
+    figures = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--clients", "8", "--json", str(figures)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    results = json.loads(figures.read_text())
+    assert set(results) == {"plain", "digest", "signed"}
+    for mode, levels in results.items():
+        phase = levels["8"]
+        assert phase["skipped"] is None, (mode, phase["first_error"])
+        assert phase["errors"] == 0, (mode, phase["first_error"])
+        assert phase["requests"] > 50, (mode, phase)
+        assert phase["p99_ms"] >= phase["p50_ms"] > 0
+    assert "digest at 8 clients:" in done.stdout
+    assert "signed at 8 clients:" in done.stdout
