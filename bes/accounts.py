@@ -104,6 +104,9 @@ class Accounts:
         self._by_certificate: _Expiring[tuple[str | None, str], UserRow | None] = _Expiring(
             LOOKUP_TTL_S
         )
+        # Opened PasswordDigest passwords, by their sealed text (a digest check costs a
+        # decryption otherwise); kept as briefly as lookups, in this process's memory only.
+        self._opened: _Expiring[str, str] = _Expiring(LOOKUP_TTL_S)
         self._any: tuple[float, bool] = (0.0, False)
         self._key = secrets.token_bytes(32)  # keys the verification cache; never leaves memory
         self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
@@ -199,8 +202,13 @@ class Accounts:
         """The user's password for a PasswordDigest check; None if they have none kept."""
         if user.password_sealed is None:
             return None
+        hit, opened = self._opened.get(user.password_sealed)
+        if hit and opened is not None:
+            return opened
         try:
-            return self.sealer.open(user.password_sealed)
+            opened = self.sealer.open(user.password_sealed)
+            self._opened.put(user.password_sealed, opened)
+            return opened
         except UnsealError as exc:
             raise ConfigError(
                 f"the password of user {user.name} was sealed with another key: {exc}"
@@ -218,6 +226,7 @@ class Accounts:
     def forget_cached(self) -> None:
         """Drop every cached lookup and verification (tests, and after administration)."""
         self._verified.clear()
+        self._opened.clear()
         self._users.clear()
         self._by_certificate.clear()
         self._any = (0.0, False)

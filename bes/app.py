@@ -38,6 +38,7 @@ from bes.activities import Activities
 from bes.authn import SitePolicy, is_loopback
 from bes.backends.base import Backend, BackendContext
 from bes.backends.desktopgrid import DesktopGridBackend
+from bes.backends.desktopgrid.gateway import WorkerGateway
 from bes.backends.registry import backend_class
 from bes.certs import CertificateTrust
 from bes.config import ServiceConfig
@@ -55,7 +56,7 @@ from bes.http import (
     read_body,
     respond,
 )
-from bes.identity import AnonymousPolicy, IdentityPolicy, request_scheme, transport_of
+from bes.identity import AnonymousPolicy, IdentityPolicy, bearer_token, request_scheme, transport_of
 from bes.metrics import CONTENT_TYPE as METRICS_TYPE
 from bes.metrics import Metrics
 from bes.overview import Overview
@@ -95,6 +96,7 @@ class BesApp:
         self._given_identity = identity
         self.identity: IdentityPolicy = identity or AnonymousPolicy()
         self.accounts: Accounts | None = None
+        self._gateway: WorkerGateway | None = None
         self.metrics = metrics or Metrics(version=__version__)
         self._backends = backends
         self.db: Database | None = None
@@ -153,6 +155,7 @@ class BesApp:
             file_roots=config.file_roots,
         )
         grid = next((b for b in backends.values() if isinstance(b, DesktopGridBackend)), None)
+        self._gateway = grid.gateway if grid is not None else None
         self.workers = WorkerApi(grid.gateway) if grid is not None else None
         self._stop.clear()
         self._loop_task = asyncio.create_task(self.activities.run(self._stop), name="bes-backends")
@@ -266,7 +269,7 @@ class BesApp:
         elif path.startswith(SCHEMA_PATH) and method in ("GET", "HEAD"):
             await self._schema(path[len(SCHEMA_PATH) :], send)
         elif path == "/bes/images" and method in ("GET", "HEAD"):
-            if await self._http_caller(scope, send) is not None:
+            if await self._catalog_reader(scope, send):
                 await self._images(send)
         elif path == "/healthz" and method in ("GET", "HEAD"):
             await self._health(send)
@@ -314,6 +317,16 @@ class BesApp:
         except NotAuthorized as exc:
             await respond(send, 401, f"{exc}\n".encode(), TEXT, extra=[_CHALLENGE])
             return None
+
+    async def _catalog_reader(self, scope: Scope, send: Send) -> bool:
+        """Whether the caller may read the template catalog: a user, or a worker with its
+        token (workers fetch templates from it); False once a refusal was answered."""
+        token = bearer_token(headers_of(scope))
+        if token is not None and self._gateway is not None:
+            with contextlib.suppress(NotAuthorized):
+                await self._gateway.authenticate(token)
+                return True
+        return await self._http_caller(scope, send) is not None
 
     async def _status(self, scope: Scope, send: Send) -> None:
         caller = await self._http_caller(scope, send)

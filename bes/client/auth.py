@@ -183,8 +183,8 @@ def _signer(credential: X509Signature) -> _Signer:
             str(credential.key_file),
             str(credential.cert_file),
             credential.key_password,
-            signature_method=xmlsec.Transform.RSA_SHA256,
-            digest_method=xmlsec.Transform.SHA256,
+            signature_method=xmlsec.constants.TransformRsaSha256,
+            digest_method=xmlsec.constants.TransformSha256,
         )
     except Exception as exc:  # xmlsec raises its own Error types for unreadable keys
         raise ClientError(f"cannot load the signing key {credential.key_file}: {exc}") from exc

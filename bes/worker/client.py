@@ -167,7 +167,10 @@ class ServiceClient:
 
     def catalog(self) -> Catalog:
         """The service's template catalog."""
-        response = self._raw("GET", self.base_url + "/bes/images", timeout_s=_TIMEOUT_S)
+        # With the worker's token: a secured service shows its catalog to users and workers.
+        response = self._raw(
+            "GET", self.base_url + "/bes/images", auth=_Bearer(self._token), timeout_s=_TIMEOUT_S
+        )
         try:
             return Catalog.from_json(response.json())
         except (ValueError, TypeError, AttributeError, ImageError) as exc:
