@@ -136,18 +136,18 @@ class SitePolicy:
         self.metrics = metrics
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.throttle = Throttle()
-        self._secured = always
 
-    @property
-    def understood_headers(self) -> frozenset[str]:
+    async def _secured(self) -> bool:
+        return self.always or await self.accounts.any_users()
+
+    async def understood_headers(self) -> frozenset[str]:
         """wsse:Security is processed (so ``mustUnderstand`` on it is honoured) once the
         service authenticates; the anonymous default processes no header, as before."""
-        return SECURITY_HEADERS if self._secured else frozenset()
+        return SECURITY_HEADERS if await self._secured() else frozenset()
 
     async def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
         """The caller; raises NotAuthorized ("not authorized", nothing more)."""
-        self._secured = self.always or await self.accounts.any_users()
-        if not self._secured:
+        if not await self._secured():
             return ANONYMOUS
         source = _host(transport.client)
         try:

@@ -167,9 +167,8 @@ class Factory:
         request: SoapRequest | None = None
         operation: Operation | None = None
         try:
-            request = parse_request(
-                data, soap_action=soap_action, understood=self.identity.understood_headers
-            )
+            understood = await self.identity.understood_headers()
+            request = parse_request(data, soap_action=soap_action, understood=understood)
             caller = await self.identity.identify(transport, request)  # before anything is revealed
             operation = _operation(request)
             submitted, warnings = self._normalized(request.body)

@@ -153,10 +153,10 @@ def _subject(chain: tuple[bytes, ...]) -> str | None:
 class IdentityPolicy(Protocol):
     """Decides the principal of a request, or refuses it."""
 
-    @property
-    def understood_headers(self) -> frozenset[str]:
-        """SOAP header blocks (Clark names) the policy processes, so ``mustUnderstand`` on
-        them is honoured (``wsse:Security`` once WS-Security is checked)."""
+    async def understood_headers(self) -> frozenset[str]:
+        """SOAP header blocks (Clark names) the policy processes for the next request, so
+        ``mustUnderstand`` on them is honoured (``wsse:Security`` once WS-Security is
+        checked)."""
         ...
 
     async def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
@@ -178,7 +178,8 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 class AnonymousPolicy:
     """No authentication: every caller is the anonymous administrator (loopback default)."""
 
-    understood_headers: frozenset[str] = frozenset()
+    async def understood_headers(self) -> frozenset[str]:
+        return frozenset()
 
     async def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
         return ANONYMOUS

@@ -13,9 +13,13 @@ by ``schemas/worker-api-v1.json`` (OpenAPI 3.1), served at ``/worker/v1/openapi.
     POST /worker/v1/leases/LEASE/fail              the job could not run (retry or not)
     POST /worker/v1/leases/LEASE/release           hand the job back unfinished
 
-Errors are JSON ``{"error": KIND, "message": TEXT}`` with 400 (bad request), 401 (no or bad
-token), 404, 409 (``lease-lost``: the lease is not the worker's any more; drop the job),
-413 (too large) or 503 (store unavailable; try again later).
+Workers are other people's machines, so every request is checked against that document
+before a handler runs (:mod:`bes.workerschema`: routes, path and query parameters, JSON bodies
+parsed with a bounded depth); handlers take the checked values as they are.
+
+Errors are JSON ``{"error": KIND, "message": TEXT}`` with 400 (bad request, naming what is
+wrong), 401 (no or bad token), 404, 409 (``lease-lost``: the lease is not the worker's any
+more; drop the job), 413 (too large) or 503 (store unavailable; try again later).
 """
 
 from __future__ import annotations
@@ -23,14 +27,13 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
-from urllib.parse import unquote
 
 from bes.backends.desktopgrid.gateway import ClaimRequest, WorkerGateway, lease_id
 from bes.backends.desktopgrid.outputs import OutputTooLarge, UnsafePath
 from bes.db.grid_rows import Lease, WorkerIdentity
-from bes.errors import InvalidRequest, LeaseLost, NotAuthorized, StoreError
+from bes.errors import ConfigError, InvalidRequest, LeaseLost, NotAuthorized, StoreError
 from bes.http import (
     BodyTooLarge,
     Receive,
@@ -45,31 +48,44 @@ from bes.http import (
 )
 from bes.identity import bearer_token
 from bes.schemas import schema_file
+from bes.workerschema import OPENAPI_FILE, worker_protocol
 
 log = logging.getLogger(__name__)
 
 PREFIX: Final = "/worker/v1/"
-OPENAPI_FILE: Final = "worker-api-v1.json"
 _MAX_JSON_BYTES: Final = 256 * 1024
-_HYPERVISORS: Final = frozenset({"qemu", "virtualbox"})
+_MAX_TEXT: Final = 4000  # characters of a worker's message kept
 
-Handler = Callable[[WorkerIdentity, dict[str, Any]], Awaitable[tuple[int, Any]]]
-
-
-class _BadRequest(InvalidRequest):
-    """A worker sent a body this protocol does not allow (HTTP 400)."""
+Handler = Callable[[WorkerIdentity, Mapping[str, str], dict[str, Any]], Awaitable[tuple[int, Any]]]
 
 
 class WorkerApi:
-    """ASGI handler of ``/worker/v1/`` (see the module docstring)."""
+    """ASGI handler of ``/worker/v1/`` (see the module docstring).
+
+    Raises:
+        ConfigError: The OpenAPI document is malformed, or names an operation no handler serves.
+    """
 
     def __init__(self, gateway: WorkerGateway) -> None:
         self.gateway = gateway
+        self.protocol = worker_protocol()
+        self._handlers: dict[str, Handler] = {
+            "register": self._register,
+            "claim": self._claim,
+            "heartbeat": self._heartbeat,
+            "complete": self._complete,
+            "fail": self._fail,
+            "release": self._release,
+        }
+        served = {*self._handlers, "openapi", "upload"}
+        missing = set(self.protocol.operations) - served
+        if missing:
+            raise ConfigError(f"no handler serves the worker API's operations {sorted(missing)}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"][len(PREFIX) :]
+        path: str = scope["path"]
         method: str = scope["method"]
-        if path == "openapi.json":
+        if path == PREFIX + "openapi.json":
             if method not in ("GET", "HEAD"):
                 await not_allowed(send, "GET")
                 return
@@ -79,7 +95,7 @@ class WorkerApi:
         # An upload refused part-way leaves body bytes on the connection: close it then.
         close = "/files/" in path
         try:
-            await self._authorized(scope, receive, send, path, method)
+            await self._authorized(scope, receive, send)
         except NotAuthorized as exc:
             await _error(send, 401, "unauthorized", str(exc), close=close)
         except LeaseLost as exc:
@@ -92,152 +108,119 @@ class WorkerApi:
             await _error(send, 503, "unavailable", f"{exc}; try again later", close=close)
         except Exception:
             reference = secrets.token_hex(4)
-            log.exception("internal error %s on %s %s", reference, method, scope["path"])
+            log.exception("internal error %s on %s %s", reference, method, path)
             await _error(
                 send, 500, "internal", f"internal error (reference {reference})", close=close
             )
 
-    async def _authorized(
-        self, scope: Scope, receive: Receive, send: Send, path: str, method: str
-    ) -> None:
+    async def _authorized(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = headers_of(scope)
         worker = await self.gateway.authenticate(bearer_token(headers))
-        parts = path.split("/")
-        if len(parts) >= 4 and parts[0] == "leases" and parts[2] == "files":
-            if method != "PUT":
-                await not_allowed(send, "PUT")
-                return
-            name = unquote("/".join(parts[3:]))
-            size = await self.gateway.upload(worker, unquote(parts[1]), name, stream_body(receive))
-            await respond_json(send, 200, {"name": name, "bytes": size})
-            return
-        handler = self._handler(parts)
-        if handler is None:
+        routed = self.protocol.route(scope["path"])
+        if routed is None:
             await _error(send, 404, "not-found", f"no worker API route {scope['path']}")
             return
-        if method != "POST":
-            await not_allowed(send, "POST")
+        operations, parameters = routed
+        operation = operations.get(scope["method"])
+        if operation is None:
+            await not_allowed(send, ", ".join(operations))
+            return
+        # Checked before any handler runs: the parameters, then the body (JSON ones).
+        operation.check_parameters(parameters, scope.get("query_string", b""))
+        if operation.operation_id == "upload":
+            await self._upload(worker, parameters, receive, send)
             return
         body = await read_body(receive, headers, _MAX_JSON_BYTES)
         if body is None:
             raise BodyTooLarge(f"JSON bodies are limited to {_MAX_JSON_BYTES} bytes")
-        try:
-            data = json.loads(body or b"{}")
-        except ValueError as exc:
-            raise _BadRequest(f"the body is not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise _BadRequest("the body must be a JSON object")
-        status, answer = await handler(worker, data)
+        data = operation.parse_body(body)
+        status, answer = await self._handlers[operation.operation_id](worker, parameters, data)
         if isinstance(answer, bytes):
             await respond(send, status, answer, b"application/json")
         else:
             await respond_json(send, status, answer)
 
-    def _handler(self, parts: list[str]) -> Handler | None:
-        if len(parts) == 1:
-            return {
-                "register": self._register,
-                "claim": self._claim,
-                "heartbeat": self._heartbeat,
-            }.get(parts[0])
-        if len(parts) == 3 and parts[0] == "leases":
-            verb = {
-                "complete": self._complete,
-                "fail": self._fail,
-                "release": self._release,
-            }.get(parts[2])
-            if verb is None:
-                return None
-            lease = unquote(parts[1])
-
-            async def with_lease(worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
-                return await verb(worker, {**data, "_lease": lease})
-
-            return with_lease
-        return None
-
     # ------------------------------------------------------------------ handlers
+    # Each takes a body that its operation's schema accepted (defaults are the document's).
 
-    async def _register(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
-        facts = data.get("facts", {})
-        if not isinstance(facts, dict) or len(json.dumps(facts)) > 16384:
-            raise _BadRequest("facts must be a JSON object of at most 16 KiB")
-        return 200, await self.gateway.register(worker, facts)
+    async def _upload(
+        self, worker: WorkerIdentity, parameters: Mapping[str, str], receive: Receive, send: Send
+    ) -> None:
+        name = parameters["name"]
+        size = await self.gateway.upload(worker, parameters["lease"], name, stream_body(receive))
+        await respond_json(send, 200, {"name": name, "bytes": size})
 
-    async def _claim(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
+    async def _register(
+        self, worker: WorkerIdentity, parameters: Mapping[str, str], data: dict[str, Any]
+    ) -> tuple[int, Any]:
+        return 200, await self.gateway.register(worker, data.get("facts", {}))
+
+    async def _claim(
+        self, worker: WorkerIdentity, parameters: Mapping[str, str], data: dict[str, Any]
+    ) -> tuple[int, Any]:
         leases = await self.gateway.claim(worker, _claim_request(data))
         return 200, b'{"leases":' + _leases_json(leases) + b"}"
 
-    async def _heartbeat(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
-        leases = data.get("leases", [])
-        if not isinstance(leases, list) or len(leases) > 256:
-            raise _BadRequest("leases must be a list of at most 256 entries")
-        reports: list[tuple[str, str | None]] = []
-        for entry in leases:
-            if not isinstance(entry, dict) or not isinstance(entry.get("lease"), str):
-                raise _BadRequest('each lease entry needs "lease" (a string)')
-            substate = entry.get("substate")
-            if substate is not None and not isinstance(substate, str):
-                raise _BadRequest("substate must be a string")
-            reports.append((entry["lease"], substate))
+    async def _heartbeat(
+        self, worker: WorkerIdentity, parameters: Mapping[str, str], data: dict[str, Any]
+    ) -> tuple[int, Any]:
+        reports = [(entry["lease"], entry.get("substate")) for entry in data["leases"]]
         actions = await self.gateway.heartbeat(worker, reports)
         return 200, {
             "leases": {k: v.value for k, v in actions.items()},
             "heartbeat_s": self.gateway.config.heartbeat_s,
         }
 
-    async def _complete(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
-        timing = data.get("timing", {})
-        if not isinstance(timing, dict) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in timing.values()
-        ):
-            raise _BadRequest("timing must map names to seconds")
+    async def _complete(
+        self, worker: WorkerIdentity, parameters: Mapping[str, str], data: dict[str, Any]
+    ) -> tuple[int, Any]:
         failure = data.get("failure")
-        if failure is not None and not isinstance(failure, str):
-            raise _BadRequest("failure must be a string")
         state = await self.gateway.complete(
             worker,
-            data["_lease"],
-            exit_code=_integer(data, "exit_code", None, low=-(2**31), high=2**31 - 1),
-            failure=failure[:4000] if failure else None,
-            timing={str(k): float(v) for k, v in timing.items()},
-            files=_names(data),
+            parameters["lease"],
+            exit_code=int(data["exit_code"]),
+            failure=failure[:_MAX_TEXT] if failure else None,
+            timing={k: float(v) for k, v in data.get("timing", {}).items()},
+            files=data.get("files", []),
         )
         answer = b'{"state":"' + state.value.encode() + b'"'
         if "claim" in data:  # the next job, in the same round trip
-            if not isinstance(data["claim"], dict):
-                raise _BadRequest("claim must be an object, as the body of /claim")
             leases = await self.gateway.claim(worker, _claim_request(data["claim"]))
             answer += b',"leases":' + _leases_json(leases)
         return 200, answer + b"}"
 
-    async def _fail(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
+    async def _fail(
+        self, worker: WorkerIdentity, parameters: Mapping[str, str], data: dict[str, Any]
+    ) -> tuple[int, Any]:
         state = await self.gateway.fail(
             worker,
-            data["_lease"],
-            message=_text(data, "message"),
-            retry=_boolean(data, "retry", False),
-            files=_names(data),
+            parameters["lease"],
+            message=_text(data.get("message", "")),
+            retry=data.get("retry", False),
+            files=data.get("files", []),
         )
         return 200, {"state": state.value}
 
-    async def _release(self, worker: WorkerIdentity, data: dict[str, Any]) -> tuple[int, Any]:
-        state = await self.gateway.release(worker, data["_lease"], message=_text(data, "message"))
+    async def _release(
+        self, worker: WorkerIdentity, parameters: Mapping[str, str], data: dict[str, Any]
+    ) -> tuple[int, Any]:
+        state = await self.gateway.release(
+            worker, parameters["lease"], message=_text(data.get("message", ""))
+        )
         return 200, {"state": state.value}
 
 
-def _claim_request(data: dict[str, Any]) -> ClaimRequest:
-    hypervisors = data.get("hypervisors", [])
-    if not isinstance(hypervisors, list) or not set(hypervisors) <= _HYPERVISORS:
-        raise _BadRequest(f"hypervisors must be a list drawn from {sorted(_HYPERVISORS)}")
+def _claim_request(data: Mapping[str, Any]) -> ClaimRequest:
+    """A claim from a body that the ClaimRequest schema accepted (JSON Schema counts 2.0 as an
+    integer: hence int())."""
     return ClaimRequest(
-        slots=_integer(data, "slots", 1, low=0, high=16),
-        memory_mib=_integer(data, "memory_mib", None, low=0),
-        vcpus=_integer(data, "vcpus", None, low=0),
-        disk_mib=_integer(data, "disk_mib", None, low=0),
-        hypervisors=tuple(str(h) for h in hypervisors),
-        network=_boolean(data, "network", False),
-        wait_s=_number(data, "wait_s", 0.0, low=0.0),
+        slots=int(data.get("slots", 1)),
+        memory_mib=int(data["memory_mib"]),
+        vcpus=int(data["vcpus"]),
+        disk_mib=int(data["disk_mib"]),
+        hypervisors=tuple(data.get("hypervisors", ())),
+        network=data.get("network", False),
+        wait_s=float(data.get("wait_s", 0.0)),
     )
 
 
@@ -257,44 +240,12 @@ def _leases_json(leases: list[Lease]) -> bytes:
     return b"[" + b",".join(items) + b"]"
 
 
-def _integer(
-    data: dict[str, Any], key: str, default: int | None, *, low: int, high: int = 2**40
-) -> int:
-    value = data.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise _BadRequest(f"{key} must be an integer from {low} to {high}")
-    return value
-
-
-def _number(data: dict[str, Any], key: str, default: float, *, low: float) -> float:
-    value = data.get(key, default)
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < low:
-        raise _BadRequest(f"{key} must be a number of at least {low}")
-    return float(value)
-
-
-def _boolean(data: dict[str, Any], key: str, default: bool) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise _BadRequest(f"{key} must be true or false")
-    return value
-
-
-def _names(data: dict[str, Any]) -> list[str]:
-    names = data.get("files", [])
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise _BadRequest("files must be a list of the names uploaded")
-    if len(names) > 10_000:
-        raise _BadRequest("at most 10000 files per job")
-    return names
-
-
-def _text(data: dict[str, Any], key: str) -> str:
-    value = data.get(key, "")
-    if not isinstance(value, str):
-        raise _BadRequest(f"{key} must be a string")
-    return value[:4000] or "no reason given"
+def _text(value: str) -> str:
+    return value[:_MAX_TEXT] or "no reason given"
 
 
 async def _error(send: Send, status: int, kind: str, message: str, *, close: bool = False) -> None:
     await respond_json(send, status, {"error": kind, "message": message}, close=close)
+
+
+__all__ = ["PREFIX", "WorkerApi"]

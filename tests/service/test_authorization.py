@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import re
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from bes.app import BesApp, create_app
 from bes.authn import FAILURES_BEFORE_DELAY
 from bes.config import ServiceConfig
 from bes.db import user_rows
+from bes.ns import WSSE
 from tests.support import soap
 from tests.support.soap import BES, MGMT
 from tests.support.standards import assert_official
@@ -220,3 +223,108 @@ async def test_a_source_that_keeps_failing_is_slowed_down(users: BesApp) -> None
     metrics = await request(users, "GET", "/metrics", user="root")
     throttled = re.search(r"^bes_auth_throttled_total (\S+)$", metrics.text, re.M)
     assert throttled is not None and float(throttled.group(1)) >= 1
+
+
+# ------------------------------------------------------------------------------ digest tokens
+
+USERNAME_PROFILE = (
+    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
+)
+WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+
+
+def digest_header(
+    user: str, password: str, *, nonce: bytes | None = None, must_understand: bool = False
+) -> str:
+    """A wsse:Security header with a PasswordDigest UsernameToken (OASIS UsernameToken Profile
+    1.0 §3.1), written out as a SOAP stack of another language would."""
+    nonce = nonce or secrets.token_bytes(16)
+    created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    digest = base64.b64encode(hashlib.sha1(nonce + created.encode() + password.encode()).digest())
+    understand = f' soap:mustUnderstand="1" xmlns:soap="{SOAP_ENV}"' if must_understand else ""
+    return (
+        f'<wsse:Security xmlns:wsse="{WSSE}" xmlns:wsu="{WSU}"{understand}>'
+        f"<wsse:UsernameToken><wsse:Username>{user}</wsse:Username>"
+        f'<wsse:Password Type="{USERNAME_PROFILE}#PasswordDigest">{digest.decode()}</wsse:Password>'
+        f'<wsse:Nonce EncodingType="{SOAP_MESSAGE_SECURITY}#Base64Binary">'
+        f"{base64.b64encode(nonce).decode()}</wsse:Nonce>"
+        f"<wsu:Created>{created}</wsu:Created></wsse:UsernameToken></wsse:Security>"
+    )
+
+
+SOAP_MESSAGE_SECURITY = (
+    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0"
+)
+
+
+async def post_raw(app: BesApp, envelope: bytes, *, scheme: str = "http") -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40001))
+    async with httpx.AsyncClient(transport=transport, base_url=f"{scheme}://bes.test") as client:
+        return await client.post("/bes", content=envelope)
+
+
+async def test_a_digest_token_signs_in_once_even_across_replicas_and_restarts(
+    users: BesApp, tmp_path: Path
+) -> None:
+    header = digest_header("alice", PASSWORDS["alice"], must_understand=True)
+    message = soap.envelope(soap.create_activity(), headers=header)
+    first = await post_raw(users, message)  # plain HTTP: a digest does not reveal the password
+    assert first.status_code == 200, first.text
+    assert b"not authorized" in (await post_raw(users, message)).content
+    replica = create_app(ServiceConfig(data_dir=tmp_path / "data"))  # the same database
+    await replica.startup()
+    try:
+        again = await post_raw(replica, message)
+        assert soap.fault_of(again.content).findtext("faultstring") == "not authorized"
+        fresh = soap.envelope(
+            soap.create_activity(), headers=digest_header("alice", PASSWORDS["alice"])
+        )
+        assert (await post_raw(replica, fresh)).status_code == 200
+    finally:
+        await replica.shutdown()
+
+
+async def test_a_user_without_a_kept_password_cannot_use_digest(app: BesApp) -> None:
+    assert app.accounts is not None and app.db is not None
+    app.accounts.hasher = FAST_HASH
+    row = app.accounts.new_user("dave", password="dave-pw", digest=False)
+    await app.db.write(user_rows.add_user, (row, dt.datetime.now(dt.UTC)))
+    app.accounts.forget_cached()
+    message = soap.envelope(soap.create_activity(), headers=digest_header("dave", "dave-pw"))
+    refused = await post_raw(app, message)
+    assert soap.fault_of(refused.content).findtext("faultstring") == "not authorized"
+    assert (
+        await request(app, "GET", "/bes/status", headers=basic_of("dave", "dave-pw"))
+    ).status_code == 200
+
+
+def basic_of(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def test_a_must_understand_security_header_is_processed_only_once_secured(
+    app: BesApp,
+) -> None:
+    header = digest_header("alice", PASSWORDS["alice"], must_understand=True)
+    message = soap.envelope(soap.create_activity(), headers=header)
+    anonymous = await post_raw(app, message)  # the embedded default processes no header
+    assert soap.fault_of(anonymous.content).findtext("faultcode") == "soap:MustUnderstand"
+    await add_users(app)
+    await post_raw(app, soap.envelope(soap.create_activity()))  # learns that users exist
+    assert (await post_raw(app, message)).status_code == 200
+
+
+async def test_a_trusted_proxy_says_the_scheme_and_nobody_else_does(tmp_path: Path) -> None:
+    proxied = create_app(ServiceConfig(data_dir=tmp_path / "data", trusted_proxies=("10.1.1.1",)))
+    await proxied.startup()
+    try:
+        await add_users(proxied)
+        headers = {**basic("alice"), "X-Forwarded-Proto": "https"}
+        for client, expected in ((("10.1.1.1", 50000), 200), (("10.9.9.9", 50000), 401)):
+            transport = httpx.ASGITransport(app=proxied, client=client)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bes.test") as c:
+                page = await c.get("/bes/status", headers=headers)
+            assert page.status_code == expected, client
+    finally:
+        await proxied.shutdown()

@@ -33,7 +33,8 @@ class HeaderPolicy:
     """Test identity: the caller named by an X-Test-User header; 'root' is the administrator;
     'nobody' is refused."""
 
-    understood_headers: frozenset[str] = frozenset()
+    async def understood_headers(self) -> frozenset[str]:
+        return frozenset()
 
     async def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
         name = transport.headers.get("x-test-user", "alice")

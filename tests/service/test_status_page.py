@@ -33,7 +33,8 @@ class HeaderPolicy:
     """The tests' identity policy: the caller named in ``X-Test-User`` (``root`` is an
     administrator); no header, no entry."""
 
-    understood_headers: frozenset[str] = frozenset()
+    async def understood_headers(self) -> frozenset[str]:
+        return frozenset()
 
     async def identify(self, transport: Transport, request: SoapRequest | None) -> Principal:
         name = transport.headers.get("x-test-user")

@@ -410,12 +410,15 @@ async def test_bad_bodies_get_a_clear_400(grid: Grid) -> None:
         token, "claim", {"memory_mib": "lots", "vcpus": 1, "disk_mib": 1}, status=400
     )
     assert "memory_mib" in answer["message"]
-    await grid.worker(
+    answer = await grid.worker(
         token,
         "claim",
         {"memory_mib": 1, "vcpus": 1, "disk_mib": 1, "hypervisors": ["xen"]},
         status=400,
     )
+    assert "$.hypervisors[0]" in answer["message"] and "xen" in answer["message"]
+    answer = await grid.worker(token, "leases/j.1/complete", {"exit_code": "0"}, status=400)
+    assert "exit_code" in answer["message"]
     await grid.worker(token, "nonesuch", status=404)
 
 

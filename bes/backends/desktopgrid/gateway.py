@@ -4,12 +4,16 @@ Workers open every connection (pull only, so volunteers behind NAT take part). E
 names a lease as ``<job id>.<epoch>``; the epoch grows with every claim of a job, so a worker
 whose lease expired can neither renew it nor report on it, whatever it sends. Everything
 here runs in the service's event loop.
+
+A job's staging passwords and bearer tokens are stored sealed (:mod:`bes.jsdl.secrets`); the
+claim that leases it is the one place they are opened, in the answer to that worker alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -32,9 +36,13 @@ from bes.backends.desktopgrid.tokens import token_hash
 from bes.db import grid_rows as grid
 from bes.db.grid_rows import GridState, Lease, LeaseAction, LeaseRef, WorkerIdentity
 from bes.db.store import Database
-from bes.errors import InvalidRequest, LeaseLost, NotAuthorized
+from bes.errors import InvalidRequest, JsdlError, LeaseLost, NotAuthorized
 from bes.ids import BackendJobId
+from bes.jsdl import codec
+from bes.jsdl.secrets import open_credentials
 from bes.metrics import INFRASTRUCTURE, JOB, Metrics
+from bes.sealing import PREFIX as SEALED
+from bes.sealing import Sealer, UnsealError
 from bes.states import SubState
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,7 @@ _RUNNING: Final = frozenset(
 )
 _UPLOAD_CHECK_BYTES: Final = 8 * 1024 * 1024  # re-check the lease this often during uploads
 _MAX_REMEMBERED: Final = 100_000  # worker identities kept by token
+_MAX_EPOCH_DIGITS: Final = 18  # as the worker API's LeaseId: below 2**63
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +91,7 @@ class WorkerGateway:
         clock: The current time (aware, UTC).
         changed: Told of every change of a job's state (the backend pushes it on).
         metrics: Where claims, VM starts and failed runs are counted.
+        sealer: Opens the sealed staging secrets of a job for the worker that leases it.
     """
 
     def __init__(
@@ -93,9 +103,11 @@ class WorkerGateway:
         clock: Callable[[], dt.datetime],
         changed: Callable[[Sequence[StatusChange]], None] = lambda changes: None,
         metrics: Metrics | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self._db = db
         self.config = config
+        self._sealer = sealer
         self.outputs = outputs
         self._clock = clock
         self._changed = changed
@@ -186,6 +198,7 @@ class WorkerGateway:
                     until=now + dt.timedelta(seconds=self.config.lease_s),
                 ),
             )
+            leases = await self._with_secrets(worker, leases)
             if leases:
                 self._metrics.claims.inc(len(leases))
                 for lease in leases:
@@ -403,6 +416,30 @@ class WorkerGateway:
 
     # ------------------------------------------------------------------ helpers
 
+    async def _with_secrets(self, worker: WorkerIdentity, leases: list[Lease]) -> list[Lease]:
+        """The leases with their jobs' staging secrets opened, for ``worker`` alone. A job
+        whose secrets do not open (sealed with a key this service no longer holds) fails
+        with the reason, and its lease is left out."""
+        opened = []
+        for lease in leases:
+            if SEALED not in lease.job:  # nothing sealed (or stored before sealing): as is
+                opened.append(lease)
+                continue
+            try:
+                job = open_credentials(codec.from_json(lease.job), self._sealer)
+            except (UnsealError, JsdlError) as exc:
+                why = str(exc) if isinstance(exc, UnsealError) else "the stored job is unreadable"
+                message = f"its staging credentials cannot be opened: {why}"
+                log.error("%s: %s", lease.activity_id, message)
+                finish = grid.Finish(
+                    ref=lease.ref, state=GridState.FAILED, message=message, now=self._clock()
+                )
+                with contextlib.suppress(LeaseLost):
+                    await self._end(worker, lease.ref, finish)
+                continue
+            opened.append(dataclasses.replace(lease, job=codec.to_json(job)))
+        return opened
+
     async def _end(self, worker: WorkerIdentity, ref: LeaseRef, finish: grid.Finish) -> GridState:
         ended = await self._db.write(grid.finish_leases, finish)
         if ended is None:
@@ -452,8 +489,10 @@ class WorkerGateway:
     @staticmethod
     def _parse(worker: WorkerIdentity, reported: str) -> LeaseRef | None:
         job_id, dot, epoch = reported.rpartition(".")
-        if not dot or not job_id or not epoch.isdigit() or len(reported) > 64:
+        if not dot or not job_id or len(reported) > 64:
             return None
+        if not (epoch.isascii() and epoch.isdigit() and len(epoch) <= _MAX_EPOCH_DIGITS):
+            return None  # (a bigger number fits no database's integer)
         return LeaseRef(job_id=BackendJobId(job_id), epoch=int(epoch), worker_id=worker.id)
 
 
