@@ -203,7 +203,9 @@ _ACTOR: Final = qname(SOAP_ENV, "actor")
 _ENVELOPE: Final = qname(SOAP_ENV, "Envelope")
 _BODY: Final = qname(SOAP_ENV, "Body")
 _WSU_ID: Final = qname(WSU, "Id")
-_ID_ATTRIBUTES: Final = (_WSU_ID, "Id", "ID")
+_XML_ID: Final = "{http://www.w3.org/XML/1998/namespace}id"
+# xml:id is an ID to libxml2 whatever we register, so its values must be unique with the rest.
+_ID_ATTRIBUTES: Final = (_WSU_ID, "Id", "ID", _XML_ID)
 _TIMESTAMP: Final = qname(WSU, "Timestamp")
 _CREATED: Final = qname(WSU, "Created")
 _EXPIRES: Final = qname(WSU, "Expires")
@@ -491,7 +493,7 @@ def _verify(
         for element, attribute in referenced:
             if attribute == _WSU_ID:
                 context.register_id(element, "Id", WSU)
-            else:
+            elif attribute != _XML_ID:  # libxml2 knows xml:id as an ID already
                 context.register_id(element, attribute, None)
         context.enable_signature_transform(xmlsec.constants.TransformExclC14N)
         context.enable_signature_transform(_SIGNATURE_TRANSFORMS[method])

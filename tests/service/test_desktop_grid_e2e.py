@@ -263,11 +263,8 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_has_one_result(
 def test_a_worker_waits_for_a_service_that_is_down(tmp_path: Path) -> None:
     port = free_port()
     data = tmp_path / "data"
-    data.mkdir()
-    # The token is issued on the service's database before the service runs.
-    assert bes_cli("worker-token", "create", "early", "--data-dir", str(data)).returncode != 0
-    with live_server(data, port=port, extra=GRID_OPTIONS):
-        token = issue_token(data, "early")
+    # The token is issued before the service's first start (the database is made for it).
+    token = issue_token(data, "early")
     worker = WorkerProcess(f"http://127.0.0.1:{port}", token, tmp_path / "early").start()
     try:
         worker.wait_for_log("cannot register")

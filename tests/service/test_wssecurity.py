@@ -363,11 +363,11 @@ def test_signature_rsa_sha256_from_zeep(wire: Wire, pki: Pki) -> None:
     assert security.username_token is not None and digest_matches(security.username_token, "s3cret")
 
 
-def test_signature_rsa_sha1_from_zeep_and_our_client(wire: Wire) -> None:
-    for data in (wire.zeep_signed_sha1, wire.client_signed):
+def test_signature_rsa_sha1_from_zeep_and_sha256_from_our_client(wire: Wire) -> None:
+    for data, algorithm in ((wire.zeep_signed_sha1, RSA_SHA1), (wire.client_signed, RSA_SHA256)):
         security = read(data, at=wire.made)
         assert security is not None and security.signed is not None
-        assert security.signed.algorithm == RSA_SHA1
+        assert security.signed.algorithm == algorithm
 
 
 def test_accepted_algorithms_are_configurable(wire: Wire) -> None:
@@ -677,3 +677,17 @@ def test_cost_of_reading_a_signed_message(wire: Wire) -> None:
         best = min(best, (time.perf_counter() - start) / 20)
     print(f"\nsigned {len(data)} B: parse + read_security {best * 1e6:.0f} us")  # noqa: T201
     assert best < 0.05
+
+
+def test_xsw3_duplicate_id_on_an_xml_id_attribute(wire: Wire) -> None:
+    """libxml2 takes xml:id as an ID by itself: an attacker's element carrying the signed
+    Body's Id as xml:id must not become what the signature resolves."""
+
+    def attack(envelope: etree._Element) -> None:
+        body = one(envelope, "soap:Body")
+        copy_ = evil_body()
+        copy_.tag = f"{{{X}}}Decoy"
+        copy_.set("{http://www.w3.org/XML/1998/namespace}id", body.get(f"{{{WSU_NS}}}Id"))
+        one(envelope, "soap:Header").append(copy_)
+
+    assert refused(edit(wire.zeep_signed_sha256, attack), at=wire.made).reason == "duplicate_id"
