@@ -3,6 +3,7 @@ directory, and ``bes serve`` refusing to go on a network without users or TLS.""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_users_and_worker_tokens_before_the_first_start(tmp_path: Path) -> None:
     missing = bes_cli("user", "remove", "carol", "--data-dir", str(data))
     assert missing.returncode != 0 and "no user named 'carol'" in missing.stderr
     # Nothing of the password is in the database in clear; the key is the owner's alone.
-    with sqlite3.connect(data / "bes.sqlite3") as db:
+    with contextlib.closing(sqlite3.connect(data / "bes.sqlite3")) as db:
         rows = db.execute("SELECT password_hash, password_sealed FROM service_user").fetchall()
     assert all("correct horse" not in str(row) for row in rows)
     assert rows and all(h.startswith("$argon2id$") for h, _ in rows)

@@ -4,6 +4,7 @@ page), never logged, and handed in clear only to the worker that leases the job.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 import time
@@ -97,14 +98,14 @@ def database(server: LiveServer) -> sqlite3.Connection:
 
 def every_row(server: LiveServer) -> list[tuple[str, tuple[object, ...]]]:
     """Every row of every table: ``(table, row)``."""
-    with database(server) as db:
+    with contextlib.closing(database(server)) as db:
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         return [(t, row) for t in tables for row in db.execute(f'SELECT * FROM "{t}"')]
 
 
 def stored(server: LiveServer, activity_id: str) -> tuple[str, str]:
     """The activity's stored ``(document, job)``."""
-    with database(server) as db:
+    with contextlib.closing(database(server)) as db:
         row = db.execute(
             "SELECT document, job FROM activity_document WHERE id = ?", (activity_id,)
         ).fetchone()
@@ -113,7 +114,7 @@ def stored(server: LiveServer, activity_id: str) -> tuple[str, str]:
 
 
 def children(server: LiveServer, sweep_id: str) -> list[str]:
-    with database(server) as db:
+    with contextlib.closing(database(server)) as db:
         rows = db.execute("SELECT id FROM activity WHERE parent_id = ?", (sweep_id,)).fetchall()
     return [str(r[0]) for r in rows]
 
@@ -123,7 +124,7 @@ def wait_queued(server: LiveServer, activity_ids: list[str], timeout_s: float = 
     deadline = time.monotonic() + timeout_s
     marks = ",".join("?" * len(activity_ids))
     while True:
-        with database(server) as db:
+        with contextlib.closing(database(server)) as db:
             (n,) = db.execute(
                 f"SELECT count(*) FROM grid_job WHERE activity_id IN ({marks})",
                 activity_ids,

@@ -26,7 +26,7 @@ from zeep.wsse.signature import BinarySignature, Signature, verify_envelope
 from zeep.wsse.username import UsernameToken as ZeepUsernameToken
 from zeep.wsse.utils import WSU
 
-from bes import wssecurity
+from bes import xmlsignature
 from bes.client import BESClient, UsernameToken, X509Signature
 from bes.errors import NotAuthorized
 from bes.soap import SoapRequest, parse_request
@@ -497,10 +497,10 @@ def test_pki_path_token(wire: Wire, pki: Pki) -> None:
 
     def repackage(envelope: etree._Element) -> None:
         token = one(envelope, "//wsse:BinarySecurityToken")
-        token.set("ValueType", wssecurity._PKI_PATH)
+        token.set("ValueType", xmlsignature._PKI_PATH)
         token.text = base64.b64encode(path).decode()
         one(envelope, "//wsse:SecurityTokenReference/wsse:Reference").set(
-            "ValueType", wssecurity._PKI_PATH
+            "ValueType", xmlsignature._PKI_PATH
         )
 
     security = read(edit(wire.zeep_signed_sha256, repackage), at=wire.made)
