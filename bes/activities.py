@@ -33,6 +33,7 @@ from bes.errors import (
     NotAuthorized,
     UnsupportedFeature,
 )
+from bes.filestaging import FileRoots
 from bes.ids import ActivityId, new_activity_id
 from bes.jsdl import codec
 from bes.jsdl.model import JobDefinition
@@ -102,6 +103,8 @@ class Activities:
         sealer: Seals the staging passwords and bearer tokens of stored jobs (see
             :mod:`bes.jsdl.secrets`); None stores them as given (documents are redacted
             either way).
+        file_roots: Directories ``file:`` staging URIs may name (:mod:`bes.filestaging`);
+            none refuses them.
     """
 
     def __init__(
@@ -114,9 +117,11 @@ class Activities:
         reference_limit: int = 1000,
         metrics: Metrics | None = None,
         sealer: Sealer | None = None,
+        file_roots: Sequence[str] = (),
     ) -> None:
         self._db = db
         self._sealer = sealer
+        self._file_roots = FileRoots(file_roots)
         self._backends = dict(backends or {})
         if default_backend is not None and default_backend not in self._backends:
             raise ConfigError(f"default backend {default_backend!r} is not configured")
@@ -156,12 +161,7 @@ class Activities:
             StoreError: The database failed; the activity was not created.
         """
         backend = self.default_backend
-        if backend is not None:
-            missing = self._backends[backend].unsupported(job)
-            if missing:
-                raise UnsupportedFeature(
-                    missing, f"backend {backend!r} cannot run: " + ", ".join(missing)
-                )
+        self._check_runnable(job)
         activity_id = new_activity_id()
         new = NewActivity(
             id=activity_id,
@@ -179,6 +179,20 @@ class Activities:
         if backend is not None:
             self.tracker.wakeup.set()
         return activity_id
+
+    def _check_runnable(self, job: JobDefinition, *, where: str = "") -> None:
+        """Refuse a job the site does not take: ``file:`` URIs outside its roots, features
+        its backend lacks (UnsupportedFeatureFault, every feature named)."""
+        refused = self._file_roots.refused(job)
+        if refused:
+            raise UnsupportedFeature(refused, where + "unsupported: " + "; ".join(refused))
+        backend = self.default_backend
+        if backend is not None:
+            missing = self._backends[backend].unsupported(job)
+            if missing:
+                raise UnsupportedFeature(
+                    missing, f"{where}backend {backend!r} cannot run: " + ", ".join(missing)
+                )
 
     async def create_sweep(
         self,
@@ -201,14 +215,7 @@ class Activities:
         parent = new_activity_id()
         children = []
         for index, (job, child_document) in enumerate(points):
-            if backend is not None:
-                missing = self._backends[backend].unsupported(job)
-                if missing:
-                    raise UnsupportedFeature(
-                        missing,
-                        f"point {index + 1} of the sweep: backend {backend!r} cannot run: "
-                        + ", ".join(missing),
-                    )
+            self._check_runnable(job, where=f"point {index + 1} of the parameter sweep: ")
             children.append(
                 NewActivity(
                     id=new_activity_id(),

@@ -144,6 +144,7 @@ class BesApp:
             default_backend=config.backend,
             metrics=self.metrics,
             sealer=sealer,
+            file_roots=config.file_roots,
         )
         self.overview = Overview(self.activities, db)
         self.factory = Factory(
@@ -152,7 +153,6 @@ class BesApp:
             resource=_describe(config),
             strict=config.strict_jsdl,
             sweep_limit=config.sweep_limit,
-            file_roots=config.file_roots,
         )
         grid = next((b for b in backends.values() if isinstance(b, DesktopGridBackend)), None)
         self._gateway = grid.gateway if grid is not None else None

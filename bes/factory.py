@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import posixpath
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import unquote, urlsplit
 
 from lxml import etree
 
@@ -130,8 +128,6 @@ class Factory:
         resource: What the factory attributes document says about the resources.
         strict: Validate JSDL as submitted, without normalizing real-world variants.
         sweep_limit: Most activities one parameter sweep may expand into.
-        file_roots: Directories of this site that ``file:`` staging URIs may name (a
-            shared file system); none refuses ``file:`` URIs at submission.
     """
 
     def __init__(
@@ -142,7 +138,6 @@ class Factory:
         resource: ResourceDescription,
         strict: bool = False,
         sweep_limit: int = 1000,
-        file_roots: Sequence[str] = (),
     ) -> None:
         self.activities = activities
         self.identity = identity
@@ -151,8 +146,6 @@ class Factory:
         """Validate JSDL as submitted: no normalization of real-world variants."""
         self.sweep_limit = sweep_limit
         """Most activities one parameter sweep may expand into."""
-        self.file_roots = tuple(posixpath.normpath(posixpath.abspath(r)) for r in file_roots)
-        """Directories ``file:`` staging URIs may name; empty refuses every ``file:`` URI."""
 
     async def handle(
         self,
@@ -233,14 +226,11 @@ class Factory:
                 (_point(i, point), etree.tostring(point, encoding="unicode"))
                 for i, point in enumerate(expand(job_element, limit=self.sweep_limit), 1)
             ]
-            for i, (point_job, _) in enumerate(points, 1):
-                _refuse_file_uris(point_job, self.file_roots, f"point {i} of the parameter sweep: ")
             activity_id = await self.activities.create_sweep(
                 call.caller, document, points, warnings=call.warnings
             )
         else:
             job = parse_job_definition(job_element, validated=True)
-            _refuse_file_uris(job, self.file_roots)
             activity_id = await self.activities.create(
                 call.caller, job, document, warnings=call.warnings
             )
@@ -482,57 +472,6 @@ def _point(index: int, point: etree._Element) -> JobDefinition:
         raise UnsupportedFeature(
             exc.features, f"point {index} of the parameter sweep: {exc.message}"
         ) from exc
-
-
-def _refuse_file_uris(job: JobDefinition, roots: tuple[str, ...], where: str = "") -> None:
-    """Site policy for ``file:`` staging URIs: they name this site's files, so they are taken
-    only under the directories the site set aside for them (``bes serve --file-root``).
-
-    Raises:
-        UnsupportedFeature: One feature per refused Source or Target URI. Staging by
-            ``file:`` is a protocol this site does not offer (or not there); the document is
-            valid JSDL, so it is not InvalidRequestMessageFault.
-    """
-    features = []
-    for index, staging in enumerate(job.job_description.data_staging, 1):
-        for role, uri in (("Source", staging.source), ("Target", staging.target)):
-            if uri is None or _scheme(uri) != "file":
-                continue
-            if _under(uri, roots):
-                continue
-            allowed = (
-                "under " + ", ".join(roots)
-                if roots
-                else "nowhere (this service has no directories for them)"
-            )
-            features.append(
-                f"jsdl:DataStaging[{index}]/jsdl:{role}/jsdl:URI {uri!r} for "
-                f"{staging.file_name!r}: file: URIs are staged {allowed}"
-            )
-    if features:
-        raise UnsupportedFeature(features, where + "unsupported: " + "; ".join(features))
-
-
-def _scheme(uri: str) -> str:
-    try:
-        return urlsplit(uri).scheme.lower()
-    except ValueError:
-        return ""
-
-
-def _under(uri: str, roots: tuple[str, ...]) -> bool:
-    """Whether a ``file:`` URI names, once normalized, a path under one of ``roots``."""
-    try:
-        parsed = urlsplit(uri)
-    except ValueError:
-        return False
-    path = unquote(parsed.path)
-    if parsed.netloc.lower() not in ("", "localhost") or not path.startswith("/"):
-        return False
-    if any(ord(c) < 0x20 for c in path):
-        return False
-    path = posixpath.normpath(path)
-    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
 
 
 def _validate(body: etree._Element) -> None:
