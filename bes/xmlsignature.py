@@ -117,6 +117,12 @@ DEFAULT_ALGORITHMS: Final[frozenset[str]] = frozenset(
 """Accepted SignatureMethods: RSA and ECDSA with SHA-2, and RSA-SHA1 (zeep's default, still sent
 by deployed clients). Never HMAC (a shared key, and truncation attacks), never MD5."""
 
+ALGORITHMS_BY_NAME: Final[dict[str, str]] = {
+    uri.rpartition("#")[2] if "#" in uri else uri: uri for uri in DEFAULT_ALGORITHMS
+}
+"""Every SignatureMethod that may be accepted, by the short name the URIs end with
+(``rsa-sha256``): what ``bes serve --signature-algorithm`` takes."""
+
 _SIGNATURE_TRANSFORMS: Final[dict[str, Any]] = {
     RSA_SHA1: xmlsec.constants.TransformRsaSha1,
     RSA_SHA256: xmlsec.constants.TransformRsaSha256,

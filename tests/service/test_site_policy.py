@@ -21,6 +21,7 @@ from zeep.wsse.utils import WSU, get_security_header
 from bes.accounts import Accounts
 from bes.authn import SitePolicy
 from bes.certs import CertificateTrust, fingerprint, subject_of
+from bes.cli import SIGNATURE_ALGORITHMS, _signature_methods
 from bes.db import user_rows
 from bes.db.store import Database
 from bes.errors import NotAuthorized
@@ -30,6 +31,7 @@ from bes.principal import ANONYMOUS
 from bes.sealing import Sealer
 from bes.soap import parse_request
 from bes.wssecurity import SECURITY_HEADERS
+from bes.xmlsignature import ALGORITHMS_BY_NAME
 from tests.support import soap
 from tests.support.pki import Pki, make_pki
 
@@ -79,7 +81,13 @@ def policy(accounts: Accounts, pki: Pki, *, trust: bool = True) -> SitePolicy:
     )
 
 
-def signed(key: Path, cert: Path, *, token: ZeepUsernameToken | None = None) -> bytes:
+def signed(
+    key: Path,
+    cert: Path,
+    *,
+    token: ZeepUsernameToken | None = None,
+    method: object = xmlsec.constants.TransformRsaSha256,
+) -> bytes:
     """A CreateActivity signed as zeep signs (with a fresh Timestamp, and a token if given)."""
     envelope = etree.fromstring(soap.envelope(soap.create_activity()))
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -92,7 +100,7 @@ def signed(key: Path, cert: Path, *, token: ZeepUsernameToken | None = None) -> 
     signature = BinarySignature(
         str(key),
         str(cert),
-        signature_method=xmlsec.constants.TransformRsaSha256,
+        signature_method=method,
         digest_method=xmlsec.constants.TransformSha256,
     )
     signature.apply(envelope, {})
@@ -221,3 +229,22 @@ class remove_user:
         assert self.row is not None
         await self.accounts.db.write(user_rows.add_user, (self.row, dt.datetime.now(dt.UTC)))
         self.accounts.forget_cached()
+
+
+async def test_the_accepted_signature_methods_are_the_sites_choice(
+    accounts: Accounts, pki: Pki
+) -> None:
+    """``bes serve --signature-algorithm rsa-sha256`` leaves out the RSA-SHA1 of old clients."""
+    names = _signature_methods(("rsa-sha256", "rsa-sha512"))
+    assert names == {ALGORITHMS_BY_NAME["rsa-sha256"], ALGORITHMS_BY_NAME["rsa-sha512"]}
+    assert sorted(SIGNATURE_ALGORITHMS) == sorted(ALGORITHMS_BY_NAME)
+    strict = SitePolicy(
+        accounts, trust=CertificateTrust.from_files(pki.ca.cert), always=True, algorithms=names,
+        metrics=Metrics(),
+    )  # fmt: skip
+    old = signed(pki.alice.key, pki.alice.cert, method=xmlsec.constants.TransformRsaSha1)
+    with pytest.raises(NotAuthorized):
+        await who(strict, old)
+    assert refused(strict, "weak_algorithm") == 1
+    assert await who(strict, signed(pki.alice.key, pki.alice.cert)) == "alice"
+    assert await who(policy(accounts, pki), old) == "alice"  # the default takes it
