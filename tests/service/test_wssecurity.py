@@ -279,8 +279,11 @@ def test_future_created_is_refused(wire: Wire) -> None:
 
 
 def test_clock_skew_within_the_window_is_allowed(wire: Wire) -> None:
+    created = one(etree.fromstring(wire.zeep_digest), "//wsse:UsernameToken/wsu:Created").text
+    assert created is not None
+    stamped = dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
     for skew in (-WINDOW_S + 5, WINDOW_S - 5):
-        assert read(wire.zeep_digest, at=wire.made + dt.timedelta(seconds=skew)) is not None
+        assert read(wire.zeep_digest, at=stamped + dt.timedelta(seconds=skew)) is not None
 
 
 def test_digest_token_without_nonce_is_refused(wire: Wire) -> None:
@@ -394,7 +397,12 @@ def test_a_replay_has_the_same_signature_id_whatever_its_encoding(wire: Wire) ->
 
 
 def test_expired_timestamp_is_refused(wire: Wire) -> None:
-    late = wire.made + dt.timedelta(minutes=5) + dt.timedelta(seconds=WINDOW_S + 1)
+    # From the message's own Expires: the client stamped it a little after the fixture began.
+    expires = one(etree.fromstring(wire.client_signed), "//wsu:Timestamp/wsu:Expires").text
+    assert expires is not None
+    late = dt.datetime.fromisoformat(expires.replace("Z", "+00:00")) + dt.timedelta(
+        seconds=WINDOW_S + 1
+    )
     problem = refused(wire.client_signed, at=late)
     assert problem.reason == "stale" and "Timestamp expired" in problem.detail
     security = read(wire.client_signed, at=late - dt.timedelta(seconds=2))
