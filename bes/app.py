@@ -14,7 +14,11 @@ Routes::
     GET  /healthz                   liveness and database check
     /worker/v1/...                  the desktop grid's worker protocol (bes.workerapi)
 
-Request bodies over the configured limit are refused before parsing, with a SOAP fault.
+Who calls is decided once per request by the identity policy: on a site, bes.authn (users,
+WS-Security, TLS client certificates, HTTP Basic); the WSDL, its schemas and ``/healthz``
+are public, the worker protocol takes worker tokens, everything else goes through it.
+Request bodies over the configured limit are drained and refused before parsing, with a SOAP
+fault.
 Every request is timed into the ``bes_request_duration_seconds`` histogram, by route and
 operation. Nothing here answers with a traceback; the only HTML is the status page's.
 """
