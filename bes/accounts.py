@@ -235,7 +235,5 @@ class Accounts:
 def _verify(hasher: PasswordHasher, password_hash: str, password: str) -> bool:
     try:
         return hasher.verify(password_hash, password)
-    except InvalidHashError:
-        return False
-    except Argon2Error:  # VerifyMismatchError, VerificationError
+    except (InvalidHashError, Argon2Error):  # a mismatch, or a hash argon2 cannot read
         return False

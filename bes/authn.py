@@ -149,7 +149,7 @@ class SitePolicy:
         """The caller; raises NotAuthorized ("not authorized", nothing more)."""
         if not await self._secured():
             return ANONYMOUS
-        source = _host(transport.client)
+        source = transport.address
         try:
             return await self._authenticate(transport, request)
         except Refused as exc:
@@ -294,9 +294,3 @@ def is_loopback(host: str) -> bool:
 
 def _principal(user: UserRow) -> Principal:
     return Principal(name=user.name, admin=user.admin)
-
-
-def _host(client: str) -> str:
-    """The address part of ``host:port`` (IPv6 too)."""
-    host, sep, port = client.rpartition(":")
-    return host if sep and port.isdigit() else client
