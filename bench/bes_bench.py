@@ -106,6 +106,9 @@ async def load(
 
 
 def _pct(sorted_values: list[float], p: float) -> float:
+    """The ``p`` quantile of ``sorted_values`` (seconds) in milliseconds; nan for none."""
+    if not sorted_values:
+        return float("nan")
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))] * 1000
 
 

@@ -20,8 +20,8 @@ The modes, each at every client level:
 * ``digest``: HTTPS, UsernameToken PasswordDigest with a fresh nonce and Created, and a
   ``wsu:Timestamp`` (``bes.client.auth``, that is zeep's ``UsernameToken``);
 * ``signed``: HTTPS, a ``BinarySecurityToken`` and a ``ds:Signature`` (RSA-SHA256, SHA-256
-  digests, exc-c14n) over the Body and a fresh ``wsu:Timestamp`` (zeep's
-  ``BinarySignature``, as ``bes.client.auth`` uses it, with the SHA-256 algorithms);
+  digests, exc-c14n) over the Body and a fresh ``wsu:Timestamp`` (``bes.client.auth``'s
+  ``X509Signature``, as ``bes submit --sign`` sends it: zeep's ``BinarySignature``);
 * ``cert`` (not by default): HTTPS with alice's TLS client certificate and no WS-Security, to
   tell the cost of TLS from that of the message security.
 
@@ -51,7 +51,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import ssl
 import subprocess
 import sys
@@ -67,7 +66,8 @@ from lxml import etree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # The benchmark reuses the tests' message builders and the client's credentials.
-from bes.client.auth import UsernameToken, wsse_plugins
+from bench.bes_bench import _pct, _pin
+from bes.client.auth import UsernameToken, X509Signature, wsse_plugins
 from tests.support import soap
 from tests.support.server import free_port
 
@@ -76,7 +76,6 @@ TEMPLATE = soap.envelope(soap.create_activity())
 MODES = ("plain", "digest", "signed", "cert")
 USER = "alice"
 PASSWORD = "correct horse battery staple"  # a throwaway user of a scratch service
-WSU_NS = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
 _FAULT_TEXT = re.compile(rb"<(?:\w+:)?faultstring[^>]*>(.*?)</(?:\w+:)?faultstring>", re.S)
 
 
@@ -120,42 +119,11 @@ def _bodies() -> Iterator[etree._Element]:
         yield copy.deepcopy(template)
 
 
-def _timestamp() -> etree._Element:
-    """A ``wsu:Timestamp`` created now, valid for five minutes."""
-    now = time.time()
-    stamp = etree.Element(f"{{{WSU_NS}}}Timestamp", nsmap={"wsu": WSU_NS})
-    for tag, moment in (("Created", now), ("Expires", now + 300)):
-        etree.SubElement(stamp, f"{{{WSU_NS}}}{tag}").text = time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment)
-        )
-    return stamp
-
-
-class _TimestampApplier:
-    """Puts a fresh ``wsu:Timestamp`` in the Security header (zeep's signature then covers
-    it, as it covers any Timestamp already there)."""
-
-    def apply(self, envelope: Any, headers: Any) -> Any:
-        from zeep.wsse.utils import get_security_header
-
-        get_security_header(envelope).append(_timestamp())
-        return envelope, headers
-
-
 def _signers(ca_dir: Path) -> list[Any]:
-    import xmlsec
-    from zeep.wsse.signature import BinarySignature
-
+    """The client's own signer (bes.client.auth): RSA-SHA256 over the Body and a fresh
+    Timestamp, as ``bes submit --sign`` sends."""
     key, cert = _user_files(ca_dir)
-    return [
-        _TimestampApplier(),
-        BinarySignature(
-            str(key),
-            str(cert),
-            signature_method=xmlsec.Transform.RSA_SHA256,
-            digest_method=xmlsec.Transform.SHA256,
-        ),
-    ]
+    return wsse_plugins([X509Signature(key_file=key, cert_file=cert)])
 
 
 def messages(mode: str, count: int, ca_dir: Path) -> deque[bytes]:
@@ -319,12 +287,6 @@ def run_phase(
 # --- Setup -----------------------------------------------------------------------------------
 
 
-def _pin(cpu: int) -> list[str]:
-    return (
-        ["taskset", "-c", str(cpu)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
-    )
-
-
 def bes(*args: str) -> str:
     """Run ``python -m bes ARGS`` as an operator would; its output, or exit saying why not."""
     done = subprocess.run(
@@ -423,12 +385,6 @@ def _tls_context(ca_dir: Path, *, certificate: bool) -> ssl.SSLContext:
 
 
 # --- Report ----------------------------------------------------------------------------------
-
-
-def _pct(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))] * 1000
 
 
 def _median(phases: list[Phase]) -> Phase:
