@@ -4,14 +4,11 @@ message used on one is refused on the other, and after both restart."""
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import hashlib
-import secrets
 from pathlib import Path
 
 import pytest
 
+from tests.service.test_authorization import digest_header
 from tests.service.test_site_policy import signed
 from tests.support import soap
 from tests.support.pki import make_pki
@@ -21,23 +18,9 @@ from tests.support.worker import bes_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
-WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
-PROFILE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
-
 
 def digest_message(user: str, password: str) -> bytes:
-    nonce = secrets.token_bytes(16)
-    created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    digest = base64.b64encode(hashlib.sha1(nonce + created.encode() + password.encode()).digest())
-    header = (
-        f'<wsse:Security xmlns:wsse="{WSSE}" xmlns:wsu="{WSU}"><wsse:UsernameToken>'
-        f"<wsse:Username>{user}</wsse:Username>"
-        f'<wsse:Password Type="{PROFILE}#PasswordDigest">{digest.decode()}</wsse:Password>'
-        f"<wsse:Nonce>{base64.b64encode(nonce).decode()}</wsse:Nonce>"
-        f"<wsu:Created>{created}</wsu:Created></wsse:UsernameToken></wsse:Security>"
-    )
-    return soap.envelope(soap.create_activity(), headers=header)
+    return soap.envelope(soap.create_activity(), headers=digest_header(user, password))
 
 
 def accepted(server: LiveServer, message: bytes) -> bool:
