@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from bes.authn import is_loopback
 from bes.backends.desktopgrid.tokens import local_worker_token
 from bes.certs import server_names
 from bes.db.store import Database
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 NAME: Final = "local"
 TOKEN_FILE: Final = "local-worker.token"  # noqa: S105 - a file name
-_LOOPBACK: Final = ("127.0.0.1", "::1", "localhost")
 
 
 class LocalWorker:
@@ -89,7 +89,7 @@ class LocalWorker:
         names = server_names(self.server_cert)
         if not names:
             raise ConfigError(f"{self.server_cert} names no host; the local worker cannot check it")
-        name = next((n for n in names if n in _LOOPBACK), names[0])
+        name = next((n for n in names if is_loopback(n)), names[0])
         return ["--ca-file", str(self.server_cert), "--tls-server-name", name]
 
     def stop(self, timeout_s: float = 40.0) -> None:
