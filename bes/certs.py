@@ -28,6 +28,7 @@ from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from bes.errors import BesError, ConfigError, UntrustedCertificate
@@ -400,6 +401,24 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
         return False
+
+
+def certificate_der(cert_file: Path) -> bytes:
+    """The (first) certificate of a PEM or DER file, as DER.
+
+    Raises:
+        BesError: The file is unreadable or holds no certificate.
+    """
+    try:
+        data = cert_file.read_bytes()
+        cert = (
+            x509.load_pem_x509_certificates(data)[0]
+            if b"-----BEGIN" in data
+            else x509.load_der_x509_certificate(data)
+        )
+    except (OSError, ValueError) as exc:
+        raise BesError(f"{cert_file}: not a certificate ({exc})") from exc
+    return cert.public_bytes(Encoding.DER)
 
 
 def server_names(cert_file: Path) -> list[str]:

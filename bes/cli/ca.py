@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import ssl
 from pathlib import Path
 
 import click
 
 from bes import pki
-from bes.certs import subject_of
+from bes.certs import certificate_der, subject_of
 from bes.errors import BesError
 
 _DIR = click.Path(file_okay=False, path_type=Path)
@@ -37,7 +36,7 @@ def init(directory: Path, name: str, days: int) -> None:
     except BesError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {cert} and {directory / pki.CA_KEY}")
-    click.echo(f"subject: {subject_of(_der(cert))}")
+    click.echo(f"subject: {subject_of(certificate_der(cert))}")
     click.echo(f"trust it with: bes serve --tls-client-ca {cert}, bes worker --ca-file {cert}")
 
 
@@ -60,7 +59,7 @@ def server(directory: Path, hostname: str, extra_names: tuple[str, ...], days: i
         raise click.ClickException(str(exc)) from exc
     key = pki.key_file(directory, hostname)
     click.echo(f"wrote {cert} (with the CA certificate) and {key}")
-    click.echo(f"subject: {subject_of(_der(cert))}")
+    click.echo(f"subject: {subject_of(certificate_der(cert))}")
     click.echo(f"serve with: bes serve --tls-cert {cert} --tls-key {key}")
 
 
@@ -90,11 +89,5 @@ def revoke(directory: Path, cert: Path) -> None:
     except BesError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {crl}")
-    click.echo(f"revoked: {subject_of(_der(cert))}")
+    click.echo(f"revoked: {subject_of(certificate_der(cert))}")
     click.echo(f"refuse it with: bes serve --tls-crl {crl} (restart the service to reload)")
-
-
-def _der(path: Path) -> bytes:
-    text = path.read_text()
-    end = text.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")
-    return ssl.PEM_cert_to_DER_cert(text[:end] + "\n")

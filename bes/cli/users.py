@@ -109,13 +109,16 @@ def user_add(
 ) -> None:
     """Add user NAME (with a password, asked for unless --password-file, and/or a
     certificate)."""
-    from bes.certs import fingerprint, normalize_dn, subject_of
+    from bes.certs import certificate_der, fingerprint, normalize_dn, subject_of
     from bes.db import user_rows
 
     subject = normalize_dn(certificate_subject) if certificate_subject else None
     pinned = None
     if certificate_file is not None:
-        der = _certificate_der(certificate_file)
+        try:
+            der = certificate_der(certificate_file)
+        except BesError as exc:
+            raise click.ClickException(str(exc)) from exc
         pinned = fingerprint(der)
         subject = subject or subject_of(der)
     password = None
@@ -212,19 +215,3 @@ def user_list(data_dir: Path, database_url: str | None) -> None:
             ways.append(f"subject:{u.certificate_subject}")
         role = "admin" if u.admin else "user"
         click.echo(f"{u.name:20} {role:6} {' '.join(ways)}")
-
-
-def _certificate_der(path: Path) -> bytes:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    data = path.read_bytes()
-    try:
-        certificate = (
-            x509.load_pem_x509_certificate(data)
-            if b"-----BEGIN" in data
-            else x509.load_der_x509_certificate(data)
-        )
-    except ValueError as exc:
-        raise click.ClickException(f"{path}: not a certificate ({exc})") from exc
-    return certificate.public_bytes(Encoding.DER)
