@@ -102,3 +102,21 @@ def test_insecure_is_said_in_the_log_at_every_start(tmp_path: Path) -> None:
     # It got past the checks (it cannot bind an address that is not this machine's).
     assert "needs users" not in started.stderr and "without TLS" not in started.stderr
     assert "INSECURE" in started.stderr
+
+
+def test_a_user_registered_by_certificate_file(tmp_path: Path) -> None:
+    from bes import pki
+    from bes.certs import certificate_der, fingerprint
+
+    pki.init_ca(tmp_path / "ca")
+    subject = pki.issue_user(tmp_path / "ca", "carol")
+    cert = pki.cert_file(tmp_path / "ca", "carol")
+    data = tmp_path / "data"
+    ok("user", "add", "carol", "--no-password", "--certificate", str(cert), "--data-dir", str(data))
+    [line] = ok("user", "list", "--data-dir", str(data)).stdout.splitlines()
+    assert f"certificate:{fingerprint(certificate_der(cert))[:16]}" in line
+    assert f"subject:{subject}" in line
+    garbage = tmp_path / "not-a-cert.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+    refused = bes_cli("user", "add", "dave", "--certificate", str(garbage), "--data-dir", str(data))
+    assert refused.returncode != 0 and "not a certificate" in refused.stderr
