@@ -34,6 +34,7 @@ from bes.errors import (
     UnsupportedFeature,
 )
 from bes.filestaging import FileRoots
+from bes.filestore import FileStore
 from bes.ids import ActivityId, new_activity_id
 from bes.jsdl import codec
 from bes.jsdl.model import JobDefinition
@@ -105,6 +106,8 @@ class Activities:
             either way).
         file_roots: Directories ``file:`` staging URIs may name (:mod:`bes.filestaging`);
             none refuses them.
+        store: The file store, whose files jobs may name as Sources and Targets
+            (:mod:`bes.filestore`); None treats those URLs like any other.
     """
 
     def __init__(
@@ -118,8 +121,10 @@ class Activities:
         metrics: Metrics | None = None,
         sealer: Sealer | None = None,
         file_roots: Sequence[str] = (),
+        store: FileStore | None = None,
     ) -> None:
         self._db = db
+        self._store = store
         self._sealer = sealer
         self._file_roots = FileRoots(file_roots)
         self._backends = dict(backends or {})
@@ -145,6 +150,7 @@ class Activities:
         document: str,
         *,
         warnings: Sequence[str] = (),
+        endpoint: str | None = None,
     ) -> ActivityId:
         """Store a new activity; return only once it is durably committed.
 
@@ -154,13 +160,17 @@ class Activities:
             document: The JobDefinition as submitted (returned by GetActivityDocuments,
                 with its passwords and bearer tokens redacted).
             warnings: What was rewritten in it before it was parsed (shown in its status).
+            endpoint: The base URL the request came to: staging URLs of the file store
+                there are the caller's stored files.
 
         Raises:
             UnsupportedFeature: The backend it would go to cannot run this job.
+            InvalidRequest: It names a file the caller has not stored.
             NotAcceptingNewActivities: The factory was told to stop accepting activities.
             StoreError: The database failed; the activity was not created.
         """
         backend = self.default_backend
+        job, used = await self._with_stored_files(caller, job, endpoint)
         self._check_runnable(job)
         activity_id = new_activity_id()
         new = NewActivity(
@@ -175,10 +185,19 @@ class Activities:
         )
         if not await self._db.write(rows.create_activities, new):
             raise NotAcceptingNewActivities("this factory is not accepting new activities")
+        if used and self._store is not None:
+            await self._store.use(activity_id, caller.name, used)
         self.metrics.submissions.inc()
         if backend is not None:
             self.tracker.wakeup.set()
         return activity_id
+
+    async def _with_stored_files(
+        self, caller: Principal, job: JobDefinition, endpoint: str | None
+    ) -> tuple[JobDefinition, list[str]]:
+        if self._store is None or endpoint is None:
+            return job, []
+        return await self._store.localize(caller.name, job, endpoint)
 
     def _check_runnable(self, job: JobDefinition, *, where: str = "") -> None:
         """Refuse a job the site does not take: ``file:`` URIs outside its roots, features
@@ -201,6 +220,7 @@ class Activities:
         points: Sequence[tuple[JobDefinition, str]],
         *,
         warnings: Sequence[str] = (),
+        endpoint: str | None = None,
     ) -> ActivityId:
         """Store a parameter sweep: one activity standing for one child activity per point
         (``(job, document)``), all committed together. The sweep's own state is its
@@ -214,11 +234,14 @@ class Activities:
         at = self._clock()
         parent = new_activity_id()
         children = []
-        for index, (job, child_document) in enumerate(points):
+        uses: list[tuple[ActivityId, list[str]]] = []
+        for index, (given, child_document) in enumerate(points):
+            job, used = await self._with_stored_files(caller, given, endpoint)
             self._check_runnable(job, where=f"point {index + 1} of the parameter sweep: ")
+            uses.append((new_activity_id(), used))
             children.append(
                 NewActivity(
-                    id=new_activity_id(),
+                    id=uses[-1][0],
                     owner=caller.name,
                     job_name=job.job_name,
                     document=redact_document(child_document),
@@ -242,6 +265,9 @@ class Activities:
         )
         if not await self._db.write(rows.create_sweeps, [sweep, *children]):
             raise NotAcceptingNewActivities("this factory is not accepting new activities")
+        for child_id, used in uses:
+            if used and self._store is not None:
+                await self._store.use(child_id, caller.name, used)
         self.metrics.submissions.inc()
         log.info(
             "%s created a parameter sweep %s of %d activities", caller.name, parent, len(children)

@@ -9,6 +9,7 @@ Routes::
     GET  /bes/schemas/<file>        the XSD and WSDL files it imports
     GET  /bes/images                the template image catalog (JSON)
     GET  /bes/activities/<id>/outputs[/<name>]   an activity's kept files (bes.results)
+    /bes/files[/sha256/<hex>|/name/<path>]       the caller's file store (bes.fileapi)
     GET  /bes/status[/activities/<id>]           the status page, HTML (bes.statuspage)
     GET  /metrics                   Prometheus text format, for administrators (bes.metrics)
     GET  /healthz                   liveness and database check
@@ -49,6 +50,8 @@ from bes.config import ServiceConfig
 from bes.db.store import Database
 from bes.errors import NotAuthorized
 from bes.factory import Factory
+from bes.fileapi import serve_files
+from bes.filestore import FILES, FileStore
 from bes.http import (
     TEXT,
     XML,
@@ -71,7 +74,7 @@ from bes.sealing import Sealer
 from bes.soap import CLIENT, SoapFault, render_fault
 from bes.statuspage import STATUS_PATH, serve_status
 from bes.vm.images import ImageError
-from bes.vm.repository import CATALOG_FILE, TINY, TINY_TEMPLATE, Catalog
+from bes.vm.repository import BUILT_IN_TEMPLATES, CATALOG_FILE, Catalog
 from bes.wire import ACTIVITY_PATH, DRAFT_2007, FINAL, Dialect, ResourceDescription
 from bes.workerapi import PREFIX as WORKER_PREFIX
 from bes.workerapi import WorkerApi
@@ -111,6 +114,8 @@ class BesApp:
         self.sealer: Sealer | None = None
         self._stop = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self.files: FileStore | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -142,6 +147,13 @@ class BesApp:
         self.db = db
         if self._given_identity is None:
             self.identity = await asyncio.to_thread(self._site_policy, db)
+        self.files = FileStore(
+            db,
+            config.files_dir or config.data_dir / "files",
+            max_file_bytes=config.file_max_bytes,
+            quota_bytes=config.file_quota_bytes,
+            expire_after_s=config.file_expiry_s,
+        )
         self.activities = Activities(
             db,
             backends=backends,
@@ -149,6 +161,7 @@ class BesApp:
             metrics=self.metrics,
             sealer=sealer,
             file_roots=config.file_roots,
+            store=self.files,
         )
         self.overview = Overview(self.activities, db)
         self.factory = Factory(
@@ -160,9 +173,10 @@ class BesApp:
         )
         grid = next((b for b in backends.values() if isinstance(b, DesktopGridBackend)), None)
         self._gateway = grid.gateway if grid is not None else None
-        self.workers = WorkerApi(grid.gateway) if grid is not None else None
+        self.workers = WorkerApi(grid.gateway, self.files) if grid is not None else None
         self._stop.clear()
         self._loop_task = asyncio.create_task(self.activities.run(self._stop), name="bes-backends")
+        self._housekeeping = asyncio.create_task(self.files.run(self._stop), name="bes-files")
         log.info("bes ready: database %s, backend %s", _redact(db.url), config.backend or "none")
 
     def _site_policy(self, db: Database) -> IdentityPolicy:
@@ -192,9 +206,10 @@ class BesApp:
     async def shutdown(self) -> None:
         """Stop the backend loop, finish pending writes, close everything."""
         self._stop.set()
-        if self._loop_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for task in (self._loop_task, self._housekeeping):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.activities is not None:
             for backend in self.activities.backends.values():
                 backend.close()
@@ -252,6 +267,18 @@ class BesApp:
                     endpoint=self._endpoint(scope),
                 )
             return "outputs", ""
+        elif path == FILES or path.startswith(FILES + "/"):
+            caller = await self._http_caller(scope, send)
+            if caller is not None and self.files is not None:
+                await serve_files(
+                    scope,
+                    receive,
+                    send,
+                    caller=caller,
+                    store=self.files,
+                    endpoint=self._endpoint(scope),
+                )
+            return "files", method if method in _FILE_METHODS else _OTHER
         elif path.startswith(ACTIVITY_PATH) or path == "/bes/draft-2007":
             if method != "POST":
                 await not_allowed(send, "POST")
@@ -367,15 +394,16 @@ class BesApp:
         await respond(send, 200, data, XML)
 
     async def _images(self, send: Send) -> None:
-        """The site's templates (``<data-dir>/templates.json``) and the built-in tiny."""
+        """The site's templates (``<data-dir>/templates.json``) and the built-in ones."""
         try:
             catalog = await asyncio.to_thread(Catalog.load, self.config.data_dir / CATALOG_FILE)
         except ImageError as exc:
             log.error("%s", exc)
             await respond(send, 503, b"the image catalog is unreadable; see the log\n", TEXT)
             return
-        if catalog.get(TINY) is None:
-            catalog.add(TINY_TEMPLATE)
+        for built_in in BUILT_IN_TEMPLATES:
+            if catalog.get(built_in.name) is None:
+                catalog.add(built_in)
         body = json.dumps(catalog.to_json(), indent=1).encode() + b"\n"
         await respond(send, 200, body, b"application/json")
 
@@ -417,6 +445,7 @@ class BesApp:
 _CHALLENGE: Final = (b"www-authenticate", b'Basic realm="bes", charset="UTF-8"')
 _FACTORY_FAULT: Final = "http://schemas.ggf.org/bes/2006/08/bes-factory/BESFactoryPortType/Fault"
 _OTHER: Final = "other"
+_FILE_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 _WORKER_CALLS: Final = frozenset(
     {"register", "claim", "heartbeat", "complete", "fail", "release", "openapi.json"}
 )

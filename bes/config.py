@@ -43,6 +43,11 @@ class ServiceConfig:
         auth_window_s: How far a WS-Security Created or Timestamp may be from now.
         signature_algorithms: Accepted XML Signature methods (URIs); None: RSA-SHA256 and up,
             and the RSA-SHA1 deployed clients still send.
+        files_dir: Where the file store keeps its files (the same directory on every
+            replica); None: ``data_dir/files``.
+        file_max_bytes: Largest file one upload may store.
+        file_quota_bytes: Each user's file store quota (``bes user quota`` sets others).
+        file_expiry_s: Stored files that no unended activity uses are removed after this.
     """
 
     host: str = "127.0.0.1"
@@ -66,6 +71,10 @@ class ServiceConfig:
     file_roots: tuple[str, ...] = ()
     auth_window_s: float = 300.0
     signature_algorithms: frozenset[str] | None = None
+    files_dir: Path | None = None
+    file_max_bytes: int = 16 * 1024**3
+    file_quota_bytes: int = 50 * 1024**3
+    file_expiry_s: float = 7 * 86400.0
 
     @property
     def tls(self) -> bool:

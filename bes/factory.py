@@ -227,12 +227,12 @@ class Factory:
                 for i, point in enumerate(expand(job_element, limit=self.sweep_limit), 1)
             ]
             activity_id = await self.activities.create_sweep(
-                call.caller, document, points, warnings=call.warnings
+                call.caller, document, points, warnings=call.warnings, endpoint=call.endpoint
             )
         else:
             job = parse_job_definition(job_element, validated=True)
             activity_id = await self.activities.create(
-                call.caller, job, document, warnings=call.warnings
+                call.caller, job, document, warnings=call.warnings, endpoint=call.endpoint
             )
         log.debug("%s created activity %s", call.caller.name, activity_id)
         response = element("CreateActivityResponse")

@@ -9,6 +9,8 @@ by ``schemas/worker-api-v1.json`` (OpenAPI 3.1), served at ``/worker/v1/openapi.
     POST /worker/v1/heartbeat                      renew leases, report sub-states; out:
                                                    continue | cancel | lost per lease
     PUT  /worker/v1/leases/LEASE/files/NAME        upload one output file (raw body)
+    GET  /worker/v1/leases/LEASE/store/sha256/HEX  an input of the job from the file store
+    PUT  /worker/v1/leases/LEASE/store/name/PATH   deliver an output into the file store
     POST /worker/v1/leases/LEASE/complete          the job ran: exit code, timing
     POST /worker/v1/leases/LEASE/fail              the job could not run (retry or not)
     POST /worker/v1/leases/LEASE/release           hand the job back unfinished
@@ -34,6 +36,8 @@ from bes.backends.desktopgrid.gateway import ClaimRequest, WorkerGateway, lease_
 from bes.backends.desktopgrid.outputs import OutputTooLarge, UnsafePath
 from bes.db.grid_rows import Lease, WorkerIdentity
 from bes.errors import ConfigError, InvalidRequest, LeaseLost, NotAuthorized, StoreError
+from bes.fileapi import file_error_status
+from bes.filestore import FileStore, FileStoreError, parse_ref
 from bes.http import (
     BodyTooLarge,
     Receive,
@@ -43,10 +47,13 @@ from bes.http import (
     not_allowed,
     read_body,
     respond,
+    respond_file,
     respond_json,
     stream_body,
 )
 from bes.identity import bearer_token
+from bes.jsdl import codec
+from bes.jsdl.model import DataStaging
 from bes.schemas import schema_file
 from bes.workerschema import OPENAPI_FILE, worker_protocol
 
@@ -55,6 +62,7 @@ log = logging.getLogger(__name__)
 PREFIX: Final = "/worker/v1/"
 _MAX_JSON_BYTES: Final = 256 * 1024
 _MAX_TEXT: Final = 4000  # characters of a worker's message kept
+_OCTETS: Final = b"application/octet-stream"
 
 Handler = Callable[[WorkerIdentity, Mapping[str, str], dict[str, Any]], Awaitable[tuple[int, Any]]]
 
@@ -66,8 +74,9 @@ class WorkerApi:
         ConfigError: The OpenAPI document is malformed, or names an operation no handler serves.
     """
 
-    def __init__(self, gateway: WorkerGateway) -> None:
+    def __init__(self, gateway: WorkerGateway, store: FileStore | None = None) -> None:
         self.gateway = gateway
+        self.store = store
         self.protocol = worker_protocol()
         self._handlers: dict[str, Handler] = {
             "register": self._register,
@@ -77,7 +86,7 @@ class WorkerApi:
             "fail": self._fail,
             "release": self._release,
         }
-        served = {*self._handlers, "openapi", "upload"}
+        served = {*self._handlers, "openapi", "upload", "fetchStored", "deliverStored"}
         missing = set(self.protocol.operations) - served
         if missing:
             raise ConfigError(f"no handler serves the worker API's operations {sorted(missing)}")
@@ -93,7 +102,7 @@ class WorkerApi:
             await respond(send, 200, data, b"application/json")
             return
         # An upload refused part-way leaves body bytes on the connection: close it then.
-        close = "/files/" in path
+        close = "/files/" in path or "/store/" in path
         try:
             await self._authorized(scope, receive, send)
         except NotAuthorized as exc:
@@ -106,6 +115,9 @@ class WorkerApi:
             await _error(send, 413, "too-large", str(exc), close=True)
         except StoreError as exc:
             await _error(send, 503, "unavailable", f"{exc}; try again later", close=close)
+        except FileStoreError as exc:
+            status, kind = file_error_status(exc)
+            await _error(send, status, kind, str(exc), close=close)
         except Exception:
             reference = secrets.token_hex(4)
             log.exception("internal error %s on %s %s", reference, method, path)
@@ -130,6 +142,9 @@ class WorkerApi:
         if operation.operation_id == "upload":
             await self._upload(worker, parameters, receive, send)
             return
+        if operation.operation_id in ("fetchStored", "deliverStored"):
+            await self._stored(worker, parameters, scope, receive, send)
+            return
         body = await read_body(receive, headers, _MAX_JSON_BYTES)
         if body is None:
             raise BodyTooLarge(f"JSON bodies are limited to {_MAX_JSON_BYTES} bytes")
@@ -149,6 +164,35 @@ class WorkerApi:
         name = parameters["name"]
         size = await self.gateway.upload(worker, parameters["lease"], name, stream_body(receive))
         await respond_json(send, 200, {"name": name, "bytes": size})
+
+    async def _stored(
+        self,
+        worker: WorkerIdentity,
+        parameters: Mapping[str, str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """A file of the job owner's store that the leased job names: a Source (GET) or a
+        Target (PUT)."""
+        if self.store is None:
+            raise InvalidRequest("this service has no file store")
+        ref = parse_ref(parameters["ref"])
+        _, owner, job = await self.gateway.leased_job(worker, parameters["lease"])
+        uris = {s.source if scope["method"] == "GET" else s.target for s in _stagings(job)}
+        if ref.uri not in uris:
+            raise InvalidRequest(f"the leased job names no {ref.uri} there")
+        if scope["method"] == "GET":
+            found = await self.store.live(owner, ref)
+            await respond_file(send, self.store.blob(owner, found.sha256), _OCTETS, head=False)
+            return
+        length = headers_of(scope).get("content-length", "")
+        if not length.isdigit():
+            raise InvalidRequest("send the file with a Content-Length")
+        sha256 = await self.store.store_stream(
+            owner, stream_body(receive), total=int(length), name=ref.name
+        )
+        await respond_json(send, 201, {"sha256": sha256, "bytes": int(length)})
 
     async def _register(
         self, worker: WorkerIdentity, parameters: Mapping[str, str], data: dict[str, Any]
@@ -249,3 +293,7 @@ async def _error(send: Send, status: int, kind: str, message: str, *, close: boo
 
 
 __all__ = ["PREFIX", "WorkerApi"]
+
+
+def _stagings(job: str) -> tuple[DataStaging, ...]:
+    return codec.from_json(job).job_description.data_staging

@@ -12,6 +12,7 @@ import click
 
 from bes import __version__
 from bes.cli._db import database as _database
+from bes.cli._sizes import ByteSize
 from bes.cli.ca import ca
 from bes.cli.jobs import CLIENT_COMMANDS
 from bes.cli.users import user
@@ -183,6 +184,35 @@ bes.xmlsignature.ALGORITHMS_BY_NAME; named here so that ``bes --help`` loads no 
     help="A WS-Security signature method to accept (repeatable; default: all of these: the "
     "RSA and ECDSA SHA-2 ones and the rsa-sha1 deployed clients send). HMAC and MD5 never.",
 )
+@click.option(
+    "--files-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the file store keeps uploaded files (the same directory on every replica; "
+    "default: DATA_DIR/files).",
+)
+@click.option(
+    "--file-max-size",
+    "file_max_bytes",
+    default="16G",
+    show_default=True,
+    type=ByteSize(),
+    help="Largest file one upload may store.",
+)
+@click.option(
+    "--file-quota",
+    "file_quota_bytes",
+    default="50G",
+    show_default=True,
+    type=ByteSize(),
+    help="Each user's file store quota (bes user quota sets another for one user).",
+)
+@click.option(
+    "--file-expiry-days",
+    default=7.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0, min_open=True),
+    help="Stored files that no unfinished activity uses are removed after this many days.",
+)
 def serve(
     host: str,
     port: int,
@@ -206,6 +236,10 @@ def serve(
     file_roots: tuple[str, ...],
     auth_window_s: float,
     signature_algorithms: tuple[str, ...],
+    files_dir: Path | None,
+    file_max_bytes: int,
+    file_quota_bytes: int,
+    file_expiry_days: float,
 ) -> None:
     """Run the BES service (SOAP at http://HOST:PORT/bes), by default with a desktop grid
     and one local worker, so submitted jobs run in VMs on this machine."""
@@ -242,6 +276,10 @@ def serve(
         file_roots=file_roots,
         auth_window_s=auth_window_s,
         signature_algorithms=_signature_methods(signature_algorithms),
+        files_dir=files_dir,
+        file_max_bytes=file_max_bytes,
+        file_quota_bytes=file_quota_bytes,
+        file_expiry_s=file_expiry_days * 86400.0,
     )
     _check_exposure(config)
     worker = None

@@ -37,6 +37,7 @@ from zeep import xsd
 from zeep.wsse.compose import Compose
 
 from bes.client import _envelope, jsdl
+from bes.client import files as _files
 from bes.client._http import describe_failure, raise_for_http
 from bes.client.auth import (
     Credential,
@@ -260,6 +261,56 @@ class BESClient:
             raise ProtocolProblem("the image catalog is not a list of templates")
         return [t for t in templates if isinstance(t, dict)]
 
+    @property
+    def files_url(self) -> str:
+        """The service's file store (``…/bes/files``, an extension of ours)."""
+        return self.url.rstrip("/") + "/files"
+
+    def upload(
+        self, path: str | os.PathLike[str], *, progress: _files.Progress | None = None
+    ) -> str:
+        """Put a local file into the service's file store (unless it holds it already) and
+        return the URL a JSDL Source names it by. See :meth:`upload_file`."""
+        return self.upload_file(path, progress=progress).url
+
+    def upload_file(
+        self, path: str | os.PathLike[str], *, progress: _files.Progress | None = None
+    ) -> _files.Uploaded:
+        """Put a local file into the service's file store: hashed first, not sent at all if
+        the service holds it, resumed if the connection breaks; ``progress(sent, total)``.
+
+        Raises:
+            UploadRefused: The service refused it (too large, over quota, …).
+            ConnectionProblem: It could not be sent.
+        """
+        url = self.files_url
+        connection = _files.Connection(
+            session=self._session,
+            verify=self._session.verify if self._session.verify is not None else True,
+            auth=self._auth_for(url),
+            timeout_s=max(self.timeout_s, 300.0),
+        )
+        return _files.upload(url, Path(path), connection, progress=progress)
+
+    def download(
+        self,
+        url: str,
+        dest: str | os.PathLike[str],
+        *,
+        progress: _files.Progress | None = None,
+    ) -> int:
+        """Download a file of the service (a stored file, a kept output) to ``dest``;
+        returns its size. Nothing is left at ``dest`` if it fails."""
+        return self._download(url, Path(dest), progress=progress)
+
+    def files(self) -> list[dict[str, Any]]:
+        """The caller's stored files (sha256, bytes, url, names), newest first."""
+        found = self._get_json(self.files_url)
+        listed = found.get("files") if isinstance(found, dict) else None
+        if not isinstance(listed, list):
+            raise ProtocolProblem("the file store's listing is not a list of files")
+        return [f for f in listed if isinstance(f, dict)]
+
     def ref(self, text: str) -> ActivityRef:
         """A reference to an activity of *this* service from its id or its address, for
         services that, like ours, find an activity from either (others need the EPR they
@@ -380,7 +431,7 @@ class BESClient:
             return None
         return self._basic
 
-    def _download(self, url: str, path: Path) -> int:
+    def _download(self, url: str, path: Path, *, progress: _files.Progress | None = None) -> int:
         url = urljoin(self.url, url)
         partial = path.with_name(path.name + ".partial")
         try:
@@ -392,11 +443,14 @@ class BESClient:
                 auth=self._auth_for(url),
             ) as response:
                 raise_for_http(response, url, soap=False)
+                total = int(response.headers.get("content-length", "0") or 0)
                 size = 0
                 with partial.open("wb") as out:
-                    for chunk in response.iter_content(1 << 16):
+                    for chunk in response.iter_content(1 << 20):
                         out.write(chunk)
                         size += len(chunk)
+                        if progress is not None:
+                            progress(size, max(total, size))
         except requests.RequestException as exc:
             partial.unlink(missing_ok=True)
             raise describe_failure(exc, url, self.timeout_s) from exc

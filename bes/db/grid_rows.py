@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 
 from bes.db.prepared import Prepared, db_time, from_db_time
-from bes.db.tables import activity_document, grid_job, worker
+from bes.db.tables import activity, activity_document, grid_job, worker
 from bes.ids import ActivityId, BackendJobId
 from bes.states import SubState
 
@@ -598,6 +598,29 @@ def lease_holds(conn: Connection, ref: LeaseRef, now: dt.datetime) -> bool:
         )
     ).first()
     return found is not None
+
+
+def lease_job(
+    conn: Connection, ref: LeaseRef, now: dt.datetime
+) -> tuple[ActivityId, str, str] | None:
+    """The activity, its owner and its job (JSON) while ``ref`` is the job's current,
+    unexpired lease."""
+    found = conn.execute(
+        select(grid_job.c.activity_id, activity.c.owner, activity_document.c.job)
+        .join(activity, activity.c.id == grid_job.c.activity_id)
+        .join(activity_document, activity_document.c.id == grid_job.c.activity_id)
+        .where(
+            grid_job.c.id == ref.job_id,
+            grid_job.c.lease_epoch == ref.epoch,
+            grid_job.c.worker_id == ref.worker_id,
+            grid_job.c.state == GridState.LEASED.value,
+            grid_job.c.lease_until >= now,
+            _live(ref.worker_id),
+        )
+    ).first()
+    if found is None:
+        return None
+    return ActivityId(found[0]), str(found[1]), str(found[2])
 
 
 _ENDED: Final = Prepared(

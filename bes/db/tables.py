@@ -200,3 +200,67 @@ seen_nonce = Table(
     Column("expires_at", UtcDateTime(), nullable=False),
     Index(None, "expires_at"),
 )
+
+# The file store (bes.filestore): files users uploaded, content-addressed per owner (the same
+# sha256 under two owners is two rows and two copies, so nobody can probe for or claim another
+# user's file by its hash). ``expired_at`` marks a file removed for lack of use (its row stays,
+# so a job that still names it fails saying so); ``last_used_at`` is its upload, its last
+# re-upload, or the last time an activity used it.
+stored_file = Table(
+    "stored_file",
+    metadata,
+    Column("owner", String(256), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("bytes", BigInteger, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_used_at", UtcDateTime(), nullable=False),
+    Column("expired_at", UtcDateTime()),
+    Index(None, "last_used_at"),
+)
+
+# Names users gave their stored files (PUT …/files/name/PATH, or a job's Target there).
+file_name = Table(
+    "file_name",
+    metadata,
+    Column("owner", String(256), primary_key=True),
+    Column("name", String(1024), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("bound_at", UtcDateTime(), nullable=False),
+    Index(None, "owner", "sha256"),
+)
+
+# Which activity names which stored file as an input: a file is not expired while an activity
+# that names it has not ended.
+file_ref = Table(
+    "file_ref",
+    metadata,
+    Column(
+        "activity_id", String(32), ForeignKey("activity.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("sha256", String(64), primary_key=True),
+    Column("owner", String(256), nullable=False),
+    Index(None, "owner", "sha256"),
+)
+
+# Each owner's bytes in the store, stored files and uploads under way together, and their quota
+# (None: the site's default). One row per owner, changed by conditional UPDATEs only, so two
+# uploads on two replicas cannot both pass the quota.
+file_usage = Table(
+    "file_usage",
+    metadata,
+    Column("owner", String(256), primary_key=True),
+    Column("used_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("quota_bytes", BigInteger),
+)
+
+# Uploads under way: what they reserved of the owner's quota, and when they last moved (a stale
+# one is dropped and its reservation given back).
+file_upload = Table(
+    "file_upload",
+    metadata,
+    Column("owner", String(256), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("total_bytes", BigInteger, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index(None, "updated_at"),
+)

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 _TIMEOUT_S: Final = 30.0
 _UPLOAD_TIMEOUT_S: Final = 600.0
+_DOWNLOAD_CHUNK: Final = 1024 * 1024
+_STORE_SCHEME: Final = "bes-store:"
 
 
 class ServiceUnavailable(BesError):
@@ -132,6 +134,22 @@ class ServiceClient:
         with path.open("rb") as body:
             self._request("PUT", url, data=body, timeout_s=_UPLOAD_TIMEOUT_S)
 
+    def fetch_stored(self, lease: str, uri: str, dest: Path) -> None:
+        """Download a ``bes-store:`` Source of a lease's job into ``dest``."""
+        url = f"leases/{_quote(lease)}/store/{_store_ref(uri)}"
+        with (
+            self._request("GET", url, data=None, timeout_s=_UPLOAD_TIMEOUT_S, stream=True) as got,
+            dest.open("wb") as out,
+        ):
+            for chunk in got.iter_content(_DOWNLOAD_CHUNK):
+                out.write(chunk)
+
+    def deliver_stored(self, lease: str, uri: str, path: Path) -> None:
+        """Upload an output of a lease's job to its ``bes-store:`` Target."""
+        url = f"leases/{_quote(lease)}/store/{_store_ref(uri)}"
+        with path.open("rb") as body:
+            self._request("PUT", url, data=body, timeout_s=_UPLOAD_TIMEOUT_S)
+
     def complete(
         self,
         lease: str,
@@ -199,10 +217,17 @@ class ServiceClient:
         data: Any,
         headers: Mapping[str, str] | None = None,
         timeout_s: float,
+        stream: bool = False,
     ) -> requests.Response:
         url = f"{self.base_url}/worker/v1/{path}"
         return self._raw(
-            method, url, data=data, headers=headers, auth=_Bearer(self._token), timeout_s=timeout_s
+            method,
+            url,
+            data=data,
+            headers=headers,
+            auth=_Bearer(self._token),
+            timeout_s=timeout_s,
+            stream=stream,
         )
 
     def _raw(
@@ -214,6 +239,7 @@ class ServiceClient:
         headers: Mapping[str, str] | None = None,
         auth: requests.auth.AuthBase | None = None,
         timeout_s: float,
+        stream: bool = False,
     ) -> requests.Response:
         session = self._session()
         try:
@@ -224,6 +250,7 @@ class ServiceClient:
                 headers=dict(headers or {}),
                 auth=auth,
                 timeout=(10.0, timeout_s),
+                stream=stream,
                 # Given here, not on the session: REQUESTS_CA_BUNDLE would replace the latter.
                 verify=str(self._ca_file) if self._ca_file is not None else True,
             )
@@ -304,6 +331,13 @@ class _Bearer(requests.auth.AuthBase):
 
 def _quote(lease: str) -> str:
     return urllib.parse.quote(lease, safe="")
+
+
+def _store_ref(uri: str) -> str:
+    """The path of a ``bes-store:`` URI below a lease's ``store/`` (already URL-encoded)."""
+    if not uri.startswith(_STORE_SCHEME):
+        raise ProtocolError(f"{uri!r} is not a file of the service's store")
+    return uri[len(_STORE_SCHEME) :]
 
 
 def _message(response: requests.Response) -> str:

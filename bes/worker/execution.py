@@ -108,7 +108,9 @@ def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
         return
     try:
         driver = _driver_for(work, node)
-        inputs = fetch_inputs(work.job, inputs_dir, file_roots=node.config.file_roots)
+        inputs = fetch_inputs(
+            work.job, inputs_dir, file_roots=node.config.file_roots, store=_store(node, work)
+        )
         vm_job = plan(
             work.job,
             work.activity,
@@ -172,7 +174,9 @@ def _stage_out_and_complete(
     work, client = assignment.work, node.client
     assignment.enter(SubState.STAGING_OUT)
     staging_out = time.monotonic()
-    failures = deliver_outputs(work.job, results, file_roots=node.config.file_roots)
+    failures = deliver_outputs(
+        work.job, results, file_roots=node.config.file_roots, store=_store(node, work)
+    )
     files = {"stdout": results.stdout, "stderr": results.stderr} if streams else {}
     files.update(kept_paths(results, kept_files(work.job)))
     for name, path in files.items():
@@ -204,7 +208,9 @@ def _data_job(assignment: Assignment, node: Node, inputs_dir: Path, workdir: Pat
     work = assignment.work
     started = time.monotonic()
     try:
-        inputs = fetch_inputs(work.job, inputs_dir, file_roots=node.config.file_roots)
+        inputs = fetch_inputs(
+            work.job, inputs_dir, file_roots=node.config.file_roots, store=_store(node, work)
+        )
     except BesError as exc:
         _fail(node.client, work, f"{exc}", retry=False)
         return
@@ -270,3 +276,21 @@ def _try(call: Callable[[], object]) -> None:
         call()
     except BesError as exc:
         log.warning("could not report: %s", exc)
+
+
+class _LeaseStore:
+    """The service's file store for one lease (bes.worker.staging.ServiceStore)."""
+
+    def __init__(self, client: ServiceClient, lease: str) -> None:
+        self._client = client
+        self._lease = lease
+
+    def fetch(self, uri: str, dest: Path) -> None:
+        self._client.fetch_stored(self._lease, uri, dest)
+
+    def deliver(self, uri: str, path: Path) -> None:
+        self._client.deliver_stored(self._lease, uri, path)
+
+
+def _store(node: Node, work: Work) -> _LeaseStore:
+    return _LeaseStore(node.client, work.lease)

@@ -2,14 +2,15 @@
 
 Sources are fetched with http(s) GET (HTTP Basic with the element's UsernameToken, or
 ``Authorization: Bearer`` with UNICORE's BearerToken), with ftp RETR (the UsernameToken, else
-the URI's user, else anonymous), taken from the document itself (UNICORE's inline data), or
-read from ``file:`` URIs under the directories the worker's owner allowed. CreationFlag
-applies when several elements name the same file, in document order: ``overwrite`` replaces
-it, ``append`` appends to it, ``dontOverwrite`` fails the job. Targets are written with
-http(s) PUT (``dontOverwrite`` sends ``If-None-Match: *``, so an existing file is never
-replaced), ftp STOR (APPE for ``append``; ``dontOverwrite`` checks SIZE first) or to ``file:``
-URIs under the allowed directories. A failure is a
-:class:`StagingError`, whose message says which file and why.
+the URI's user, else anonymous), taken from the document itself (UNICORE's inline data),
+read from ``file:`` URIs under the directories the worker's owner allowed, or fetched from
+the service's file store (``bes-store:`` URIs, through the lease, with the worker's own
+token). CreationFlag applies when several elements name the same file, in document order:
+``overwrite`` replaces it, ``append`` appends to it, ``dontOverwrite`` fails the job. Targets
+are written with http(s) PUT (``dontOverwrite`` sends ``If-None-Match: *``, so an existing
+file is never replaced), ftp STOR (APPE for ``append``; ``dontOverwrite`` checks SIZE
+first), to ``file:`` URIs under the allowed directories, or into the service's file store. A
+failure is a :class:`StagingError`, whose message says which file and why.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from __future__ import annotations
 import logging
 import shutil
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import requests
 
+from bes.errors import BesError
 from bes.jsdl.model import CreationFlag, DataStaging, JobDefinition
 from bes.vm.media import GuestResults, UnsafePath, safe_relative
 from bes.worker import ftp
@@ -31,17 +33,35 @@ from bes.worker.ftp import StagingError, shown
 log = logging.getLogger(__name__)
 
 _CHUNK: Final = 1024 * 1024
+STORE_SCHEME: Final = "bes-store"
+"""Sources and Targets in the service's file store (fetched and delivered for the lease)."""
 _TIMEOUT_S: Final = 60.0
 
 
-def fetch_inputs(job: JobDefinition, dest: Path, *, file_roots: Sequence[Path]) -> dict[str, Path]:
+class ServiceStore(Protocol):
+    """The service's file store, as a worker reaches it for one lease (``bes-store:`` URIs
+    in the leased job). Both raise a :class:`bes.errors.BesError` whose message says what
+    the service answered."""
+
+    def fetch(self, uri: str, dest: Path) -> None: ...
+
+    def deliver(self, uri: str, path: Path) -> None: ...
+
+
+def fetch_inputs(
+    job: JobDefinition,
+    dest: Path,
+    *,
+    file_roots: Sequence[Path],
+    store: ServiceStore | None = None,
+) -> dict[str, Path]:
     """Fetch every DataStaging Source into ``dest``; returns file name -> local file."""
     inputs: dict[str, Path] = {}
     stagings = [s for s in job.job_description.data_staging if s.source is not None]
     dest.mkdir(parents=True, exist_ok=True)
     for index, staging in enumerate(stagings):
         name = _name(staging)
-        fetched = _fetch(staging, dest / f"in-{index}", file_roots)
+        fetched = _fetch(staging, dest / f"in-{index}", file_roots, store)
         if name not in inputs:
             inputs[name] = fetched
         elif staging.creation_flag is CreationFlag.DONT_OVERWRITE:
@@ -57,7 +77,11 @@ def fetch_inputs(job: JobDefinition, dest: Path, *, file_roots: Sequence[Path]) 
 
 
 def deliver_outputs(
-    job: JobDefinition, results: GuestResults, *, file_roots: Sequence[Path]
+    job: JobDefinition,
+    results: GuestResults,
+    *,
+    file_roots: Sequence[Path],
+    store: ServiceStore | None = None,
 ) -> list[str]:
     """Deliver each output that has a Target; returns what failed, one line per file."""
     failures = []
@@ -71,7 +95,7 @@ def deliver_outputs(
                 nested = any(n.startswith(name + "/") for n in results.outputs)
                 why = "it is a directory" if nested else "the job did not produce it"
                 raise StagingError(f"output {name!r} cannot be delivered: {why}")
-            _deliver(staging, produced, file_roots)
+            _deliver(staging, produced, file_roots, store)
         except StagingError as exc:
             log.warning("%s", exc)
             failures.append(str(exc))
@@ -96,6 +120,20 @@ def kept_paths(results: GuestResults, names: Sequence[str]) -> dict[str, Path]:
 # ------------------------------------------------------------------------------ helpers
 
 
+def _through_store(
+    staging: DataStaging,
+    transfer: Callable[[ServiceStore], None],
+    store: ServiceStore | None,
+    role: str,
+) -> None:
+    if store is None:
+        raise StagingError(f"{role} {staging.file_name!r}: no file store to reach here")
+    try:
+        transfer(store)
+    except BesError as exc:
+        raise StagingError(f"{role} {staging.file_name!r}: {exc}") from exc
+
+
 def _name(staging: DataStaging) -> str:
     try:
         return safe_relative(staging.file_name)
@@ -103,10 +141,15 @@ def _name(staging: DataStaging) -> str:
         raise StagingError(str(exc)) from exc
 
 
-def _fetch(staging: DataStaging, dest: Path, file_roots: Sequence[Path]) -> Path:
+def _fetch(
+    staging: DataStaging, dest: Path, file_roots: Sequence[Path], store: ServiceStore | None
+) -> Path:
     uri = staging.source or ""
     parsed = urllib.parse.urlsplit(uri)
     scheme = parsed.scheme.lower()
+    if scheme == STORE_SCHEME:
+        _through_store(staging, lambda s: s.fetch(uri, dest), store, "input")
+        return dest
     if scheme == "file":
         return _allowed_file(uri, file_roots, must_exist=True)
     if scheme == "inline":
@@ -139,10 +182,15 @@ def _fetch(staging: DataStaging, dest: Path, file_roots: Sequence[Path]) -> Path
     return dest
 
 
-def _deliver(staging: DataStaging, produced: Path, file_roots: Sequence[Path]) -> None:
+def _deliver(
+    staging: DataStaging, produced: Path, file_roots: Sequence[Path], store: ServiceStore | None
+) -> None:
     uri = staging.target or ""
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     flag = staging.creation_flag
+    if scheme == STORE_SCHEME:
+        _through_store(staging, lambda s: s.deliver(uri, produced), store, "output")
+        return
     if scheme == "file":
         target = _allowed_file(uri, file_roots, must_exist=False)
         if flag is CreationFlag.DONT_OVERWRITE and target.exists():

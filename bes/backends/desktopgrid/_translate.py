@@ -18,9 +18,10 @@ from bes.vm.repository import Catalog
 from bes.vm.spec import NetworkMode
 from bes.vmjob import VmDefaults, guest_task, virtual_machine
 
-SOURCE_SCHEMES: Final = frozenset({"http", "https", "ftp", "file", "inline"})
-"""DataStaging Source URI schemes a worker fetches (inline: UNICORE's data in the document)."""
-TARGET_SCHEMES: Final = frozenset({"http", "https", "ftp", "file"})
+SOURCE_SCHEMES: Final = frozenset({"http", "https", "ftp", "file", "inline", "bes-store"})
+"""DataStaging Source URI schemes a worker fetches (inline: UNICORE's data in the document;
+bes-store: the service's file store, as stored jobs name it)."""
+TARGET_SCHEMES: Final = frozenset({"http", "https", "ftp", "file", "bes-store"})
 """DataStaging Target URI schemes a worker delivers to (file: only under its allowed roots)."""
 
 WORKER_SUBSTATES: Final = {

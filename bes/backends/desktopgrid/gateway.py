@@ -473,6 +473,19 @@ class WorkerGateway:
         if os.path.isdir(attempt):
             shutil.rmtree(attempt, ignore_errors=True)
 
+    async def leased_job(self, worker: WorkerIdentity, reported: str) -> tuple[str, str, str]:
+        """The activity, owner and job (JSON) of a lease the worker holds.
+
+        Raises:
+            LeaseLost: The lease is not the worker's (any more).
+        """
+        ref = self._required(worker, reported)
+        found = await self._db.read(grid.lease_job, ref, self._clock())
+        if found is None:
+            await self.refuse_if_revoked(worker)
+            raise LeaseLost(f"lease {reported} is not yours any more")
+        return found
+
     async def _holding(self, worker: WorkerIdentity, reported: str) -> LeaseRef:
         ref = self._required(worker, reported)
         if not await self._db.read(grid.lease_holds, ref, self._clock()):
