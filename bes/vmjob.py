@@ -34,6 +34,8 @@ class VmDefaults:
     vcpus: int = 1
     wall_time_s: int = 3600
     os_type: str = "Linux_64"
+    boot_timeout_s: float | None = 600.0
+    """How long an image may take to boot and start the job before it is given up."""
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,7 @@ def plan(
         scratch_disk_mib=machine.scratch_disk_mib,
         user_data=machine.user_data,
         cpu_cap_percent=cpu_cap_percent,
+        boot_timeout_s=defaults.boot_timeout_s,
     )
     return vm_job
 

@@ -83,6 +83,15 @@ from bes.errors import BesError
     help="The name the service's certificate must be valid for, when --service reaches it "
     "by another (e.g. an address).",
 )
+@click.option(
+    "--boot-timeout",
+    "boot_timeout_s",
+    default=600.0,
+    show_default=True,
+    type=click.FloatRange(min=1.0),
+    help="Seconds a VM may take to boot and start its job; then it fails saying its image "
+    "does not boot or has no cloud-init.",
+)
 @click.option("--parent-pid", type=int, hidden=True, help="Stop when this process is gone.")
 def worker_command(
     service_url: str,
@@ -100,6 +109,7 @@ def worker_command(
     file_roots: tuple[Path, ...],
     ca_file: Path | None,
     tls_server_name: str | None,
+    boot_timeout_s: float,
     parent_pid: int | None,
 ) -> None:
     """Pull jobs from a bes service and run them in VMs on this machine.
@@ -131,6 +141,7 @@ def worker_command(
         file_roots=tuple(root.resolve() for root in file_roots),
         ca_file=ca_file.resolve() if ca_file is not None else None,
         tls_server_name=tls_server_name,
+        boot_timeout_s=boot_timeout_s,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,7 +12,10 @@ finds its disks by their first bytes, not by device names, which differ between 
 * an optional scratch disk starts with ``BESSCRATCH1 <instance id>``; the script makes a
   filesystem on it and runs the job there.
 
-Then it syncs and powers the VM off. Everything user-supplied is shell-quoted.
+Its first act is to write :func:`started_marker` to the serial console, so the host knows the
+image booted and ran the seed (an image that does not boot, or has no cloud-init, never
+does). Then it runs the job, syncs and powers the VM off. Everything user-supplied is
+shell-quoted.
 """
 
 from __future__ import annotations
@@ -25,6 +28,12 @@ from bes.errors import UnsupportedFeature
 
 DEFAULT_WORKING_DIRECTORY = "/var/tmp/bes-job"  # noqa: S108 - a path in the guest
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def started_marker(instance_id: str) -> str:
+    """What the job script writes to the serial console as soon as it runs: the host's
+    sign that the image booted and ran the seed's user-data."""
+    return f"BES-JOB-STARTED {instance_id}"
 
 
 def input_marker(instance_id: str) -> str:
@@ -111,6 +120,7 @@ def user_data(task: GuestTask, instance_id: str, *, scratch_disk: bool = False) 
         run += "    exit $rc\n"
     return _SCRIPT.format(
         instance_id=q(instance_id),
+        started=q(started_marker(instance_id)),
         input_marker=q(input_marker(instance_id)),
         output_marker=q(output_marker(instance_id).decode().rstrip("\n")),
         scratch=scratch if scratch_disk else "",
@@ -150,6 +160,9 @@ _SCRIPT = """\
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 export PATH
 umask 022
+for console in /dev/ttyS0 /dev/console; do
+    {{ echo {started} > "$console"; }} 2>/dev/null && break
+done
 R=/run/bes-result
 mkdir -p "$R/outputs" 2>/dev/null || {{ R=/tmp/bes-result; mkdir -p "$R/outputs"; }}
 : > "$R/missing"

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_DISK_MIB = 1024
 _CONSOLE_TAIL_LINES = 20
+_BOOT_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class VmJob:
     output_disk_mib: int = DEFAULT_OUTPUT_DISK_MIB
     user_data: str | None = None  # extra cloud-init user-data, merged as MIME multipart
     cpu_cap_percent: int = 100
+    boot_timeout_s: float | None = None
+    """The job script must have started within this (None: no limit but the wall time)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,14 @@ def run_vm_job(
         started = clock()
         driver.start(vm)
         state, reason = _watch(
-            job, driver, vm, cancelled=cancelled, paused=paused, clock=clock, poll_s=poll_s
+            job,
+            driver,
+            vm,
+            _BootWatch(workdir / "console.log", guest.started_marker(job.job_id)),
+            cancelled=cancelled,
+            paused=paused,
+            clock=clock,
+            poll_s=poll_s,
         )
         vm_seconds = round(clock() - started, 3)
         console = _console_tail(workdir)
@@ -148,10 +158,38 @@ def _prepare(job: VmJob, name: str, workdir: Path) -> VmSpec:
     )
 
 
+class _BootWatch:
+    """Whether the job script has announced itself on the serial console yet (read in
+    pieces as the log grows, at most about once a second)."""
+
+    def __init__(self, console: Path, marker: str) -> None:
+        self._console = console
+        self._marker = marker.encode()
+        self._offset = 0
+        self._checked = 0.0
+        self.started = False
+
+    def check(self, now: float, *, force: bool = False) -> bool:
+        if self.started or (not force and now - self._checked < _BOOT_CHECK_S):
+            return self.started
+        self._checked = now
+        start = max(0, self._offset - len(self._marker))  # a marker split across two reads
+        try:
+            with self._console.open("rb") as log_file:
+                log_file.seek(start)
+                data = log_file.read()
+        except OSError:
+            return False
+        self._offset = start + len(data)
+        self.started = self._marker in data
+        return self.started
+
+
 def _watch(
     job: VmJob,
     driver: HypervisorDriver,
     vm: VmHandle,
+    boot: _BootWatch,
     *,
     cancelled: Callable[[], bool],
     paused: Callable[[], bool],
@@ -159,6 +197,7 @@ def _watch(
     poll_s: float,
 ) -> tuple[VmState, str]:
     deadline = clock() + job.wall_time_s
+    boot_deadline = clock() + job.boot_timeout_s if job.boot_timeout_s is not None else None
     can_pause = Capability.PAUSE in driver.capabilities
     paused_since: float | None = None
     while True:
@@ -172,6 +211,8 @@ def _watch(
         elif paused_since is not None and not paused():
             driver.resume(vm)
             deadline += clock() - paused_since
+            if boot_deadline is not None:
+                boot_deadline += clock() - paused_since
             paused_since = None
             log.info("VM %s resumed", vm.name)
         if paused_since is not None:
@@ -180,7 +221,18 @@ def _watch(
         state = driver.state(vm)
         if state in (VmState.STOPPED, VmState.CRASHED, VmState.MISSING):
             return state, ""
-        if clock() >= deadline:
+        now = clock()
+        if boot_deadline is not None and boot.check(now):
+            boot_deadline = None
+        elif boot_deadline is not None and now >= boot_deadline and not boot.check(now, force=True):
+            log.info("VM %s did not start its job within %s s", vm.name, job.boot_timeout_s)
+            driver.stop(vm, grace_s=0)
+            return VmState.STOPPED, (
+                f"the VM did not start the job within {job.boot_timeout_s:g} s: its image "
+                "does not boot, or has no cloud-init reading the NoCloud seed's user-data "
+                "(see the console's last lines)"
+            )
+        if now >= deadline:
             log.info(
                 "VM %s exceeded its wall-time limit of %s s; killing it", vm.name, job.wall_time_s
             )

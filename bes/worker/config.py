@@ -34,6 +34,8 @@ class WorkerConfig:
             reaches it by another (e.g. an address); None: the URL's host.
         max_backoff_s: Longest wait between attempts to reach the service.
         stop_grace_s: On shutdown, how long to wait for jobs to hand back.
+        boot_timeout_s: How long a VM may take to boot and start its job (an image that does
+            not boot or has no cloud-init fails then, not at its wall time).
     """
 
     service: str
@@ -53,3 +55,4 @@ class WorkerConfig:
     tls_server_name: str | None = None
     max_backoff_s: float = 60.0
     stop_grace_s: float = 30.0
+    boot_timeout_s: float = 600.0

@@ -60,7 +60,7 @@ class Worker:
             ca_file=config.ca_file,
             server_name=config.tls_server_name,
         )
-        self.defaults = VmDefaults()
+        self.defaults = VmDefaults(boot_timeout_s=config.boot_timeout_s)
         self.drivers: dict[Hypervisor, HypervisorDriver] = {}
         self.hosts: dict[Hypervisor, HostInfo] = {}
         self._running: dict[str, Assignment] = {}

@@ -16,7 +16,7 @@ from bes.vm.drivers.qemu import QemuDriver
 from bes.vm.images import ImageError
 from bes.vm.job import VmOutcome, run_vm_job
 from bes.vm.repository import ImageRepository
-from bes.vmjob import plan
+from bes.vmjob import VmDefaults, plan
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -189,6 +189,52 @@ def test_a_user_image_with_the_wrong_checksum_never_boots(
     assert not repository.cache.has("ab" * 32)
 
 
+def test_an_image_that_does_not_boot_fails_at_the_boot_timeout_not_the_wall_time(
+    driver: QemuDriver, repository: ImageRepository, tmp_path: Path
+) -> None:
+    image = tmp_path / "blank.img"
+    image.write_bytes(b"\0" * (1024 * 1024))  # no boot sector: the firmware waits forever
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    document = f"""<jsdl:JobDefinition xmlns:jsdl="http://schemas.ggf.org/jsdl/2005/11/jsdl"
+        xmlns:posix="http://schemas.ggf.org/jsdl/2005/11/jsdl-posix"
+        xmlns:vm="urn:bes-grid:vm:1.0"><jsdl:JobDescription><jsdl:Application>
+        <posix:POSIXApplication><posix:Executable>/bin/true</posix:Executable>
+        </posix:POSIXApplication>
+        <vm:VirtualMachine><vm:Image><vm:URI>{image.as_uri()}</vm:URI>
+          <vm:SHA256>{digest}</vm:SHA256><vm:Format>raw</vm:Format></vm:Image>
+          <vm:WallTimeLimit>3600</vm:WallTimeLimit>
+        </vm:VirtualMachine>
+        </jsdl:Application></jsdl:JobDescription></jsdl:JobDefinition>""".encode()
+    job = load_job_definition(document)
+    defaults = VmDefaults(boot_timeout_s=6.0)
+    vm_job = plan(job, new_activity_id(), repository=repository, inputs={}, defaults=defaults)
+    started = time.monotonic()
+    outcome = run_vm_job(vm_job, driver, tmp_path / "results")
+
+    assert not outcome.completed
+    assert outcome.reason.startswith("the VM did not start the job within 6 s")
+    assert "does not boot, or has no cloud-init" in outcome.reason
+    assert time.monotonic() - started < 30
+
+
+def test_a_job_that_booted_is_not_stopped_by_the_boot_timeout(
+    driver: QemuDriver, repository: ImageRepository, tmp_path: Path
+) -> None:
+    document = jsdl(
+        """<posix:Executable>/bin/sh</posix:Executable>
+        <posix:Argument>-c</posix:Argument><posix:Argument>sleep 18; echo late</posix:Argument>"""
+    )
+    job = load_job_definition(document)
+    # tiny boots in about 3 s here: the job starts in time, then runs past the boot timeout.
+    defaults = VmDefaults(boot_timeout_s=15.0)
+    vm_job = plan(job, new_activity_id(), repository=repository, inputs={}, defaults=defaults)
+    outcome = run_vm_job(vm_job, driver, tmp_path / "results")
+
+    assert outcome.completed, outcome.reason
+    assert outcome.results is not None
+    assert outcome.results.stdout.read_text() == "late\n"
+
+
 def test_a_vm_left_by_a_dead_process_is_found_and_removed(
     driver: QemuDriver, repository: ImageRepository, tmp_path: Path
 ) -> None:
@@ -209,7 +255,7 @@ def test_a_vm_left_by_a_dead_process_is_found_and_removed(
         from bes.vm.job import _prepare
         from bes.vm.images import ImageCache
         from bes.vm.repository import ImageRepository
-        from bes.vmjob import plan
+        from bes.vmjob import VmDefaults, plan
         from bes.vm.spec import vm_name
         repo = ImageRepository(ImageCache(Path({str(repository.cache.root)!r})))
         job = load_job_definition({sleeper!r})
