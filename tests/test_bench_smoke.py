@@ -34,3 +34,34 @@ def test_security_bench_quick_run_is_accepted_in_every_mode(tmp_path: Path) -> N
         assert phase["p99_ms"] >= phase["p50_ms"] > 0
     assert "digest at 8 clients:" in done.stdout
     assert "signed at 8 clients:" in done.stdout
+
+
+FILES_BENCH = Path(__file__).resolve().parents[1] / "bench" / "files_bench.py"
+
+
+@pytest.mark.slow
+def test_files_bench_moves_the_file_both_ways_and_sends_nothing_the_second_time(
+    tmp_path: Path,
+) -> None:
+    figures = tmp_path / "figures.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(FILES_BENCH),
+            "--size-mib",
+            "16",
+            "--rounds",
+            "1",
+            "--json",
+            str(figures),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    results = json.loads(figures.read_text())
+    assert results["again_sent_bytes"] == 0
+    assert results["ratio_up"] > 0 and results["ratio_down"] > 0
+    assert "second upload of the same file: 0 bytes sent" in done.stdout
