@@ -65,12 +65,16 @@ class Census:
         queue: Desktop-grid jobs per queue state (``queued``, ``leased``, ...).
         oldest_queued_s: Age of the job that has waited longest for a worker, or None.
         accepting: Whether CreateActivity is accepted.
+        stored_bytes: Bytes the file store holds for all users (uploads under way included).
+        stored_files: Files in the file store.
     """
 
     activities: Mapping[str, int]
     queue: Mapping[str, int]
     oldest_queued_s: float | None
     accepting: bool
+    stored_bytes: int = 0
+    stored_files: int = 0
 
 
 class Metrics:
@@ -185,5 +189,13 @@ def _gauges(census: Census, version: str) -> list[Metric]:
         "1 while CreateActivity is accepted, 0 after StopAcceptingNewActivities",
         value=1.0 if census.accepting else 0.0,
     )
+    stored_bytes = GaugeMetricFamily(
+        "bes_file_store_bytes",
+        "Bytes the file store holds for all users (uploads under way included)",
+        value=float(census.stored_bytes),
+    )
+    stored_files = GaugeMetricFamily(
+        "bes_file_store_files", "Files in the file store", value=float(census.stored_files)
+    )
     info = InfoMetricFamily("bes_build", "The service's version", value={"version": version})
-    return [activities, queue, oldest, accepting, info]
+    return [activities, queue, oldest, accepting, stored_bytes, stored_files, info]

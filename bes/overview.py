@@ -18,6 +18,7 @@ from typing import Final
 from bes.activities import Activities, utc_now
 from bes.backends.base import kept_files
 from bes.db import activity_rows as rows
+from bes.db import file_rows
 from bes.db import overview_rows as overview
 from bes.db.overview_rows import ActivityLine, QueueSummary, WorkerLoad
 from bes.db.store import Database
@@ -152,6 +153,7 @@ class Overview:
         counts = await self._db.read(rows.count_by_state, None, points=True)
         queue = await self._db.read(overview.queue_summary)
         oldest = queue.oldest_queued_at
+        stored_bytes, stored_files = await self._db.read(file_rows.store_totals)
         return Census(
             activities={state.value: n for state, n in counts.items()},
             queue={state.value: n for state, n in queue.counts.items()},
@@ -159,6 +161,8 @@ class Overview:
                 max(0.0, (self._clock() - oldest).total_seconds()) if oldest is not None else None
             ),
             accepting=await self._activities.is_accepting(),
+            stored_bytes=stored_bytes,
+            stored_files=stored_files,
         )
 
 

@@ -4,6 +4,7 @@ operator's dashboard reads, parsed with prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +45,8 @@ def test_the_text_format_parses_and_holds_every_family() -> None:
         queue={"queued": 2},
         oldest_queued_s=12.5,
         accepting=True,
+        stored_bytes=3000,
+        stored_files=2,
     )
     samples = parse(metrics.render(census).decode())
     assert value(samples, "bes_submissions_total") == 2
@@ -52,6 +55,8 @@ def test_the_text_format_parses_and_holds_every_family() -> None:
     assert value(samples, "bes_queue_oldest_waiting_seconds") == 12.5
     assert value(samples, "bes_accepting_new_activities") == 1
     assert value(samples, "bes_build_info", version="9.9") == 1
+    assert value(samples, "bes_file_store_bytes") == 3000
+    assert value(samples, "bes_file_store_files") == 2
     timing = {"route": "soap", "operation": "CreateActivity"}
     assert value(samples, "bes_request_duration_seconds_count", **timing) == 2
     assert value(samples, "bes_request_duration_seconds_bucket", le="0.005", **timing) == 1
@@ -78,6 +83,17 @@ async def test_metrics_are_for_administrators(tmp_path: Path) -> None:
             assert scraped.status_code == 200
             assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
             assert value(parse(scraped.text), "bes_activities", state="Pending") == 1
+            assert value(parse(scraped.text), "bes_file_store_files") == 0
+            data = b"alice's input\n" * 100
+            stored = await http.put(
+                f"/bes/files/sha256/{hashlib.sha256(data).hexdigest()}",
+                content=data,
+                headers={"X-Test-User": "alice"},
+            )
+            assert stored.status_code == 201, stored.text
+            scraped = await site.get(ROOT, "/metrics")
+            assert value(parse(scraped.text), "bes_file_store_files") == 1
+            assert value(parse(scraped.text), "bes_file_store_bytes") == len(data)
             assert (await http.post("/metrics")).status_code == 405
     finally:
         await app.shutdown()
