@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from bes.cli._db import DATA_DIR, DATABASE_URL, database
+from bes.cli._sizes import ByteSize
 from bes.errors import BesError
 
 if TYPE_CHECKING:
@@ -215,3 +216,24 @@ def user_list(data_dir: Path, database_url: str | None) -> None:
             ways.append(f"subject:{u.certificate_subject}")
         role = "admin" if u.admin else "user"
         click.echo(f"{u.name:20} {role:6} {' '.join(ways)}")
+
+
+@user.command("quota")
+@click.argument("name")
+@click.argument("size", required=False, type=ByteSize())
+@click.option("--default", "use_default", is_flag=True, help="Back to the site's quota.")
+@DATA_DIR
+@DATABASE_URL
+def user_quota(
+    name: str, size: int | None, use_default: bool, data_dir: Path, database_url: str | None
+) -> None:
+    """Show NAME's file store use, or set their quota to SIZE (e.g. 200G); --default gives
+    them the site's (bes serve --file-quota)."""
+    from bes.db import file_rows
+
+    with database(data_dir, database_url) as db:
+        if size is not None or use_default:
+            db.write_sync(file_rows.set_quota, (name, None if use_default else size))
+        used, quota = db.read_sync(file_rows.usage, name)
+    shown = f"{quota} bytes" if quota is not None else "the site's (bes serve --file-quota)"
+    click.echo(f"{name}: {used} bytes stored; quota {shown}")

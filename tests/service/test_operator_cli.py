@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from bes.client import BESClient
+from bes.client.files import UploadRefused
+from tests.support.server import live_server
 from tests.support.worker import bes_cli
 
 # A documentation address (RFC 5737): never this machine's, so nothing is ever exposed even
@@ -120,3 +123,21 @@ def test_a_user_registered_by_certificate_file(tmp_path: Path) -> None:
     garbage.write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
     refused = bes_cli("user", "add", "dave", "--certificate", str(garbage), "--data-dir", str(data))
     assert refused.returncode != 0 and "not a certificate" in refused.stderr
+
+
+def test_a_quota_set_with_bes_user_quota_holds_on_the_running_service(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ok("user", "quota", "anonymous", "1000", "--data-dir", str(data))
+    with live_server(data, extra=["--backend", "none"]) as server:
+        client = BESClient(server.endpoint)
+        big = tmp_path / "big.bin"
+        big.write_bytes(b"x" * 2000)
+        with pytest.raises(UploadRefused, match="exceed your quota: 0 of 1000 bytes") as refused:
+            client.upload_file(big)
+        assert refused.value.status == 507
+        # Raised while the service runs: the next upload sees it (the quota is in the database).
+        shown = ok("user", "quota", "anonymous", "1M", "--data-dir", str(data)).stdout
+        assert "quota 1048576 bytes" in shown
+        assert client.upload_file(big).sent_bytes == 2000
+        shown = ok("user", "quota", "anonymous", "--data-dir", str(data)).stdout
+        assert shown.startswith("anonymous: 2000 bytes stored; quota 1048576 bytes")
