@@ -87,6 +87,9 @@ def build(
         stdout: File standard output goes to (kept by our service).
         stderr: File standard error goes to (kept by our service).
         inputs: File name in the job's directory → URI to fetch it from before the job runs.
+            A relative path with no scheme (``data.csv``, percent-encoded as a URI: see
+            :func:`bes.client.staging.source_uri`) names a local file relative to where the
+            document is written, which ``bes submit`` uploads (:mod:`bes.client.staging`).
         outputs: File name → URI to deliver it to after the job ran.
         keep: Files the service keeps for ``bes get`` (no URI needed).
         commented: Explain each part in XML comments (for a file people edit).
@@ -253,4 +256,7 @@ _STAGING: Final = """
   Files. A DataStaging with a Source is fetched into the job's directory before it runs;
   one with a Target is delivered there afterwards (http, https, ftp); one with neither and
   DeleteOnTermination false is kept by the service for bes get.
+  A Source that is a relative path (data.csv) is a file on your machine, relative to this
+  document: bes submit uploads it to the service's file store and sends its URL instead
+  (only bes submit understands such a path; file: URIs name files on the worker).
 """
