@@ -2,7 +2,8 @@
 
     GET    /bes/files                  JSON: the caller's files, usage and quota
     HEAD   /bes/files/sha256/HEX       200 if stored; else 404 with ``Upload-Offset``
-    PUT    /bes/files/sha256/HEX       the file, or a part (``Content-Range: bytes S-E/TOTAL``)
+    PUT    /bes/files/sha256/HEX       the file, or a part (``Content-Range: bytes S-E/TOTAL``):
+                                       201 stored, 200 it was already, 202 a part is in
     GET    /bes/files/sha256/HEX       the file          DELETE: remove it
     PUT    /bes/files/name/PATH        store a whole file and name it PATH
     GET    /bes/files/name/PATH        the file it names DELETE: remove the name
@@ -189,7 +190,8 @@ async def _write(  # noqa: PLR0917 - the request's parts, then what serves it
         await respond_json(send, 202, {"offset": state.offset, "bytes": total})
         return
     url = file_url(endpoint, ref)
-    await respond_json(send, 201, {"url": url, "sha256": ref.sha256, "bytes": state.total})
+    body = {"url": url, "sha256": ref.sha256, "bytes": state.total}
+    await respond_json(send, 200 if state.existed else 201, body)
 
 
 def file_error_status(exc: FileStoreError) -> tuple[int, str]:
