@@ -190,8 +190,8 @@ async def _write(  # noqa: PLR0917 - the request's parts, then what serves it
         await respond_json(send, 202, {"offset": state.offset, "bytes": total})
         return
     url = file_url(endpoint, ref)
-    body = {"url": url, "sha256": ref.sha256, "bytes": state.total}
-    await respond_json(send, 200 if state.existed else 201, body)
+    stored = {"url": url, "sha256": ref.sha256, "bytes": state.total}
+    await respond_json(send, 200 if state.existed else 201, stored)
 
 
 def file_error_status(exc: FileStoreError) -> tuple[int, str]:

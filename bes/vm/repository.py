@@ -2,9 +2,9 @@
 
 The catalog is a JSON document (``{"templates": [...]}``) that a site keeps beside its data
 and the service serves; each template names its disk by sha256 (plus where to fetch it) or,
-for kernel-booted templates, its kernel and initrd by sha256. The built-in template ``tiny``
-is built on first use from Debian packages (tiny.py), put in the cache and registered in the
-node's own catalog with the hashes it got.
+for kernel-booted templates, its kernel and initrd by sha256. The built-in templates ``tiny``
+(tiny.py) and ``debian-12`` (debian.py) are built on first use from Debian packages, put in
+the cache and registered in the node's own catalog with the hashes they got.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bes.errors import BesError
-from bes.vm import tiny
+from bes.vm import debian, tiny
 from bes.vm.images import ImageCache, ImageError
 from bes.vm.job import BootImage
 from bes.vm.runner import CommandRunner
@@ -29,6 +29,7 @@ from bes.vm.spec import Disk, ImageFormat, ImageRef, KernelBoot
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
+DEBIAN_12 = "debian-12"
 CATALOG_FILE = "templates.json"  # a site's catalog in the data directory; a node's in its cache
 _LOCAL_CATALOG = CATALOG_FILE
 
@@ -131,6 +132,18 @@ TINY_TEMPLATE = Template(
     runs_cloud_config=False,
 )
 
+DEBIAN_12_TEMPLATE = Template(
+    DEBIAN_12,
+    "Debian 12 (bookworm): systemd, cloud-init (NoCloud), Python 3, OpenSSH server and SFTP; "
+    "built on each node on first use from Debian packages (needs root, for debootstrap); "
+    "boots with its own kernel on QEMU only",
+    min_memory_mib=512,
+    jsdl_os=("debian 12", "debian-12"),
+)
+
+BUILT_IN_TEMPLATES = (TINY_TEMPLATE, DEBIAN_12_TEMPLATE)
+"""Templates every node builds itself; a catalog names them without files."""
+
 
 class ImageRepository:
     """Resolves image references against a site catalog and the node's cache."""
@@ -141,12 +154,15 @@ class ImageRepository:
         catalog: Catalog | None = None,
         *,
         runner: CommandRunner | None = None,
+        debian_mirror: str | None = None,
     ) -> None:
+        """``debian_mirror`` is where debian-12 is built from (default: debian.default_mirror)."""
         self.cache = cache
         self._site = catalog or Catalog()
         self.site_catalog = self._site
         """The site's catalog (templates, their operating systems, the default)."""
         self._runner = runner or CommandRunner()
+        self._debian_mirror = debian_mirror
 
     def template(self, name: str) -> Template | None:
         local = Catalog.load(self.cache.root / _LOCAL_CATALOG).get(name)
@@ -162,10 +178,9 @@ class ImageRepository:
             template = local.get(name)
             if template is not None:
                 merged.add(template)
-        if merged.get(TINY) is None:
-            merged.add(
-                Template(TINY, "built on first use from Debian packages", runs_cloud_config=False)
-            )
+        for built_in in BUILT_IN_TEMPLATES:
+            if merged.get(built_in.name) is None:
+                merged.add(built_in)
         return merged
 
     def resolve(
@@ -189,6 +204,8 @@ class ImageRepository:
                 # tiny is built by each node (a catalog's tiny, e.g. the service's, names no
                 # files), again whenever what goes into it changed.
                 template = self._build_tiny()
+            elif ref.template == DEBIAN_12 and (template is None or template.build != debian.BUILD):
+                template = self._build_debian()
             if template is None:
                 raise UnknownTemplate(f"no template image named {ref.template!r}")
             return self._boot_image(template), template
@@ -237,18 +254,57 @@ class ImageRepository:
                 initrd = self.cache.add(built.initrd)
             finally:
                 shutil.rmtree(build_dir, ignore_errors=True)
-            template = Template(
-                TINY,
-                description="Debian kernel and busybox; runs shell-script user-data "
-                f"({', '.join(built.packages)})",
-                min_memory_mib=128,
-                kernel_sha256=kernel,
-                initrd_sha256=initrd,
-                cmdline=built.cmdline,
-                runs_cloud_config=False,
-                build=tiny.BUILD,
+            return self._register(
+                Template(
+                    TINY,
+                    description="Debian kernel and busybox; runs shell-script user-data "
+                    f"({', '.join(built.packages)})",
+                    min_memory_mib=128,
+                    kernel_sha256=kernel,
+                    initrd_sha256=initrd,
+                    cmdline=built.cmdline,
+                    runs_cloud_config=False,
+                    build=tiny.BUILD,
+                )
             )
-            local = Catalog.load(self.cache.root / _LOCAL_CATALOG)
-            local.add(template)
-            local.save(self.cache.root / _LOCAL_CATALOG)
-            return template
+
+    def _build_debian(self) -> Template:
+        with (self.cache.root / ".debian.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time per node
+            existing = Catalog.load(self.cache.root / _LOCAL_CATALOG).get(DEBIAN_12)
+            if (
+                existing is not None
+                and self._available(existing)
+                and existing.build == debian.BUILD
+            ):
+                return existing
+            log.info("building the template %s from Debian packages (once per node)", DEBIAN_12)
+            build_dir = Path(tempfile.mkdtemp(prefix="debian-", dir=self.cache.root))
+            try:
+                built = debian.build(build_dir, self._runner, mirror=self._debian_mirror)
+                disk = self.cache.add(built.disk, image_format=ImageFormat.QCOW2)
+                kernel = self.cache.add(built.kernel)
+                initrd = self.cache.add(built.initrd)
+            finally:
+                debian.remove_tree(build_dir, self._runner)
+            return self._register(
+                dataclasses.replace(
+                    DEBIAN_12_TEMPLATE,
+                    description=f"Debian 12 (bookworm, {built.package_count} packages, Linux "
+                    f"{built.kernel_version}): systemd, cloud-init (NoCloud), Python "
+                    f"{built.python_version}, OpenSSH server and SFTP; built on this node",
+                    format=ImageFormat.QCOW2,
+                    sha256=disk,
+                    kernel_sha256=kernel,
+                    initrd_sha256=initrd,
+                    cmdline=built.cmdline,
+                    build=debian.BUILD,
+                )
+            )
+
+    def _register(self, template: Template) -> Template:
+        """Put a template built here in the node's own catalog."""
+        local = Catalog.load(self.cache.root / _LOCAL_CATALOG)
+        local.add(template)
+        local.save(self.cache.root / _LOCAL_CATALOG)
+        return template

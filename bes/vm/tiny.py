@@ -79,7 +79,7 @@ def build(dest: Path, runner: CommandRunner) -> TinyGuest:
             raise HypervisorError(f"expected one kernel in {kernel_package}, found {versions}")
         version = versions[0]
         kernel = dest / "vmlinux"
-        _write_vmlinux(root / f"boot/vmlinuz-{version}", kernel)
+        write_vmlinux(root / f"boot/vmlinuz-{version}", kernel)
         busybox = root / "bin/busybox"
         applets = runner.run([str(busybox), "--list"], timeout_s=30.0).stdout.split()
         initrd = dest / "initramfs.cpio.gz"
@@ -99,7 +99,7 @@ def _kernel_package(runner: CommandRunner) -> str:
     return match.group(1)
 
 
-def _write_vmlinux(vmlinuz: Path, dest: Path) -> None:
+def write_vmlinux(vmlinuz: Path, dest: Path) -> None:
     """Debian compresses the kernel with xz; the ELF inside boots directly (PVH)."""
     data = vmlinuz.read_bytes()
     start = data.find(_XZ_MAGIC)
@@ -112,7 +112,7 @@ def _write_vmlinux(vmlinuz: Path, dest: Path) -> None:
 
 
 def _write_initramfs(dest: Path, busybox: Path, applets: list[str], modules_dir: Path) -> None:
-    modules = _modules_in_load_order(modules_dir, MODULES)
+    modules = modules_in_load_order(modules_dir, MODULES)
     archive = InitramfsWriter(dest)
     try:
         for directory in ("bin", "dev", "proc", "sys", "tmp", "run", "mnt", "lib", "lib/modules"):
@@ -130,7 +130,7 @@ def _write_initramfs(dest: Path, busybox: Path, applets: list[str], modules_dir:
         archive.close()
 
 
-def _modules_in_load_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[tuple[str, bytes]]:
+def modules_in_load_order(modules_dir: Path, wanted: tuple[str, ...]) -> list[tuple[str, bytes]]:
     """The wanted modules and their dependencies, dependencies first; built-ins skipped."""
     files: dict[str, Path] = {}
     for path in modules_dir.rglob("*.ko*"):

@@ -42,7 +42,7 @@ from bes.jsdl.model import JobDefinition
 from bes.metrics import Metrics
 from bes.sealing import Sealer
 from bes.vm.images import ImageError
-from bes.vm.repository import TINY, TINY_TEMPLATE, Catalog
+from bes.vm.repository import BUILT_IN_TEMPLATES, Catalog
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class DesktopGridBackend(Backend):
     # ------------------------------------------------------------------ helpers
 
     def catalog(self) -> Catalog:
-        """The site's templates and the built-in tiny (read again when the file changes)."""
+        """The site's templates and the built-in ones (read again when the file changes)."""
         path = self.config.catalog_path
         try:
             stamp = path.stat().st_mtime if path is not None else 0.0
@@ -241,8 +241,9 @@ class DesktopGridBackend(Backend):
         except ImageError as exc:
             log.error("%s; only the built-in templates are available", exc)
             catalog = Catalog()
-        if catalog.get(TINY) is None:
-            catalog.add(TINY_TEMPLATE)
+        for built_in in BUILT_IN_TEMPLATES:
+            if catalog.get(built_in.name) is None:
+                catalog.add(built_in)
         self._catalog = (stamp, catalog)
         return catalog
 
