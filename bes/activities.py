@@ -44,6 +44,7 @@ from bes.principal import Principal
 from bes.sealing import Sealer
 from bes.states import ActivityState, SubState
 from bes.tracking import Tracker
+from bes.userimages import FileUse, UserImages
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class Activities:
             none refuses them.
         store: The file store, whose files jobs may name as Sources and Targets
             (:mod:`bes.filestore`); None treats those URLs like any other.
+        images: Users' images, which VM extensions name like templates
+            (:mod:`bes.userimages`); None leaves those names to the backend.
     """
 
     def __init__(
@@ -122,9 +125,11 @@ class Activities:
         sealer: Sealer | None = None,
         file_roots: Sequence[str] = (),
         store: FileStore | None = None,
+        images: UserImages | None = None,
     ) -> None:
         self._db = db
         self._store = store
+        self._images = images
         self._sealer = sealer
         self._file_roots = FileRoots(file_roots)
         self._backends = dict(backends or {})
@@ -185,8 +190,7 @@ class Activities:
         )
         if not await self._db.write(rows.create_activities, new):
             raise NotAcceptingNewActivities("this factory is not accepting new activities")
-        if used and self._store is not None:
-            await self._store.use(activity_id, caller.name, used)
+        await self._use(activity_id, used)
         self.metrics.submissions.inc()
         if backend is not None:
             self.tracker.wakeup.set()
@@ -194,10 +198,23 @@ class Activities:
 
     async def _with_stored_files(
         self, caller: Principal, job: JobDefinition, endpoint: str | None
-    ) -> tuple[JobDefinition, list[str]]:
-        if self._store is None or endpoint is None:
-            return job, []
-        return await self._store.localize(caller.name, job, endpoint)
+    ) -> tuple[JobDefinition, list[FileUse]]:
+        """The job with its files in the store and its user image resolved; the files it
+        uses (a published image is another owner's file)."""
+        uses: list[FileUse] = []
+        if self._store is not None and endpoint is not None:
+            job, used = await self._store.localize(caller.name, job, endpoint)
+            uses = [FileUse(owner=caller.name, sha256=sha256) for sha256 in used]
+        if self._images is not None:
+            job, image = await self._images.localize(caller.name, job)
+            uses.extend([image] if image is not None else [])
+        return job, uses
+
+    async def _use(self, activity_id: ActivityId, uses: list[FileUse]) -> None:
+        if self._store is None:
+            return
+        for owner in dict.fromkeys(use.owner for use in uses):
+            await self._store.use(activity_id, owner, [u.sha256 for u in uses if u.owner == owner])
 
     def _check_runnable(self, job: JobDefinition, *, where: str = "") -> None:
         """Refuse a job the site does not take: ``file:`` URIs outside its roots, features
@@ -234,7 +251,7 @@ class Activities:
         at = self._clock()
         parent = new_activity_id()
         children = []
-        uses: list[tuple[ActivityId, list[str]]] = []
+        uses: list[tuple[ActivityId, list[FileUse]]] = []
         for index, (given, child_document) in enumerate(points):
             job, used = await self._with_stored_files(caller, given, endpoint)
             self._check_runnable(job, where=f"point {index + 1} of the parameter sweep: ")
@@ -266,8 +283,7 @@ class Activities:
         if not await self._db.write(rows.create_sweeps, [sweep, *children]):
             raise NotAcceptingNewActivities("this factory is not accepting new activities")
         for child_id, used in uses:
-            if used and self._store is not None:
-                await self._store.use(child_id, caller.name, used)
+            await self._use(child_id, used)
         self.metrics.submissions.inc()
         log.info(
             "%s created a parameter sweep %s of %d activities", caller.name, parent, len(children)

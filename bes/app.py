@@ -7,7 +7,7 @@ Routes::
     POST /bes/draft-2007            the same for clients of the May 2007 BES draft
     GET  /bes?wsdl                  the service WSDL
     GET  /bes/schemas/<file>        the XSD and WSDL files it imports
-    GET  /bes/images                the template image catalog (JSON)
+    /bes/images[/<name>[/publish]]  templates and users' images (JSON; bes.imageapi)
     GET  /bes/activities/<id>/outputs[/<name>]   an activity's kept files (bes.results)
     /bes/files[/sha256/<hex>|/name/<path>]       the caller's file store (bes.fileapi)
     GET  /bes/status[/activities/<id>]           the status page, HTML (bes.statuspage)
@@ -64,6 +64,7 @@ from bes.http import (
     respond,
 )
 from bes.identity import AnonymousPolicy, IdentityPolicy, bearer_token, request_scheme, transport_of
+from bes.imageapi import IMAGES, serve_images
 from bes.metrics import CONTENT_TYPE as METRICS_TYPE
 from bes.metrics import Metrics
 from bes.overview import Overview
@@ -73,8 +74,9 @@ from bes.schemas import schema_file
 from bes.sealing import Sealer
 from bes.soap import CLIENT, SoapFault, render_fault
 from bes.statuspage import STATUS_PATH, serve_status
+from bes.userimages import UserImages
 from bes.vm.images import ImageError
-from bes.vm.repository import BUILT_IN_TEMPLATES, CATALOG_FILE, Catalog
+from bes.vm.repository import CATALOG_FILE
 from bes.wire import ACTIVITY_PATH, DRAFT_2007, FINAL, Dialect, ResourceDescription
 from bes.workerapi import PREFIX as WORKER_PREFIX
 from bes.workerapi import WorkerApi
@@ -116,6 +118,7 @@ class BesApp:
         self._loop_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.files: FileStore | None = None
+        self.images: UserImages | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -154,6 +157,7 @@ class BesApp:
             quota_bytes=config.file_quota_bytes,
             expire_after_s=config.file_expiry_s,
         )
+        self.images = UserImages(db, self.files, catalog_file=config.data_dir / CATALOG_FILE)
         self.activities = Activities(
             db,
             backends=backends,
@@ -162,6 +166,7 @@ class BesApp:
             sealer=sealer,
             file_roots=config.file_roots,
             store=self.files,
+            images=self.images,
         )
         self.overview = Overview(self.activities, db)
         self.factory = Factory(
@@ -173,7 +178,9 @@ class BesApp:
         )
         grid = next((b for b in backends.values() if isinstance(b, DesktopGridBackend)), None)
         self._gateway = grid.gateway if grid is not None else None
-        self.workers = WorkerApi(grid.gateway, self.files) if grid is not None else None
+        self.workers = (
+            WorkerApi(grid.gateway, self.files, images=self.images) if grid is not None else None
+        )
         self._stop.clear()
         self._loop_task = asyncio.create_task(self.activities.run(self._stop), name="bes-backends")
         self._housekeeping = asyncio.create_task(self.files.run(self._stop), name="bes-files")
@@ -299,9 +306,9 @@ class BesApp:
             return "metrics", ""
         elif path.startswith(SCHEMA_PATH) and method in ("GET", "HEAD"):
             await self._schema(path[len(SCHEMA_PATH) :], send)
-        elif path == "/bes/images" and method in ("GET", "HEAD"):
-            if await self._catalog_reader(scope, send):
-                await self._images(send)
+        elif path == IMAGES or path.startswith(IMAGES + "/"):
+            await self._images(scope, receive, send)
+            return "images", method if method in _FILE_METHODS | {"POST"} else _OTHER
         elif path == "/healthz" and method in ("GET", "HEAD"):
             await self._health(send)
         else:
@@ -349,15 +356,14 @@ class BesApp:
             await respond(send, 401, f"{exc}\n".encode(), TEXT, extra=[_CHALLENGE])
             return None
 
-    async def _catalog_reader(self, scope: Scope, send: Send) -> bool:
-        """Whether the caller may read the template catalog: a user, or a worker with its
-        token (workers fetch templates from it); False once a refusal was answered."""
+    async def _worker_reads(self, scope: Scope) -> bool:
+        """Whether a worker with its token asks (workers read the template catalog)."""
         token = bearer_token(headers_of(scope))
         if token is not None and self._gateway is not None:
             with contextlib.suppress(NotAuthorized):
                 await self._gateway.authenticate(token)
                 return True
-        return await self._http_caller(scope, send) is not None
+        return False
 
     async def _status(self, scope: Scope, send: Send) -> None:
         caller = await self._http_caller(scope, send)
@@ -393,19 +399,34 @@ class BesApp:
             return
         await respond(send, 200, data, XML)
 
-    async def _images(self, send: Send) -> None:
-        """The site's templates (``<data-dir>/templates.json``) and the built-in ones."""
+    async def _images(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The site's templates (``<data-dir>/templates.json``) and the built-in ones, for
+        workers; for users also their images and the published ones, which they register,
+        remove and (administrators) publish there (bes.imageapi)."""
+        images = self.images
+        worker = scope["method"] in ("GET", "HEAD") and await self._worker_reads(scope)
+        caller = None if worker else await self._http_caller(scope, send)
+        if images is None or (caller is None and not worker):
+            return
         try:
-            catalog = await asyncio.to_thread(Catalog.load, self.config.data_dir / CATALOG_FILE)
+            catalog = await asyncio.to_thread(images.site_catalog)
         except ImageError as exc:
             log.error("%s", exc)
             await respond(send, 503, b"the image catalog is unreadable; see the log\n", TEXT)
             return
-        for built_in in BUILT_IN_TEMPLATES:
-            if catalog.get(built_in.name) is None:
-                catalog.add(built_in)
-        body = json.dumps(catalog.to_json(), indent=1).encode() + b"\n"
-        await respond(send, 200, body, b"application/json")
+        if caller is None:
+            body = json.dumps(catalog.to_json(), indent=1).encode() + b"\n"
+            await respond(send, 200, body, b"application/json")
+            return
+        await serve_images(
+            scope,
+            receive,
+            send,
+            caller=caller,
+            images=images,
+            catalog=catalog,
+            endpoint=self._endpoint(scope),
+        )
 
     async def _health(self, send: Send) -> None:
         activities = self.activities

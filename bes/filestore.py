@@ -129,6 +129,8 @@ class Upload:
     offset: int
     """Bytes of the file the service holds (all of them when complete)."""
     total: int
+    existed: bool = False
+    """The file was stored before this upload (whose bytes were not needed)."""
 
 
 def check_sha256(text: str) -> str:
@@ -184,7 +186,7 @@ def store_uri(uri: str, endpoint: str) -> FileRef | None:
     Raises:
         InvalidFileRequest: It is in the store's space but names no valid file.
     """
-    if uri.startswith(SCHEME + ":"):
+    if uri[: len(SCHEME) + 1].lower() == SCHEME + ":":
         return parse_ref(unquote(uri[len(SCHEME) + 1 :]))
     try:
         given, ours = urlsplit(uri), urlsplit(endpoint)
@@ -314,7 +316,7 @@ class FileStore:
         state = await self.upload_state(owner, sha256)
         if state.complete:
             await self._drain(body)
-            return state
+            return dataclasses.replace(state, existed=True)
         await self._reserve(owner, sha256, total)
         with self._exclusive(owner, sha256) as partial:
             offset = partial.stat().st_size if partial.exists() else 0
@@ -441,16 +443,22 @@ class FileStore:
             raise UploadBusy("another upload of this file is under way")
         partial = self._partial(owner, key)
         partial.parent.mkdir(parents=True, exist_ok=True)
-        with partial.with_name(key + ".lock").open("a") as lock:
+        lock_path = partial.with_name(key + ".lock")
+        with lock_path.open("a") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise UploadBusy("another upload of this file is under way") from None
+            # The holder removes the lock file before it lets go: one locked after that
+            # holds a file nobody else will find, so it counts as busy too.
+            if not _same_file(lock_path, lock.fileno()):
+                raise UploadBusy("another upload of this file is under way")
             self._busy.add((owner, key))
             try:
                 yield partial
             finally:
                 self._busy.discard((owner, key))
+                lock_path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ names, removal, use
 
@@ -466,15 +474,24 @@ class FileStore:
         """Remove the owner's file (its names too).
 
         Raises:
-            FileInUse: An activity that has not ended uses it.
+            FileInUse: An activity that has not ended uses it, or it is one of their images.
             NoSuchFile: There is none.
         """
         user = await self._db.read(rows.in_use_by, owner, sha256)
         if user is not None:
             raise FileInUse(f"activity {user} uses this file; it can be removed once that ends")
-        if await self._db.write(rows.remove_file, (owner, sha256, self._clock())) is None:
+        image = await self._db.read(rows.image_of, owner, sha256)
+        if image is not None:
+            raise FileInUse(f"it is your image {image!r}; remove the image first")
+        if await self._db.write(rows.remove_file, (owner, sha256, self._clock())) is not None:
+            self.blob(owner, sha256).unlink(missing_ok=True)
+            return
+        # An upload given up on: its part goes and its reservation is given back.
+        if await self._db.read(rows.upload_total, owner, sha256) is None:
             raise NoSuchFile(f"there is no file with sha256 {sha256} in your file store")
-        self.blob(owner, sha256).unlink(missing_ok=True)
+        with self._exclusive(owner, sha256) as partial:
+            partial.unlink(missing_ok=True)
+            await self._db.write(rows.abandon_upload, (owner, sha256))
 
     async def localize(
         self, owner: str, job: JobDefinition, endpoint: str
@@ -559,6 +576,16 @@ def _hash_into(digest: hashlib._Hash, path: Path) -> None:
     with path.open("rb") as source:
         while chunk := source.read(_HASH_CHUNK):
             digest.update(chunk)
+
+
+def _same_file(path: Path, descriptor: int) -> bool:
+    """Whether ``path`` still names the open file ``descriptor``."""
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _durable_rename(partial: Path, blob: Path) -> None:

@@ -53,8 +53,8 @@ from bes.http import (
 )
 from bes.identity import bearer_token
 from bes.jsdl import codec
-from bes.jsdl.model import DataStaging
 from bes.schemas import schema_file
+from bes.userimages import UserImages
 from bes.workerschema import OPENAPI_FILE, worker_protocol
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,16 @@ class WorkerApi:
         ConfigError: The OpenAPI document is malformed, or names an operation no handler serves.
     """
 
-    def __init__(self, gateway: WorkerGateway, store: FileStore | None = None) -> None:
+    def __init__(
+        self,
+        gateway: WorkerGateway,
+        store: FileStore | None = None,
+        *,
+        images: UserImages | None = None,
+    ) -> None:
         self.gateway = gateway
         self.store = store
+        self.images = images
         self.protocol = worker_protocol()
         self._handlers: dict[str, Handler] = {
             "register": self._register,
@@ -174,15 +181,19 @@ class WorkerApi:
         send: Send,
     ) -> None:
         """A file of the job owner's store that the leased job names: a Source (GET) or a
-        Target (PUT)."""
+        Target (PUT); or the user image its VM boots (GET), which is another owner's file
+        when it is a published image."""
         if self.store is None:
             raise InvalidRequest("this service has no file store")
         ref = parse_ref(parameters["ref"])
-        _, owner, job = await self.gateway.leased_job(worker, parameters["lease"])
-        uris = {s.source if scope["method"] == "GET" else s.target for s in _stagings(job)}
-        if ref.uri not in uris:
+        activity_id, owner, job = await self.gateway.leased_job(worker, parameters["lease"])
+        uris, image = _named(job, get=scope["method"] == "GET")
+        if ref.uri not in uris and (image is None or ref.uri != image):
             raise InvalidRequest(f"the leased job names no {ref.uri} there")
         if scope["method"] == "GET":
+            if ref.uri == image and ref.sha256 is not None and self.images is not None:
+                # The activity was recorded as using the image's file, whoever's it is.
+                owner = await self.images.file_owner(activity_id, ref.sha256) or owner
             found = await self.store.live(owner, ref)
             await respond_file(send, self.store.blob(owner, found.sha256), _OCTETS, head=False)
             return
@@ -295,5 +306,10 @@ async def _error(send: Send, status: int, kind: str, message: str, *, close: boo
 __all__ = ["PREFIX", "WorkerApi"]
 
 
-def _stagings(job: str) -> tuple[DataStaging, ...]:
-    return codec.from_json(job).job_description.data_staging
+def _named(job: str, *, get: bool) -> tuple[set[str | None], str | None]:
+    """The store URIs a stored job names: its Sources (``get``) or Targets; and the URI of
+    its VM's image (``get`` only: an image is read, never written)."""
+    description = codec.from_json(job).job_description
+    uris = {s.source if get else s.target for s in description.data_staging}
+    machine = description.virtual_machine
+    return uris, machine.image.uri if machine is not None and get else None

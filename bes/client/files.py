@@ -4,12 +4,14 @@ A file is named by its sha256 in the caller's own store: the client hashes it fi
 (``HEAD``) whether the service already holds it, so a file sent once is never sent again.
 Otherwise it is sent with a ``PUT`` that says its length; an upload cut short is resumed
 where the service says it stopped (``Upload-Offset``) with a ``Content-Range``, a few times
-before giving up. The service checks the sha256 when the last byte is in.
+before giving up; while another upload of the same file is under way (HTTP 409), it waits
+for that one. The service checks the sha256 when the last byte is in.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ Progress = Callable[[int, int], None]
 
 _CHUNK: Final = 1024 * 1024
 _ATTEMPTS: Final = 4
+_BUSY_WAIT_S: Final = 0.5
 
 
 class UploadRefused(HttpProblem):
@@ -76,8 +79,9 @@ def upload(
     """
     sha256, size = file_digest(path)
     url = f"{files_url.rstrip('/')}/sha256/{sha256}"
-    sent = 0
-    for attempt in range(_ATTEMPTS):
+    sent = failures = 0
+    deadline = time.monotonic() + connection.timeout_s
+    while True:
         offset = _stored_offset(url, connection, size)
         if offset is None:
             if progress is not None:
@@ -86,11 +90,18 @@ def upload(
         try:
             sent += _put(url, path, connection, offset=offset, size=size, progress=progress)
         except ConnectionProblem:
-            if attempt == _ATTEMPTS - 1:
+            failures += 1
+            if failures >= _ATTEMPTS:
                 raise
             continue  # resumed from where the service says it stopped
+        except UploadRefused as exc:
+            # 409: another upload of the same file (another thread, process or machine of
+            # this user) is under way: wait for it, then find the file stored or resume.
+            if exc.status != 409 or time.monotonic() > deadline:
+                raise
+            time.sleep(_BUSY_WAIT_S)
+            continue
         return Uploaded(url=url, sha256=sha256, size_bytes=size, sent_bytes=sent)
-    raise ConnectionProblem(f"the upload of {path} to {url} kept failing", url=url)
 
 
 def _stored_offset(url: str, connection: Connection, size: int) -> int | None:

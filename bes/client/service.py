@@ -38,6 +38,7 @@ from zeep.wsse.compose import Compose
 
 from bes.client import _envelope, jsdl
 from bes.client import files as _files
+from bes.client import images as _images
 from bes.client._http import describe_failure, raise_for_http
 from bes.client.auth import (
     Credential,
@@ -254,12 +255,76 @@ class BESClient:
         return fetched
 
     def images(self) -> list[dict[str, Any]]:
-        """The service's template images (``GET …/images``, an extension of ours)."""
-        found = self._get_json(self.url.rstrip("/") + "/images")
+        """The images jobs may name (``GET …/images``, an extension of ours): the site's
+        templates, then the caller's own images and the published ones, each with its
+        ``kind``: ``site``, ``own``, ``published`` (or, for an administrator, ``private``:
+        another user's unpublished image)."""
+        found = self._get_json(self.images_url)
         templates = found.get("templates", found) if isinstance(found, dict) else found
         if not isinstance(templates, list):
             raise ProtocolProblem("the image catalog is not a list of templates")
-        return [t for t in templates if isinstance(t, dict)]
+        listed = [{"kind": "site", **t} for t in templates if isinstance(t, dict)]
+        users = found.get("images") if isinstance(found, dict) else None
+        if isinstance(users, list):
+            listed.extend(i for i in users if isinstance(i, dict))
+        return listed
+
+    @property
+    def images_url(self) -> str:
+        """The service's images (``…/bes/images``, an extension of ours)."""
+        return self.url.rstrip("/") + "/images"
+
+    def push_image(
+        self,
+        path: str | os.PathLike[str],
+        name: str,
+        *,
+        os_type: str | None = None,
+        min_memory_mib: int | None = None,
+        progress: _files.Progress | None = None,
+    ) -> dict[str, Any]:
+        """Make a local disk image an image of the caller's that jobs name like a template:
+        uploaded to the file store (sent only if the service lacks it; resumed if cut
+        short; ``progress(sent, total)``), then registered as ``name``. The service detects
+        the format from the content, refuses a disk that names other files (a backing
+        file) and converts a raw disk to qcow2.
+
+        Returns:
+            The image as listed (name, kind, owner, sha256, format, ...).
+
+        Raises:
+            UploadRefused: The store refused the file (too large, over quota).
+            ImageRefused: The service refused the image (the reason: a name taken, a
+                backing file, a format it does not take, ...).
+            ConnectionProblem: The service could not be reached.
+        """
+        uploaded = self.upload_file(path, progress=progress)
+        body: dict[str, Any] = {"name": name, "sha256": uploaded.sha256}
+        if os_type is not None:
+            body["os_type"] = os_type
+        if min_memory_mib is not None:
+            body["min_memory_mib"] = min_memory_mib
+        return _images.register(self.images_url, self._connection(self.images_url), body)
+
+    def remove_image(self, name: str) -> None:
+        """Remove the caller's image ``name`` (its disk stays in the file store a while).
+
+        Raises:
+            ImageRefused: There is no such image.
+        """
+        _images.remove(self.images_url, self._connection(self.images_url), name)
+
+    def publish_image(
+        self, name: str, *, published: bool = True, owner: str | None = None
+    ) -> dict[str, Any]:
+        """Publish a user's image for everyone (``published=False`` withdraws it); for
+        administrators. ``owner`` says whose when several users have an image ``name``.
+
+        Raises:
+            ImageRefused: Not an administrator, no such image, or the name is published.
+        """
+        connection = self._connection(self.images_url)
+        return _images.publish(self.images_url, connection, name, published=published, owner=owner)
 
     @property
     def files_url(self) -> str:
@@ -284,13 +349,16 @@ class BESClient:
             ConnectionProblem: It could not be sent.
         """
         url = self.files_url
-        connection = _files.Connection(
+        return _files.upload(url, Path(path), self._connection(url), progress=progress)
+
+    def _connection(self, url: str) -> _files.Connection:
+        """How the plain HTTP calls of the store and the images reach ``url``."""
+        return _files.Connection(
             session=self._session,
             verify=self._session.verify if self._session.verify is not None else True,
             auth=self._auth_for(url),
             timeout_s=max(self.timeout_s, 300.0),
         )
-        return _files.upload(url, Path(path), connection, progress=progress)
 
     def download(
         self,

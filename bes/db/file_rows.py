@@ -12,10 +12,18 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, and_, delete, exists, func, insert, not_, select, update
+from sqlalchemy import Connection, and_, delete, exists, func, insert, not_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bes.db.tables import activity, file_name, file_ref, file_upload, file_usage, stored_file
+from bes.db.tables import (
+    activity,
+    file_name,
+    file_ref,
+    file_upload,
+    file_usage,
+    stored_file,
+    user_image,
+)
 from bes.states import TERMINAL_STATES
 
 _UNENDED = and_(*(activity.c.state != s.value for s in TERMINAL_STATES))
@@ -137,6 +145,25 @@ def in_use_by(conn: Connection, owner: str, sha256: str) -> str | None:
     return str(found[0]) if found is not None else None
 
 
+def image_of(conn: Connection, owner: str, sha256: str) -> str | None:
+    """The name of one of the owner's images (bes.userimages) that is this file, or None."""
+    found = conn.execute(
+        select(user_image.c.name)
+        .where(user_image.c.owner == owner, user_image.c.sha256 == sha256)
+        .limit(1)
+    ).first()
+    return str(found[0]) if found is not None else None
+
+
+def store_totals(conn: Connection) -> tuple[int, int]:
+    """Bytes held for every owner (files and uploads under way) and live files."""
+    used = conn.execute(select(func.coalesce(func.sum(file_usage.c.used_bytes), 0))).scalar_one()
+    files = conn.execute(
+        select(func.count()).select_from(stored_file).where(stored_file.c.expired_at.is_(None))
+    ).scalar_one()
+    return int(used), int(files)
+
+
 # ------------------------------------------------------------------------------ writes
 
 
@@ -170,6 +197,12 @@ def reserve_upload(
     """
     out = []
     for owner, sha256, total, default_quota, at in items:
+        # The owner's counter row, locked first: replicas starting the same upload at once
+        # take turns, so the second finds the first's upload instead of inserting it again.
+        _ensure_usage(conn, owner)
+        conn.execute(
+            select(file_usage.c.owner).where(file_usage.c.owner == owner).with_for_update()
+        )
         existing = upload_total(conn, owner, sha256)
         if existing is not None:
             conn.execute(
@@ -179,7 +212,6 @@ def reserve_upload(
             )
             out.append(Reservation(granted=True, total_bytes=existing))
             continue
-        _ensure_usage(conn, owner)
         quota = func.coalesce(file_usage.c.quota_bytes, default_quota)
         granted = conn.execute(
             update(file_usage)
@@ -391,7 +423,8 @@ def expire_files(
 ) -> list[list[tuple[str, str]]]:
     """For each ``(unused_since, now, limit)``: mark files used by an activity not yet ended as
     used now, then expire up to ``limit`` live files unused since ``unused_since``; which
-    expired (their blobs are the caller's to delete)."""
+    expired (their blobs are the caller's to delete). A file one of its owner's images uses
+    never expires."""
     out = []
     for before, now, limit in items:
         in_use = exists(
@@ -401,6 +434,12 @@ def expire_files(
                 file_ref.c.owner == stored_file.c.owner,
                 file_ref.c.sha256 == stored_file.c.sha256,
                 _UNENDED,
+            )
+        )
+        imaged = exists(
+            select(user_image.c.name).where(
+                user_image.c.owner == stored_file.c.owner,
+                user_image.c.sha256 == stored_file.c.sha256,
             )
         )
         conn.execute(
@@ -413,7 +452,7 @@ def expire_files(
             .where(
                 stored_file.c.expired_at.is_(None),
                 stored_file.c.last_used_at < before,
-                not_(in_use),
+                not_(or_(in_use, imaged)),
             )
             .limit(limit)
         ).all()

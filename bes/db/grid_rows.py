@@ -723,7 +723,7 @@ def expire_leases(conn: Connection, items: Sequence[dt.datetime]) -> list[list[E
             .select_from(grid_job.outerjoin(worker, worker.c.id == grid_job.c.worker_id))
             .where(grid_job.c.state == GridState.LEASED.value, grid_job.c.lease_until < now)
         ).all()
-        for job_id, epoch, attempts, max_attempts, cancel_requested, name, activity, ran in expired:
+        for job_id, epoch, attempts, max_attempts, cancel_requested, name, act, ran in expired:
             who = f"worker {name}" if name else "its worker"
             if cancel_requested:
                 state, message = GridState.CANCELLED, f"cancelled ({who} stopped reporting)"
@@ -759,7 +759,7 @@ def expire_leases(conn: Connection, items: Sequence[dt.datetime]) -> list[list[E
                 taken.append(
                     Expired(
                         job_id=BackendJobId(job_id),
-                        activity_id=ActivityId(activity),
+                        activity_id=ActivityId(act),
                         state=state,
                         message=message,
                         ran=bool(ran),

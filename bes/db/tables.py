@@ -264,3 +264,21 @@ file_upload = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Index(None, "updated_at"),
 )
+
+# Users' own VM images (bes.userimages): a disk of the owner's file store under a name jobs use
+# like a template's. Private to the owner unless an administrator published it. A file an image
+# uses does not expire (bes.db.file_rows.expire_files).
+user_image = Table(
+    "user_image",
+    metadata,
+    Column("owner", String(256), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("sha256", String(64), nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("os_type", String(64)),
+    Column("min_memory_mib", Integer),
+    Column("published", Boolean, nullable=False, server_default=false()),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "owner", "sha256"),
+    Index(None, "name"),
+)

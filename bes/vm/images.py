@@ -7,6 +7,10 @@ VM boots and leaves nothing behind. A cached image is never written to; VMs boot
 overlays. Entries in use hold a shared lock, and eviction skips them. Conversions to another
 format (qemu-img convert, e.g. raw to vdi for VirtualBox) are cached beside the original.
 
+Images come from http, https and file URIs; URIs of other schemes (the service's file store,
+``bes-store:``, which a worker reaches through its lease) are fetched by the ``download``
+callable the cache is given, into a file the cache then hashes and inspects like any other.
+
 A disk image is hostile input: before it is usable in a format, it is inspected (inspect.py)
 and refused unless it names no other file, is what it is declared to be and is not absurdly
 large. A fetched image is inspected before it becomes visible under its hash; the verdict is
@@ -25,7 +29,7 @@ import re
 import tempfile
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,6 +44,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
 _CHUNK = 1024 * 1024
 _FETCH_TIMEOUT_S = 60.0
 _INSPECTION = 1  # the inspection's version: raise it when it grows stricter to inspect again
+_OWN_SCHEMES = ("", "file", "http", "https")
+
+Download = Callable[[str, Path], None]
+"""Writes the image a URI names to a local file (raises a BesError saying why it cannot)."""
 
 
 class ImageError(BesError):
@@ -56,6 +64,7 @@ class ImageCache:
         runner: Runs qemu-img.
         img_binary: The qemu-img to run.
         max_virtual_bytes: The largest virtual disk size of an image accepted.
+        download: Fetches URIs of schemes other than http, https and file.
     """
 
     def __init__(
@@ -66,8 +75,10 @@ class ImageCache:
         runner: CommandRunner | None = None,
         img_binary: str = "qemu-img",
         max_virtual_bytes: int = DEFAULT_MAX_VIRTUAL_BYTES,
+        download: Download | None = None,
     ) -> None:
         self.root = root.resolve()  # paths handed to hypervisors must not be relative
+        self._download = download
         self.limit_bytes = limit_bytes
         self.max_virtual_bytes = max_virtual_bytes
         self.bytes_fetched = 0
@@ -94,9 +105,14 @@ class ImageCache:
         """
         target = self.path(sha256)
         if not target.exists():
-            with self._lock(), self._source(uri) as source:
-                if not target.exists():  # else another process fetched it meanwhile
-                    self._store(source, sha256, uri, image_format=image_format)
+            if urllib.parse.urlsplit(uri).scheme.lower() not in _OWN_SCHEMES:
+                with self._lock():
+                    if not target.exists():
+                        self._store_download(uri, sha256, image_format)
+            else:
+                with self._lock(), self._source(uri) as source:
+                    if not target.exists():  # else another process fetched it meanwhile
+                        self._store(source, sha256, uri, image_format=image_format)
             self.evict()
         return self.disk(sha256, image_format, origin=uri)
 
@@ -244,18 +260,44 @@ class ImageCache:
                     out.write(chunk)
                     if count:
                         self.bytes_fetched += len(chunk)
-            if digest.hexdigest() != sha256:
-                raise ImageError(
-                    f"the image at {origin} has sha256 {digest.hexdigest()}, not {sha256}"
-                )
-            # A refused image never becomes visible under its hash.
-            info = self._inspect(partial, image_format, origin) if image_format else None
-            partial.chmod(0o444)
-            partial.rename(target)
-            if info is not None:
-                _write_record(self._record(sha256, info.format), info)
+            self._commit(partial, digest.hexdigest(), sha256, origin, image_format)
         finally:
             partial.unlink(missing_ok=True)
+
+    def _store_download(self, uri: str, sha256: str, image_format: ImageFormat) -> None:
+        if self._download is None:
+            scheme = urllib.parse.urlsplit(uri).scheme
+            raise ImageError(f"images cannot be fetched from {scheme}: URIs here")
+        handle, partial_name = tempfile.mkstemp(dir=self.path(sha256).parent, suffix=".partial")
+        os.close(handle)
+        partial = Path(partial_name)
+        try:
+            try:
+                self._download(uri, partial)
+            except BesError as exc:
+                raise ImageError(f"cannot fetch the image at {uri}: {exc}") from exc
+            self.bytes_fetched += partial.stat().st_size
+            self._commit(partial, file_sha256(partial), sha256, uri, image_format)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def _commit(
+        self,
+        partial: Path,
+        actual: str,
+        sha256: str,
+        origin: str,
+        image_format: ImageFormat | None,
+    ) -> None:
+        """Make a fetched file visible under its hash, if it is the one asked for and (a
+        disk) passes the inspection; a refused image never becomes visible."""
+        if actual != sha256:
+            raise ImageError(f"the image at {origin} has sha256 {actual}, not {sha256}")
+        info = self._inspect(partial, image_format, origin) if image_format else None
+        partial.chmod(0o444)
+        partial.rename(self.path(sha256))
+        if info is not None:
+            _write_record(self._record(sha256, info.format), info)
 
     @contextlib.contextmanager
     def _source(self, uri: str) -> Iterator[BinaryIO]:

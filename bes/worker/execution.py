@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 from bes.errors import BesError, HypervisorError, LeaseLost
 from bes.states import SubState
 from bes.vm.drivers.base import HypervisorDriver
+from bes.vm.images import Download
 from bes.vm.job import VmOutcome, run_vm_job
 from bes.vm.media import GuestResults
 from bes.vm.repository import ImageRepository
@@ -63,7 +64,9 @@ class Node:
     config: WorkerConfig
     client: ServiceClient
     drivers: Mapping[Hypervisor, HypervisorDriver]
-    repository: Callable[[], ImageRepository]
+    repository: Callable[[Download | None], ImageRepository]
+    """The node's images; user images in the service's store come through the download
+    given (the lease's)."""
     defaults: VmDefaults
     stopping: threading.Event
     busy: Callable[[], bool]
@@ -108,13 +111,12 @@ def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
         return
     try:
         driver = _driver_for(work, node)
-        inputs = fetch_inputs(
-            work.job, inputs_dir, file_roots=node.config.file_roots, store=_store(node, work)
-        )
+        store = _store(node, work)
+        inputs = fetch_inputs(work.job, inputs_dir, file_roots=node.config.file_roots, store=store)
         vm_job = plan(
             work.job,
             work.activity,
-            repository=node.repository(),
+            repository=node.repository(store.fetch),
             inputs=inputs,
             formats=driver.disk_formats,
             defaults=node.defaults,

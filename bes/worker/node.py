@@ -29,7 +29,7 @@ from bes import __version__
 from bes.errors import BesError, HypervisorUnavailable
 from bes.vm.drivers import DEFAULT_ORDER, make_driver
 from bes.vm.drivers.base import HostInfo, HypervisorDriver
-from bes.vm.images import ImageCache
+from bes.vm.images import Download, ImageCache
 from bes.vm.repository import Catalog, ImageRepository
 from bes.vm.spec import Hypervisor
 from bes.vmjob import VmDefaults
@@ -271,8 +271,9 @@ class Worker:
         )
         thread.start()
 
-    def repository(self) -> ImageRepository:
-        """The node's image cache with the service's current template catalog."""
+    def repository(self, download: Download | None = None) -> ImageRepository:
+        """The node's image cache with the service's current template catalog; user images
+        in the service's file store come through ``download`` (a lease's)."""
         now = time.monotonic()
         if self._catalog is None or now - self._catalog[0] > _CATALOG_MAX_AGE_S:
             try:
@@ -282,7 +283,9 @@ class Worker:
                     raise
                 log.warning("keeping the previous template catalog: %s", exc)
         cache = ImageCache(
-            self.config.cache_dir / "images", limit_bytes=self.config.cache_limit_mib * _MIB
+            self.config.cache_dir / "images",
+            limit_bytes=self.config.cache_limit_mib * _MIB,
+            download=download,
         )
         return ImageRepository(cache, self._catalog[1])
 

@@ -433,6 +433,7 @@ async def test_the_openapi_document_is_served_and_names_every_route(grid: Grid) 
         "/worker/v1/claim",
         "/worker/v1/heartbeat",
         "/worker/v1/leases/{lease}/files/{name}",
+        "/worker/v1/leases/{lease}/store/{ref}",
         "/worker/v1/leases/{lease}/complete",
         "/worker/v1/leases/{lease}/fail",
         "/worker/v1/leases/{lease}/release",
