@@ -98,8 +98,10 @@ def test_factory_attributes_and_images(bes: Shell, server: LiveServer) -> None:
 
     images = bes("images")
     assert images.returncode == 0, images.stderr
-    assert re.search(r"^tiny\s+Linux_64\s+128\s", images.stdout, re.M)
-    assert [t["name"] for t in json.loads(bes("images", "--json").stdout)] == ["tiny"]
+    assert re.search(r"^tiny\s+site\s+Linux_64\s+128\s", images.stdout, re.M)
+    assert re.search(r"^debian-12\s+site\s+Linux_64\s+512\s", images.stdout, re.M)
+    listed = json.loads(bes("images", "--json").stdout)
+    assert [(t["name"], t["kind"]) for t in listed] == [("debian-12", "site"), ("tiny", "site")]
 
 
 def test_errors_read_like_a_person_wrote_them(bes: Shell, server: LiveServer) -> None:
