@@ -51,7 +51,8 @@ from bes.db.store import Database
 from bes.errors import NotAuthorized
 from bes.factory import Factory
 from bes.fileapi import serve_files
-from bes.filestore import FILES, FileStore
+from bes.filerefs import FILES
+from bes.filestore import FileStore
 from bes.http import (
     TEXT,
     XML,

@@ -21,13 +21,12 @@ import json
 import re
 from typing import Final
 
-from bes.filestore import (
+from bes.filerefs import (
     FILES,
     ChecksumMismatch,
     FileExpired,
     FileInUse,
     FileRef,
-    FileStore,
     FileStoreError,
     FileTooLarge,
     InvalidFileRequest,
@@ -38,6 +37,7 @@ from bes.filestore import (
     file_url,
     parse_ref,
 )
+from bes.filestore import FileStore
 from bes.http import (
     BodyTooLarge,
     Receive,

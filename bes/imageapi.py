@@ -24,7 +24,7 @@ from urllib.parse import unquote
 from bes.db.image_rows import UserImageRow
 from bes.errors import InvalidRequest, NotAuthorized
 from bes.fileapi import file_error_status
-from bes.filestore import FileRef, FileStoreError, file_url
+from bes.filerefs import FileRef, FileStoreError, file_url
 from bes.http import Receive, Scope, Send, headers_of, not_allowed, read_body, respond_json
 from bes.jsonchecks import parse_json
 from bes.principal import Principal

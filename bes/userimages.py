@@ -38,7 +38,8 @@ from bes.db import image_rows as rows
 from bes.db.image_rows import UserImageRow
 from bes.db.store import Database
 from bes.errors import BesError, InvalidRequest, NotAuthorized
-from bes.filestore import FileRef, FileStore, NoSuchFile
+from bes.filerefs import FileRef, NoSuchFile
+from bes.filestore import FileStore
 from bes.jsdl.model import JobDefinition
 from bes.principal import Principal
 from bes.vm.images import ImageError

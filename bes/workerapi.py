@@ -37,7 +37,8 @@ from bes.backends.desktopgrid.outputs import OutputTooLarge, UnsafePath
 from bes.db.grid_rows import Lease, WorkerIdentity
 from bes.errors import ConfigError, InvalidRequest, LeaseLost, NotAuthorized, StoreError
 from bes.fileapi import file_error_status
-from bes.filestore import FileStore, FileStoreError, parse_ref
+from bes.filerefs import FileStoreError, parse_ref
+from bes.filestore import FileStore
 from bes.http import (
     BodyTooLarge,
     Receive,

@@ -15,18 +15,18 @@ import pytest
 from bes.db import activity_rows
 from bes.db import file_rows as rows
 from bes.db.store import Database
-from bes.filestore import (
+from bes.filerefs import (
     ChecksumMismatch,
     FileExpired,
     FileInUse,
     FileRef,
-    FileStore,
     FileTooLarge,
     NoSuchFile,
     OffsetMismatch,
     OverQuota,
     UploadBusy,
 )
+from bes.filestore import FileStore
 from bes.ids import ActivityId, new_activity_id
 from bes.states import ActivityState
 

@@ -322,12 +322,10 @@ def stale_uploads(conn: Connection, items: Sequence[dt.datetime]) -> list[list[t
     return out
 
 
-def use_files(conn: Connection, items: Sequence[tuple[str, str, str, dt.datetime]]) -> list[bool]:
-    """Record that activities use stored files ``(activity_id, owner, sha256, at)``; False
-    where the file is not (or no longer) stored."""
-    out = []
-    for activity_id, owner, sha256, at in items:
-        live = conn.execute(
+def _mark_used(conn: Connection, owner: str, sha256: str, at: dt.datetime) -> bool:
+    """Mark the owner's live file used now; False if there is none."""
+    return bool(
+        conn.execute(
             update(stored_file)
             .where(
                 stored_file.c.owner == owner,
@@ -336,6 +334,15 @@ def use_files(conn: Connection, items: Sequence[tuple[str, str, str, dt.datetime
             )
             .values(last_used_at=at)
         ).rowcount
+    )
+
+
+def use_files(conn: Connection, items: Sequence[tuple[str, str, str, dt.datetime]]) -> list[bool]:
+    """Record that activities use stored files ``(activity_id, owner, sha256, at)``; False
+    where the file is not (or no longer) stored."""
+    out = []
+    for activity_id, owner, sha256, at in items:
+        live = _mark_used(conn, owner, sha256, at)
         if (
             live
             and not conn.execute(
@@ -356,15 +363,7 @@ def bind_name(conn: Connection, items: Sequence[tuple[str, str, str, dt.datetime
     used. False where the file is not stored."""
     out = []
     for owner, name, sha256, at in items:
-        live = conn.execute(
-            update(stored_file)
-            .where(
-                stored_file.c.owner == owner,
-                stored_file.c.sha256 == sha256,
-                stored_file.c.expired_at.is_(None),
-            )
-            .values(last_used_at=at)
-        ).rowcount
+        live = _mark_used(conn, owner, sha256, at)
         if live:
             conn.execute(
                 delete(file_name).where(file_name.c.owner == owner, file_name.c.name == name)

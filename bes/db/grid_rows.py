@@ -587,17 +587,20 @@ def heartbeat(conn: Connection, items: Sequence[Heartbeat]) -> list[Renewal]:
 
 def lease_holds(conn: Connection, ref: LeaseRef, now: dt.datetime) -> bool:
     """True while ``ref`` is the job's current, unexpired lease (read-only check)."""
-    found = conn.execute(
-        select(grid_job.c.id).where(
-            grid_job.c.id == ref.job_id,
-            grid_job.c.lease_epoch == ref.epoch,
-            grid_job.c.worker_id == ref.worker_id,
-            grid_job.c.state == GridState.LEASED.value,
-            grid_job.c.lease_until >= now,
-            _live(ref.worker_id),
-        )
-    ).first()
+    found = conn.execute(select(grid_job.c.id).where(*_current(ref, now))).first()
     return found is not None
+
+
+def _current(ref: LeaseRef, now: dt.datetime) -> tuple[Any, ...]:
+    """Conditions on ``grid_job`` that hold while ``ref`` is the job's current lease."""
+    return (
+        grid_job.c.id == ref.job_id,
+        grid_job.c.lease_epoch == ref.epoch,
+        grid_job.c.worker_id == ref.worker_id,
+        grid_job.c.state == GridState.LEASED.value,
+        grid_job.c.lease_until >= now,
+        _live(ref.worker_id),
+    )
 
 
 def lease_job(
@@ -609,14 +612,7 @@ def lease_job(
         select(grid_job.c.activity_id, activity.c.owner, activity_document.c.job)
         .join(activity, activity.c.id == grid_job.c.activity_id)
         .join(activity_document, activity_document.c.id == grid_job.c.activity_id)
-        .where(
-            grid_job.c.id == ref.job_id,
-            grid_job.c.lease_epoch == ref.epoch,
-            grid_job.c.worker_id == ref.worker_id,
-            grid_job.c.state == GridState.LEASED.value,
-            grid_job.c.lease_until >= now,
-            _live(ref.worker_id),
-        )
+        .where(*_current(ref, now))
     ).first()
     if found is None:
         return None
