@@ -25,7 +25,7 @@ T = TypeVar("T")
 @reported
 def images(click_ctx: click.Context, /, as_json: bool, **flags: Any) -> None:
     """List the images jobs may name: the site's templates, your own images and the
-    published ones (vm:Template NAME in a job, or bes jsdl new --template NAME)."""
+    published ones (vm:Template NAME in a job, or bes jsdl new --image NAME)."""
     if click_ctx.invoked_subcommand is not None:
         return
     found = context(**flags).client().images()
