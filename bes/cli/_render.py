@@ -50,14 +50,33 @@ def elapsed(seconds: float) -> str:
     return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
 
 
-class ProgressLine:
-    """One line on the terminal rewritten after every poll; nothing at all when the stream is
-    not a terminal (a log file or a pipe gets only the final result)."""
+class LiveLine:
+    """One line on the terminal, rewritten in place; nothing at all when the stream is not a
+    terminal (a log file or a pipe gets only the final result)."""
 
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
         self._width = 0
+
+    def show(self, line: str) -> None:
+        """Write ``line`` over the previous one."""
+        if not self.live:
+            return
+        self.stream.write("\r" + line.ljust(self._width))
+        self.stream.flush()
+        self._width = len(line)
+
+    def done(self) -> None:
+        """Clear the line (the caller then writes its result)."""
+        if self.live and self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self.stream.flush()
+            self._width = 0
+
+
+class ProgressLine(LiveLine):
+    """The live line of a wait: elapsed time and the activities' states, after every poll."""
 
     def __call__(self, statuses: Sequence[ActivityStatus], seconds: float) -> None:
         if not self.live:
@@ -66,13 +85,4 @@ class ProgressLine:
             what = statuses[0].label
         else:
             what = f"{len(statuses)} activities: {counts(statuses)}"
-        line = f"waiting {elapsed(seconds)}  {what}"
-        self.stream.write("\r" + line.ljust(self._width))
-        self.stream.flush()
-        self._width = len(line)
-
-    def done(self) -> None:
-        if self.live and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-            self._width = 0
+        self.show(f"waiting {elapsed(seconds)}  {what}")

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from typing import IO, Final
+
+from bes.cli._render import LiveLine
 
 _INTERVAL_S: Final = 0.25
 """At most four updates a second; a transfer that ends sooner shows no line at all."""
 
 
-class TransferLine:
+class TransferLine(LiveLine):
     """Called as ``line(sent_bytes, total_bytes)`` while a file moves; writes one line on
     the terminal, rewritten in place, and nothing when the stream is not a terminal.
 
@@ -29,9 +30,8 @@ class TransferLine:
         stream: IO[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(stream)
         self.label = label
-        self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
         self.calls = 0
         self.first_sent: int | None = None
         self.last_sent = 0
@@ -39,7 +39,6 @@ class TransferLine:
         self._clock = clock
         self._started = clock()
         self._shown = self._started
-        self._width = 0
 
     def __call__(self, sent_bytes: int, total_bytes: int) -> None:
         self.calls += 1
@@ -53,17 +52,9 @@ class TransferLine:
         moved = sent_bytes - (self.first_sent or 0)
         rate = moved / (now - self._started) if now > self._started else 0.0
         percent = f"{100 * sent_bytes / total_bytes:3.0f}%" if total_bytes else ""
-        line = f"{self.label}: {size(sent_bytes)} of {size(total_bytes)}  {percent}  {size(rate)}/s"
-        self.stream.write("\r" + line.ljust(self._width))
-        self.stream.flush()
-        self._width = len(line)
-
-    def done(self) -> None:
-        """Clear the line (the caller then writes its summary)."""
-        if self.live and self._width:
-            self.stream.write("\r" + " " * self._width + "\r")
-            self.stream.flush()
-            self._width = 0
+        self.show(
+            f"{self.label}: {size(sent_bytes)} of {size(total_bytes)}  {percent}  {size(rate)}/s"
+        )
 
     @property
     def elapsed_s(self) -> float:
