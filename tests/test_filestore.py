@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from bes.db import activity_rows
 from bes.db import file_rows as rows
 from bes.db.store import Database
 from bes.filerefs import (
@@ -27,8 +26,7 @@ from bes.filerefs import (
     UploadBusy,
 )
 from bes.filestore import FileStore
-from bes.ids import ActivityId, new_activity_id
-from bes.states import ActivityState
+from tests.db.test_file_rows import activity, end
 
 pytestmark = pytest.mark.anyio
 
@@ -80,26 +78,6 @@ async def put(store: FileStore, owner: str, data: bytes) -> str:
     done = await store.receive(owner, digest, body(data), start=0, total=len(data))
     assert done.complete
     return digest
-
-
-def activity(db: Database, owner: str) -> ActivityId:
-    activity_id = new_activity_id()
-    new = activity_rows.NewActivity(
-        id=activity_id,
-        owner=owner,
-        job_name="uses-a-file",
-        document="<JobDefinition/>",
-        job="{}",
-        backend="desktopgrid",
-        at=T0,
-    )
-    assert db.write_sync(activity_rows.create_activities, new)
-    return activity_id
-
-
-def end(db: Database, activity_id: ActivityId, at: dt.datetime) -> None:
-    transition = activity_rows.Transition(id=activity_id, state=ActivityState.CANCELLED, at=at)
-    assert db.write_sync(activity_rows.apply_transitions, transition).applied
 
 
 def store_ref(digest: str) -> FileRef:

@@ -48,6 +48,11 @@ def activity(db: Database, owner: str) -> ActivityId:
     return activity_id
 
 
+def end(db: Database, activity_id: ActivityId, at: dt.datetime) -> None:
+    transition = activity_rows.Transition(id=activity_id, state=ActivityState.CANCELLED, at=at)
+    assert db.write_sync(activity_rows.apply_transitions, transition).applied
+
+
 def test_a_reservation_holds_the_quota_and_an_upload_under_way_keeps_its_size(
     db: Database,
 ) -> None:
@@ -142,8 +147,7 @@ def test_files_used_by_unended_activities_do_not_expire(db: Database) -> None:
     used_file = db.read_sync(rows.stored, "alice", A)
     assert used_file is not None and used_file.last_used_at == week + HOUR
     assert not db.write_sync(rows.use_files, (job, "alice", B, week))  # expired: refused
-    ended = activity_rows.Transition(id=job, state=ActivityState.CANCELLED, at=week)
-    assert db.write_sync(activity_rows.apply_transitions, ended).applied
+    end(db, job, week)
     assert db.read_sync(rows.in_use_by, "alice", A) is None
     assert db.write_sync(rows.expire_files, (week, week + 2 * HOUR, 100)) == []
     later = week + HOUR + dt.timedelta(days=7, seconds=1)
