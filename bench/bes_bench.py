@@ -44,6 +44,25 @@ def _pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() > 1 else []
 
 
+def serve_argv(
+    port: int, data: str | Path, *options: str, python: str = sys.executable
+) -> list[str]:
+    """``bes serve`` on loopback ``port`` with its data in ``data``, pinned to CPU 0 (the
+    benchmarks' clients take the other)."""
+    return [
+        *_pin(0),
+        python,
+        "-m",
+        "bes",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data),
+        *options,
+    ]
+
+
 @contextlib.contextmanager
 def running(argv: list[str], port: int, health: str) -> Iterator[None]:
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -178,21 +197,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bes-bench-") as data:
         port = free_port()
-        serve_argv = [
-            *_pin(0),
-            python,
-            "-m",
-            "bes",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            data,
-            "--backend",
-            args.backend,
-            "--no-local-worker",
-        ]
-        with running(serve_argv, port, "/healthz"):
+        argv = serve_argv(port, data, "--backend", args.backend, "--no-local-worker", python=python)
+        with running(argv, port, "/healthz"):
             results["create"] = {
                 c: asyncio.run(load(port, CREATE, c, args.seconds)) for c in levels
             }

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bes_bench import _pin, running
+from bench.bes_bench import _pin, running, serve_argv
 from bes.client import BESClient
 from tests.support.server import free_port
 
@@ -71,21 +71,9 @@ def main() -> None:
         source = root / "input.bin"
         sha256 = make_file(source, size)
         port = free_port()
-        argv = [
-            *_pin(0),
-            sys.executable,
-            "-m",
-            "bes",
-            "serve",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(root / "data"),
-            "--backend",
-            "none",
-            "--file-quota",
-            f"{4 * size + _MIB}",
-        ]
+        argv = serve_argv(
+            port, root / "data", "--backend", "none", "--file-quota", f"{4 * size + _MIB}"
+        )
         endpoint = f"http://127.0.0.1:{port}/bes"
         url = f"{endpoint}/files/sha256/{sha256}"
         with running(argv, port, "/healthz"), BESClient(endpoint, timeout_s=600) as client:

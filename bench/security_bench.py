@@ -66,7 +66,7 @@ from lxml import etree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # The benchmark reuses the tests' message builders and the client's credentials.
-from bench.bes_bench import _pct, _pin
+from bench.bes_bench import _pct, _pin, serve_argv
 from bes.client.auth import UsernameToken, X509Signature, wsse_plugins
 from tests.support import soap
 from tests.support.server import free_port
@@ -339,21 +339,7 @@ def serving(
 ) -> Iterator[Target]:
     """``bes serve`` on one CPU until the block ends."""
     port = free_port()
-    argv = [
-        *_pin(0),
-        sys.executable,
-        "-m",
-        "bes",
-        "serve",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data),
-        "--backend",
-        "none",
-        "--no-local-worker",
-        *extra,
-    ]
+    argv = serve_argv(port, data, "--backend", "none", "--no-local-worker", *extra)
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/healthz"
