@@ -140,7 +140,9 @@ async def _read(
         if not state.complete:
             offset = str(state.offset).encode()
             await respond(send, 404, b"", _OCTETS, extra=[(b"upload-offset", offset)])
-            return
+        else:  # upload_state found it live: no second lookup
+            await respond_file(send, store.blob(caller.name, ref.sha256), _OCTETS, head=True)
+        return
     found = await store.live(caller.name, ref)
     await respond_file(send, store.blob(caller.name, found.sha256), _OCTETS, head=head)
 
