@@ -213,8 +213,13 @@ class Activities:
     async def _use(self, activity_id: ActivityId, uses: list[FileUse]) -> None:
         if self._store is None:
             return
-        for owner in dict.fromkeys(use.owner for use in uses):
-            await self._store.use(activity_id, owner, [u.sha256 for u in uses if u.owner == owner])
+        store = self._store
+        await asyncio.gather(
+            *(
+                store.use(activity_id, owner, [u.sha256 for u in uses if u.owner == owner])
+                for owner in dict.fromkeys(use.owner for use in uses)
+            )
+        )
 
     def _check_runnable(self, job: JobDefinition, *, where: str = "") -> None:
         """Refuse a job the site does not take: ``file:`` URIs outside its roots, features
@@ -282,8 +287,8 @@ class Activities:
         )
         if not await self._db.write(rows.create_sweeps, [sweep, *children]):
             raise NotAcceptingNewActivities("this factory is not accepting new activities")
-        for child_id, used in uses:
-            await self._use(child_id, used)
+        # Together: one group commit for the whole sweep, not one per child.
+        await asyncio.gather(*(self._use(child_id, used) for child_id, used in uses))
         self.metrics.submissions.inc()
         log.info(
             "%s created a parameter sweep %s of %d activities", caller.name, parent, len(children)

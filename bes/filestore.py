@@ -406,8 +406,13 @@ class FileStore:
     async def use(self, activity_id: str, owner: str, sha256s: list[str]) -> None:
         """Record that an activity uses these files (they stay while it has not ended)."""
         at = self._clock()
-        for sha256 in dict.fromkeys(sha256s):
-            await self._db.write(rows.use_files, (activity_id, owner, sha256, at))
+        # Submitted together, so the group committer writes them in one transaction.
+        await asyncio.gather(
+            *(
+                self._db.write(rows.use_files, (activity_id, owner, sha256, at))
+                for sha256 in dict.fromkeys(sha256s)
+            )
+        )
 
     # ------------------------------------------------------------------ housekeeping
 

@@ -33,7 +33,7 @@ from bes.config import ServiceConfig
 from bes.db.tables import activity_document
 from bes.filestore import FileStore
 from tests.service.test_authorization import add_users, basic
-from tests.service.test_submission_checks import job, refusal, staging
+from tests.service.test_submission_checks import job, refusal, staging, sweep_of
 from tests.service.test_worker_api import Grid, check, open_grid, vm_job
 from tests.support import soap
 from tests.support.postgres import fresh_database
@@ -301,6 +301,26 @@ def test_a_file_a_running_activity_uses_cannot_be_deleted(
     assert soap_call(live, "TerminateActivities", soap.vector("TerminateActivities", [epr]))
     deadline = time.monotonic() + 10
     while httpx.delete(up.url).status_code == 409 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert bes.files() == []
+
+
+def test_every_point_of_a_sweep_keeps_the_file_it_names(
+    bes: BESClient, live: LiveServer, tmp_path: Path
+) -> None:
+    ups = [bes.upload_file(local_file(tmp_path, f"part{i}.csv", b"%d\n" % i)) for i in (1, 2)]
+    points = sweep_of("//jsdl:DataStaging/jsdl:Source/jsdl:URI", *(up.url for up in ups))
+    document = job(staging("in.txt", source=ups[0].url), sweep=points)
+    sweep_id = created_id(soap_call(live, "CreateActivity", soap.create_activity(document)))
+    for up in ups:
+        busy = httpx.delete(up.url)
+        assert busy.status_code == 409, busy.text
+        assert "activity" in error_of(busy, "in-use")
+    epr = soap.epr(activity_id=sweep_id)
+    assert soap_call(live, "TerminateActivities", soap.vector("TerminateActivities", [epr]))
+    deadline = time.monotonic() + 10
+    while any(httpx.delete(up.url).status_code == 409 for up in ups):
+        assert time.monotonic() < deadline, "the sweep's points still hold their files"
         time.sleep(0.1)
     assert bes.files() == []
 
