@@ -58,7 +58,6 @@ from bes.jsdl.model import JobDefinition
 
 log = logging.getLogger(__name__)
 
-_HASH_CHUNK: Final = 1024 * 1024
 _WRITE_BUFFER: Final = 1024 * 1024
 _EXPIRE_BATCH: Final = 500
 _UPLOAD_STALE_S: Final = 24 * 3600.0
@@ -444,9 +443,9 @@ class FileStore:
 
 
 def _hash_into(digest: hashlib._Hash, path: Path) -> None:
+    """Go on hashing with the bytes of ``path`` (a resumed upload's stored part)."""
     with path.open("rb") as source:
-        while chunk := source.read(_HASH_CHUNK):
-            digest.update(chunk)
+        hashlib.file_digest(source, lambda: digest)
 
 
 def _same_file(path: Path, descriptor: int) -> bool:

@@ -49,13 +49,9 @@ class Uploaded:
 
 def file_digest(path: Path) -> tuple[str, int]:
     """The sha256 (hex) and size of a local file."""
-    digest = hashlib.sha256()
-    size = 0
     with path.open("rb") as source:
-        while chunk := source.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+        digest = hashlib.file_digest(source, "sha256")
+        return digest.hexdigest(), source.tell()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
