@@ -23,6 +23,7 @@ import requests.adapters
 import requests.auth
 
 from bes.errors import BesError, LeaseLost
+from bes.filerefs import SCHEME
 from bes.jsdl import codec
 from bes.jsdl.model import JobDefinition
 from bes.vm.images import ImageError
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 _TIMEOUT_S: Final = 30.0
 _UPLOAD_TIMEOUT_S: Final = 600.0
 _DOWNLOAD_CHUNK: Final = 1024 * 1024
-_STORE_SCHEME: Final = "bes-store:"
+_STORE_SCHEME: Final = SCHEME + ":"
 
 
 class ServiceUnavailable(BesError):

@@ -25,6 +25,7 @@ from typing import Final, Protocol
 import requests
 
 from bes.errors import BesError
+from bes.filerefs import SCHEME as STORE
 from bes.jsdl.model import CreationFlag, DataStaging, JobDefinition
 from bes.vm.media import GuestResults, UnsafePath, safe_relative
 from bes.worker import ftp
@@ -33,8 +34,6 @@ from bes.worker.ftp import StagingError, shown
 log = logging.getLogger(__name__)
 
 _CHUNK: Final = 1024 * 1024
-STORE_SCHEME: Final = "bes-store"
-"""Sources and Targets in the service's file store (fetched and delivered for the lease)."""
 _TIMEOUT_S: Final = 60.0
 
 
@@ -147,7 +146,7 @@ def _fetch(
     uri = staging.source or ""
     parsed = urllib.parse.urlsplit(uri)
     scheme = parsed.scheme.lower()
-    if scheme == STORE_SCHEME:
+    if scheme == STORE:
         _through_store(staging, lambda s: s.fetch(uri, dest), store, "input")
         return dest
     if scheme == "file":
@@ -188,7 +187,7 @@ def _deliver(
     uri = staging.target or ""
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     flag = staging.creation_flag
-    if scheme == STORE_SCHEME:
+    if scheme == STORE:
         _through_store(staging, lambda s: s.deliver(uri, produced), store, "output")
         return
     if scheme == "file":
