@@ -19,7 +19,6 @@ or stored file), 409 (the name is taken), 507 (a converted disk is over the quot
 from __future__ import annotations
 
 from typing import Any, Final
-from urllib.parse import unquote
 
 from bes.db.image_rows import UserImageRow
 from bes.errors import InvalidRequest, NotAuthorized
@@ -60,7 +59,7 @@ async def serve_images(
     """Answer a request under ``/bes/images`` for ``caller`` (``catalog``: the site's
     templates, built-in ones included)."""
     method: str = scope["method"]
-    tail = unquote(scope["path"][len(IMAGES) :].strip("/"))
+    tail = scope["path"][len(IMAGES) :].strip("/")  # (the ASGI path is decoded already)
     try:
         if not tail:
             if method in ("GET", "HEAD"):
