@@ -49,6 +49,19 @@ def raise_for_http(response: requests.Response, url: str, *, soap: bool = True) 
     raise HttpProblem(message, status=status, url=url)
 
 
+def service_message(response: requests.Response) -> str:
+    """What an error answer of this service's JSON routes says (``{"message": …}``), else
+    the start of its text."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    message = data.get("message") if isinstance(data, dict) else None
+    if isinstance(message, str):
+        return message
+    return response.text.strip()[:300] or response.reason or ""
+
+
 def _first_line(response: requests.Response) -> str:
     kind = response.headers.get("content-type", "")
     if "html" in kind.lower():

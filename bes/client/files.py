@@ -19,7 +19,7 @@ from typing import IO, Final
 
 import requests
 
-from bes.client._http import describe_failure
+from bes.client._http import describe_failure, service_message
 from bes.client.faults import ConnectionProblem, HttpProblem
 
 Progress = Callable[[int, int], None]
@@ -169,12 +169,8 @@ class _Body:
 
 
 def _refused(answer: requests.Response, url: str) -> None:
-    try:
-        message = str(answer.json().get("message"))
-    except (ValueError, AttributeError):
-        message = answer.text.strip()[:300] or answer.reason
     raise UploadRefused(
-        f"{url} refused the upload (HTTP {answer.status_code}): {message}",
+        f"{url} refused the upload (HTTP {answer.status_code}): {service_message(answer)}",
         status=answer.status_code,
         url=url,
     )

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import requests
 
-from bes.client._http import describe_failure
+from bes.client._http import describe_failure, service_message
 from bes.client.faults import HttpProblem, ProtocolProblem
 from bes.client.files import Connection
 
@@ -74,12 +74,8 @@ def _call(
     except requests.RequestException as exc:
         raise describe_failure(exc, url, timeout_s or connection.timeout_s) from exc
     if not 200 <= answer.status_code < 300:
-        try:
-            message = str(answer.json()["message"])
-        except (ValueError, KeyError, TypeError):
-            message = answer.text.strip()[:300] or answer.reason
         raise ImageRefused(
-            f"the service refused (HTTP {answer.status_code}): {message}",
+            f"the service refused (HTTP {answer.status_code}): {service_message(answer)}",
             status=answer.status_code,
             url=url,
         )
