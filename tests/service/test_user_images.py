@@ -170,6 +170,9 @@ async def test_a_qcow2_disk_becomes_its_owners_image_seen_by_them_and_the_admini
     far = dt.datetime.now(dt.UTC) + dt.timedelta(days=365)
     assert await site.app.db.write(file_rows.expire_files, (far, far, 100)) == []
 
+    # The path names the image once decoded, not twice: "a%41" never means "aA".
+    encoded = await site.call("DELETE", "/bes/images/analysi%2573", user="alice")
+    assert encoded.status_code == 404
     assert (await site.call("DELETE", "/bes/images/analysis", user="bob")).status_code == 404
     assert (await site.call("DELETE", "/bes/images/analysis", user="alice")).status_code == 200
     assert await site.images("alice") == {}
