@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from bes.backends.base import Backend, JobState, JobStatus, StatusChange
+from bes.backends.base import Backend, JobState, JobStatus, StatusChange, Submission
 from bes.db import activity_rows as rows
 from bes.db.activity_rows import ActivityRecord, Transition
 from bes.db.store import Database
@@ -167,13 +167,18 @@ class Tracker:
                 await self.fail(activity_id, f"{backend_name} refused the job: {outcome}")
             elif not outcome:
                 await self.fail(activity_id, f"{backend_name} returned no job id")
-            else:
+            elif isinstance(outcome, Submission):
                 recorded.append((activity_id, outcome))
+            else:
+                recorded.append((activity_id, Submission(job_id=outcome)))
         now = self._clock()
         results = await asyncio.gather(
-            *(self._db.write(rows.set_backend_job, (a, j, now)) for a, j in recorded)
+            *(
+                self._db.write(rows.set_backend_job, (a, s.job_id, now, s.pool, s.message))
+                for a, s in recorded
+            )
         )
-        undo = [job_id for (_, job_id), ok in zip(recorded, results, strict=True) if not ok]
+        undo = [s.job_id for (_, s), ok in zip(recorded, results, strict=True) if not ok]
         if undo:  # terminated while we were submitting: undo on the backend
             await asyncio.to_thread(backend.cancel, undo)
 
@@ -291,7 +296,13 @@ class Tracker:
                 target,
             )
             substate = None
-        if target is record.state and substate is record.substate:
+        pool = status.extra.get("pool")
+        if (
+            target is record.state
+            and substate is record.substate
+            and (status.message is None or status.message == record.message)
+            and (pool is None or pool == record.pool)
+        ):
             return False
         step = Transition(
             id=record.id,
@@ -304,6 +315,7 @@ class Tracker:
             outputs=target.terminal and status.extra.get("outputs") == "kept",
             # Pending -> Finished is not a BES transition: record the Running we missed.
             late_running=record.state is ActivityState.PENDING and target is ActivityState.FINISHED,
+            pool=pool,
         )
         (result,) = await self._db.write(rows.apply_transition_steps, [step])
         if result.applied:

@@ -43,6 +43,7 @@ _ACTIVITY_STATUS: Final = qname(BES_FACTORY, "ActivityStatus")
 _EXIT_CODE: Final = qname(BES_ACTIVITY, "ExitCode")
 _MESSAGE: Final = qname(BES_ACTIVITY, "Message")
 _CHANGED: Final = qname(BES_ACTIVITY, "Changed")
+_POOL: Final = qname(BES_ACTIVITY, "Pool")
 _OUTPUTS: Final = qname(BES_ACTIVITY, "Outputs")
 _WARNING: Final = qname(BES_ACTIVITY, "Warning")
 _COUNT: Final = qname(BES_ACTIVITY, "ActivityCount")
@@ -164,7 +165,8 @@ def activity_status(
     parent: etree._Element, record: ActivityRecord, *, endpoint: str | None = None
 ) -> etree._Element:
     """Append ``bes-factory:ActivityStatus`` for an activity: the basic state as ``@state``,
-    then the sub-state element, then our details: exit code, message, time of change, where
+    then the sub-state element, then our details: exit code, message, time of change, the pool
+    of workers it was routed to, where
     its kept files are (when it has some and ``endpoint`` is given), what normalization
     rewrote in its document, and for a parameter sweep its counts per state and children."""
     status = etree.SubElement(parent, _ACTIVITY_STATUS, state=record.state.value)
@@ -175,6 +177,8 @@ def activity_status(
     if record.message:
         etree.SubElement(status, _MESSAGE).text = record.message
     etree.SubElement(status, _CHANGED).text = _xsd_datetime(record.changed_at)
+    if record.pool is not None:
+        etree.SubElement(status, _POOL).text = record.pool
     if record.outputs and endpoint is not None:
         etree.SubElement(status, _OUTPUTS).text = f"{endpoint}{ACTIVITY_PATH}{record.id}/outputs"
     for warning in record.warnings:

@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import Any, ClassVar, Final
 
 from bes.db.store import Database
 from bes.errors import BackendError, SubmitError
@@ -99,6 +99,21 @@ class JobStatus:
     message: str | None = None
     exit_code: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Submission:
+    """A job a backend took, with what it decided at once.
+
+    Attributes:
+        job_id: The backend's id of the job (never falsy).
+        pool: The pool of workers it was routed to, if the backend has pools.
+        message: Why it waits, for people (the activity's status message).
+    """
+
+    job_id: BackendJobId
+    pool: str | None = None
+    message: str | None = None
 
 
 class CancelOutcome(StrEnum):
@@ -217,15 +232,16 @@ class Backend(abc.ABC):
 
     def submit_batch(
         self, jobs: Sequence[tuple[ActivityId, JobDefinition]]
-    ) -> Mapping[ActivityId, BackendJobId | BackendError]:
-        """Submit several jobs: per activity, its backend job id or why it was not taken.
+    ) -> Mapping[ActivityId, BackendJobId | Submission | BackendError]:
+        """Submit several jobs: per activity, its backend job id (or a :class:`Submission`
+        that also says where it goes and why it waits) or why it was not taken.
 
         The default submits one by one; backends that can do better override it.
 
         Raises:
             BackendError: The backend as a whole failed (nothing was submitted).
         """
-        out: dict[ActivityId, BackendJobId | BackendError] = {}
+        out: dict[ActivityId, BackendJobId | Submission | BackendError] = {}
         for activity_id, job in jobs:
             try:
                 out[activity_id] = self.submit(job, activity_id=activity_id)
@@ -239,6 +255,11 @@ class Backend(abc.ABC):
 
     def housekeeping(self) -> None:  # noqa: B027 - optional hook with an empty default
         """Periodic upkeep (called from a worker thread every ``housekeeping_interval_s``)."""
+
+    def explain(self, job_id: BackendJobId) -> Mapping[str, Any]:
+        """Why a job is where it is, for ``bes why`` (JSON-ready; empty: nothing to say)."""
+        del job_id
+        return {}
 
     def unsupported(self, job: JobDefinition) -> list[str]:
         """The features of ``job`` this backend cannot run, as readable names (empty: none).

@@ -61,6 +61,8 @@ class ActivityRecord:
     """The parameter sweep this activity is a point of."""
     children: int = 0
     """For a parameter sweep: how many activities it stands for (its state is theirs)."""
+    pool: str | None = None
+    """The pool of workers its backend routed it to (backends with pools)."""
     sweep: SweepSummary | None = None
     """For a parameter sweep, as read with :func:`sweep_summaries`."""
 
@@ -128,6 +130,8 @@ class Transition:
     expect_backend_job_id: BackendJobId | None = None
     outputs: bool = False
     late_running: bool = False
+    pool: str | None = None
+    """The backend moved the activity to this pool (None: unchanged)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +160,7 @@ RECORD_COLUMNS: Final = (
     activity.c.warnings,
     activity.c.parent_id,
     activity.c.children,
+    activity.c.pool,
 )
 
 
@@ -178,7 +183,8 @@ def record_of(row: Sequence[Any]) -> ActivityRecord:
         warnings,
         parent_id,
         child_count,
-    ) = row[:16]
+        pool,
+    ) = row[:17]
     return ActivityRecord(
         id=ActivityId(id_),
         owner=owner,
@@ -196,6 +202,7 @@ def record_of(row: Sequence[Any]) -> ActivityRecord:
         warnings=tuple(json.loads(warnings)) if warnings else (),
         parent_id=ActivityId(parent_id) if parent_id else None,
         children=child_count or 0,
+        pool=pool,
     )
 
 
@@ -330,6 +337,7 @@ def _transition_statement(target: ActivityState, *, via_running: bool = False) -
         "changed_at": bindparam("at"),
         "exit_code": func.coalesce(bindparam("exit_code", type_=Integer), activity.c.exit_code),
         "outputs": or_(activity.c.outputs, bindparam("outputs", type_=Boolean) == true()),
+        "pool": func.coalesce(bindparam("pool", type_=String), activity.c.pool),
     }
     if target.terminal:
         values.update(dispatch_owner=None, dispatch_until=None)
@@ -387,6 +395,7 @@ def apply_transition_steps(
                     "exit_code": t.exit_code,
                     "outputs": t.outputs,
                     "expect": t.expect_backend_job_id,
+                    "pool": t.pool,
                 },
             )
             if not updated:
@@ -452,6 +461,8 @@ _SET_BACKEND_JOB: Final = Prepared(
     .values(
         backend_job_id=bindparam("job_id"),
         substate=SubState.SUBMITTED.value,
+        pool=bindparam("pool"),
+        message=bindparam("message"),
         dispatch_owner=None,
         dispatch_until=None,
         changed_at=bindparam("at"),
@@ -460,18 +471,28 @@ _SET_BACKEND_JOB: Final = Prepared(
 
 
 def set_backend_job(
-    conn: Connection, items: Sequence[tuple[ActivityId, BackendJobId, dt.datetime]]
+    conn: Connection,
+    items: Sequence[tuple[ActivityId, BackendJobId, dt.datetime, str | None, str | None]],
 ) -> list[bool]:
     """Record the backend's job id after a successful submit; the activity becomes Submitted.
+    Each item is ``(activity, job id, at, pool, message)``: the pool the backend routed it to
+    and why it waits (both may be None).
 
     Returns False for activities that meanwhile reached a terminal state.
     """
     out = []
     events = []
-    for activity_id, job_id, at in items:
+    for activity_id, job_id, at, pool, message in items:
         when = db_time(conn, at)
         updated = _SET_BACKEND_JOB.execute(
-            conn, {"activity_id": activity_id, "job_id": job_id, "at": when}
+            conn,
+            {
+                "activity_id": activity_id,
+                "job_id": job_id,
+                "at": when,
+                "pool": pool,
+                "message": message,
+            },
         )
         if updated:
             events.append(
@@ -480,7 +501,9 @@ def set_backend_job(
                     "at": when,
                     "state": ActivityState.PENDING.value,
                     "substate": SubState.SUBMITTED.value,
-                    "message": f"submitted as {job_id}",
+                    "message": f"submitted as {job_id}"
+                    + (f" to pool {pool}" if pool else "")
+                    + (f": {message}" if message else ""),
                 }
             )
         out.append(bool(updated))
@@ -596,7 +619,7 @@ def get_documents(
     out: dict[ActivityId, tuple[ActivityRecord, str]] = {}
     for row in _fetch_by_ids(conn, _DOCUMENTS_BY_IDS, ids):
         record = record_of(row)
-        out[record.id] = (record, row[16])
+        out[record.id] = (record, row[17])
     return out
 
 

@@ -78,6 +78,8 @@ class WorkerRecord:
     revoked_at: dt.datetime | None
     facts: dict[str, Any]
     last_seen_at: dt.datetime | None
+    pool: str = "volunteers"
+    draining: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,6 +97,12 @@ class NewGridJob:
     """Hypervisors the job may run under; empty for any."""
     max_attempts: int
     at: dt.datetime
+    pool: str = "volunteers"
+    """The pool whose workers may claim it."""
+    pinned: bool = False
+    """The job named its pool (a burst never moves it)."""
+    reason: str | None = None
+    """Why it waits, for people."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,23 +222,27 @@ class GridJobStatus:
     message: str | None
     result: dict[str, Any] | None
     worker: str | None
+    pool: str = "volunteers"
+    reason: str | None = None
 
 
 # ------------------------------------------------------------------------------ workers
 
 
 def create_worker(
-    conn: Connection, items: Sequence[tuple[str, str, str, dt.datetime]]
+    conn: Connection, items: Sequence[tuple[str, str, str, dt.datetime, str]]
 ) -> list[bool]:
-    """Insert workers ``(id, name, token_hash, at)``; False where the name is taken."""
+    """Insert workers ``(id, name, token_hash, at, pool)``; False where the name is taken."""
     out = []
-    for worker_id, name, token_hash, at in items:
+    for worker_id, name, token_hash, at, pool in items:
         taken = conn.execute(select(worker.c.id).where(worker.c.name == name)).first()
         if taken is not None:
             out.append(False)
             continue
         conn.execute(
-            insert(worker).values(id=worker_id, name=name, token_hash=token_hash, created_at=at)
+            insert(worker).values(
+                id=worker_id, name=name, token_hash=token_hash, created_at=at, pool=pool
+            )
         )
         out.append(True)
     return out
@@ -291,6 +303,8 @@ _WORKER_COLUMNS: Final = (
     worker.c.revoked_at,
     worker.c.facts,
     worker.c.last_seen_at,
+    worker.c.pool,
+    worker.c.draining_at,
 )
 _WORKER_BY_TOKEN: Final = Prepared(
     select(worker.c.id, worker.c.name, worker.c.revoked_at).where(
@@ -300,7 +314,7 @@ _WORKER_BY_TOKEN: Final = Prepared(
 
 
 def _worker(row: Sequence[Any]) -> WorkerRecord:
-    id_, name, created_at, revoked_at, facts, last_seen_at = row
+    id_, name, created_at, revoked_at, facts, last_seen_at, pool, draining_at = row
     return WorkerRecord(
         id=id_,
         name=name,
@@ -308,6 +322,8 @@ def _worker(row: Sequence[Any]) -> WorkerRecord:
         revoked_at=from_db_time(revoked_at) if revoked_at is not None else None,
         facts=json.loads(facts) if facts else {},
         last_seen_at=from_db_time(last_seen_at) if last_seen_at is not None else None,
+        pool=pool,
+        draining=draining_at is not None,
     )
 
 
@@ -368,6 +384,9 @@ def add_grid_jobs(conn: Connection, items: Sequence[Sequence[NewGridJob]]) -> li
             "cancel_requested": False,
             "queued_at": j.at,
             "changed_at": j.at,
+            "pool": j.pool,
+            "pinned": j.pinned,
+            "reason": j.reason,
         }
         for batch in items
         for j in batch
@@ -418,7 +437,7 @@ def _claim_statement(hypervisors: tuple[str, ...]) -> _ByDialect:
             grid_job.c.disk_mib <= bindparam("disk_mib"),
             or_(grid_job.c.needs_network.is_(False), bindparam("network") == true()),
             or_(*fits),
-            _live(bindparam("worker_id")),
+            grid_job.c.pool == _claiming_pool(bindparam("worker_id")),
         )
         .order_by(grid_job.c.queued_at)
         .limit(bindparam("limit"))
@@ -506,6 +525,20 @@ def _live(worker_id: Any) -> Any:
     the service cached of it."""
     return (
         select(worker.c.id).where(worker.c.id == worker_id, worker.c.revoked_at.is_(None)).exists()
+    )
+
+
+def _claiming_pool(worker_id: Any) -> Any:
+    """The pool of a worker that may claim: live (token not revoked) and not draining; NULL,
+    which matches no job, for any other. Like :func:`_live`, checked in the database."""
+    return (
+        select(worker.c.pool)
+        .where(
+            worker.c.id == worker_id,
+            worker.c.revoked_at.is_(None),
+            worker.c.draining_at.is_(None),
+        )
+        .scalar_subquery()
     )
 
 
@@ -813,6 +846,8 @@ _STATUS_COLUMNS: Final = (
     grid_job.c.message,
     grid_job.c.result,
     worker.c.name,
+    grid_job.c.pool,
+    grid_job.c.reason,
 )
 _STATUS_CHUNK: Final = 500
 
@@ -843,6 +878,8 @@ def grid_statuses(
                 message=r[9],
                 result=json.loads(r[10]) if r[10] else None,
                 worker=r[11],
+                pool=r[12],
+                reason=r[13],
             )
             out[status.id] = status
     return out
@@ -854,3 +891,197 @@ def queue_counts(conn: Connection) -> dict[GridState, int]:
     for state, n in conn.execute(select(grid_job.c.state, func.count()).group_by(grid_job.c.state)):
         counts[GridState(state)] = n
     return counts
+
+
+# ------------------------------------------------------------------------------ pools and reasons
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedGroup:
+    """Queued jobs of one pool with the same requirements (the unit the reasons are kept for)."""
+
+    pool: str
+    memory_mib: int
+    vcpus: int
+    disk_mib: int
+    network: bool
+    hypervisors: tuple[str, ...]
+    count: int
+    oldest: dt.datetime
+
+
+_GROUP_KEY: Final = (
+    grid_job.c.pool,
+    grid_job.c.memory_mib,
+    grid_job.c.vcpus,
+    grid_job.c.disk_mib,
+    grid_job.c.needs_network,
+    grid_job.c.hypervisors,
+)
+
+
+def queued_groups(conn: Connection) -> list[QueuedGroup]:
+    """The queued jobs, grouped by pool and requirements."""
+    rows = conn.execute(
+        select(*_GROUP_KEY, func.count(), func.min(grid_job.c.queued_at))
+        .where(grid_job.c.state == GridState.QUEUED.value)
+        .group_by(*_GROUP_KEY)
+    )
+    return [
+        QueuedGroup(
+            pool=pool,
+            memory_mib=memory,
+            vcpus=vcpus,
+            disk_mib=disk,
+            network=bool(network),
+            hypervisors=tuple(h for h in hypervisors.split(",") if h),
+            count=count,
+            oldest=from_db_time(oldest),
+        )
+        for pool, memory, vcpus, disk, network, hypervisors, count, oldest in rows
+    ]
+
+
+def _in_group(group: QueuedGroup) -> list[Any]:
+    return [
+        grid_job.c.state == GridState.QUEUED.value,
+        grid_job.c.pool == group.pool,
+        grid_job.c.memory_mib == group.memory_mib,
+        grid_job.c.vcpus == group.vcpus,
+        grid_job.c.disk_mib == group.disk_mib,
+        grid_job.c.needs_network == group.network,
+        grid_job.c.hypervisors == _hypervisor_list(group.hypervisors),
+    ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rerouted:
+    """A queued job whose reason or pool changed."""
+
+    job_id: BackendJobId
+    activity_id: ActivityId
+    ran: bool
+    message: str | None
+    pool: str
+    reason: str
+
+
+def set_reasons(conn: Connection, items: Sequence[tuple[QueuedGroup, str]]) -> list[list[Rerouted]]:
+    """Store why each group's jobs wait, where it changed; return the jobs it changed."""
+    out = []
+    for group, reason in items:
+        rows = conn.execute(
+            update(grid_job)
+            .where(
+                *_in_group(group),
+                or_(grid_job.c.reason.is_(None), grid_job.c.reason != reason),
+            )
+            .values(reason=reason)
+            .returning(grid_job.c.id, grid_job.c.activity_id, grid_job.c.ran, grid_job.c.message)
+        )
+        out.append(
+            [
+                Rerouted(
+                    job_id=BackendJobId(r[0]),
+                    activity_id=ActivityId(r[1]),
+                    ran=bool(r[2]),
+                    message=r[3],
+                    pool=group.pool,
+                    reason=reason,
+                )
+                for r in rows
+            ]
+        )
+    return out
+
+
+def burst(
+    conn: Connection, items: Sequence[tuple[QueuedGroup, str, dt.datetime, str]]
+) -> list[list[Rerouted]]:
+    """Move a group's jobs queued before a time to another pool, unless they named theirs:
+    ``(group, to_pool, queued_before, reason)``."""
+    out = []
+    for group, to_pool, before, reason in items:
+        rows = conn.execute(
+            update(grid_job)
+            .where(
+                *_in_group(group),
+                grid_job.c.pinned.is_(False),
+                grid_job.c.queued_at < before,
+            )
+            .values(pool=to_pool, reason=reason)
+            .returning(grid_job.c.id, grid_job.c.activity_id, grid_job.c.ran, grid_job.c.message)
+        )
+        out.append(
+            [
+                Rerouted(
+                    job_id=BackendJobId(r[0]),
+                    activity_id=ActivityId(r[1]),
+                    ran=bool(r[2]),
+                    message=r[3],
+                    pool=to_pool,
+                    reason=reason,
+                )
+                for r in rows
+            ]
+        )
+    return out
+
+
+def queue_position(conn: Connection, job_id: BackendJobId) -> int | None:
+    """1 + how many jobs of its pool were queued before this queued one; None if not queued."""
+    row = conn.execute(
+        select(grid_job.c.pool, grid_job.c.queued_at, grid_job.c.state).where(
+            grid_job.c.id == job_id
+        )
+    ).first()
+    if row is None or row[2] != GridState.QUEUED.value:
+        return None
+    ahead = conn.execute(
+        select(func.count()).where(
+            grid_job.c.pool == row[0],
+            grid_job.c.state == GridState.QUEUED.value,
+            grid_job.c.queued_at < row[1],
+        )
+    ).scalar_one()
+    return int(ahead) + 1
+
+
+def pool_load(conn: Connection, pool: str) -> tuple[list[QueuedGroup], dict[str, int]]:
+    """A pool's queued groups, and how many jobs each of its workers holds (by worker name)."""
+    groups = [g for g in queued_groups(conn) if g.pool == pool]
+    held = conn.execute(
+        select(worker.c.name, func.count())
+        .select_from(grid_job.join(worker, worker.c.id == grid_job.c.worker_id))
+        .where(grid_job.c.state == GridState.LEASED.value, worker.c.pool == pool)
+        .group_by(worker.c.name)
+    )
+    return groups, {name: n for name, n in held}
+
+
+def set_draining(conn: Connection, items: Sequence[tuple[str, dt.datetime | None]]) -> list[bool]:
+    """Stop (a time) or let again (None) the named workers claim; False for no such worker."""
+    return [
+        conn.execute(update(worker).where(worker.c.name == n).values(draining_at=at)).rowcount > 0
+        for n, at in items
+    ]
+
+
+def job_needs(conn: Connection, job_id: str) -> QueuedGroup | None:
+    """A job's pool and requirements (as a group of one)."""
+    row = conn.execute(
+        select(*_GROUP_KEY, grid_job.c.queued_at).where(grid_job.c.id == job_id)
+    ).first()
+    if row is None:
+        return None
+    pool, memory, vcpus, disk, network, hypervisors, queued_at = row
+    return QueuedGroup(
+        pool=pool,
+        memory_mib=memory,
+        vcpus=vcpus,
+        disk_mib=disk,
+        network=bool(network),
+        hypervisors=tuple(h for h in hypervisors.split(",") if h),
+        count=1,
+        oldest=from_db_time(queued_at),
+    )

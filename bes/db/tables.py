@@ -77,6 +77,7 @@ activity = Table(
     Column("warnings", Text),
     Column("parent_id", String(32)),
     Column("children", Integer, nullable=False, server_default="0"),
+    Column("pool", String(64)),  # the pool of workers its backend routed it to
     Column("dispatch_owner", String(64)),
     Column("dispatch_until", UtcDateTime()),
     Column("created_at", UtcDateTime(), nullable=False),
@@ -137,6 +138,10 @@ worker = Table(
     Column("revoked_at", UtcDateTime()),
     Column("facts", Text),
     Column("last_seen_at", UtcDateTime()),
+    # Which pool's jobs it may claim: "volunteers", or "cloud:NAME" for a cloud's instances.
+    # Set with its token (by an administrator, or by the autoscaler), never by the worker.
+    Column("pool", String(64), nullable=False, server_default="volunteers"),
+    Column("draining_at", UtcDateTime()),  # set: it claims nothing more (about to be deleted)
 )
 
 # The desktop grid's queue: one row per job handed to the backend, leased to one worker at a
@@ -166,7 +171,13 @@ grid_job = Table(
     Column("result", Text),
     Column("queued_at", UtcDateTime(), nullable=False),
     Column("changed_at", UtcDateTime(), nullable=False),
+    # The pool whose workers may claim it (bes.backends.desktopgrid.routing), whether the job
+    # named it (pinned: never moved by a burst), and why it waits while queued.
+    Column("pool", String(64), nullable=False, server_default="volunteers"),
+    Column("pinned", Boolean, nullable=False, server_default=false()),
+    Column("reason", Text),
     Index(None, "state", "queued_at"),
+    Index(None, "pool", "state", "queued_at"),
     Index(None, "activity_id"),
 )
 
@@ -281,4 +292,38 @@ user_image = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Index(None, "owner", "sha256"),
     Index(None, "name"),
+)
+
+# Worker nodes the cloud pools' autoscaler started (bes.clouds): one row per instance, kept
+# after it is gone for the budget (instance-hours per day) and for the reconciler, which
+# deletes instances of this deployment that no live row explains.
+cloud_instance = Table(
+    "cloud_instance",
+    metadata,
+    Column("name", String(128), primary_key=True),  # also its worker's name
+    Column("pool", String(64), nullable=False),
+    Column("provider_id", String(128)),
+    Column("host", String(256)),
+    Column("flavor", String(64), nullable=False),
+    Column("memory_mib", Integer, nullable=False),
+    Column("vcpus", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("message", Text),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("registered_at", UtcDateTime()),
+    Column("idle_since", UtcDateTime()),
+    Column("ended_at", UtcDateTime()),
+    Index(None, "pool", "state"),
+    Index(None, "ended_at"),
+)
+
+# Duties that one replica at a time carries out (a cloud pool's autoscaler, the waiting-reason
+# pass): whoever holds an unexpired row does it, and renews it; another takes over an expired one.
+duty = Table(
+    "duty",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("until", UtcDateTime(), nullable=False),
+    Column("status", Text),  # what the holder last said of it (a pool's state, for people)
 )

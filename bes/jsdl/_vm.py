@@ -42,7 +42,7 @@ def parse_virtual_machine(element: etree._Element, ctx: Context) -> VirtualMachi
       <vm:OSType/>? <vm:MemoryMiB/>? <vm:VirtualCPUs/>? <vm:ScratchDiskMiB/>?
       <vm:Network mode="nat" outbound="false"><vm:PortForward guestPort="22"/>*</vm:Network>?
       <vm:Contextualization><vm:UserData/>? <vm:File path="/etc/x" mode="0600"/>*</...>?
-      <vm:WallTimeLimit/>? <vm:Hypervisor>qemu</vm:Hypervisor>*
+      <vm:WallTimeLimit/>? <vm:Hypervisor>qemu</vm:Hypervisor>* <vm:Pool>cloud:lab</vm:Pool>?
     </vm:VirtualMachine>
     """
     values: dict[str, Any] = {}
@@ -68,6 +68,8 @@ def parse_virtual_machine(element: etree._Element, ctx: Context) -> VirtualMachi
             hypervisor = _enum(Hypervisor, child, token(child), ctx)
             if hypervisor is not None:
                 hypervisors.append(hypervisor)
+        elif tag == _V + "Pool":
+            values["pool"] = token(child)
         else:
             ctx.unsupported_here(child)
     if "image" not in values:

@@ -93,6 +93,9 @@ class VirtualMachine:
     files: tuple[ContextFile, ...] = ()
     wall_time_s: int | None = None
     hypervisors: tuple[Hypervisor, ...] = ()
+    pool: str | None = None
+    """The pool of workers the job asks for (``volunteers``, ``cloud:NAME``); None: the
+    service's routing policy decides."""
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ class Worker:
             },
             "max_vms": self.config.max_vms,
             "max_memory_mib": self.config.max_memory_mib,
+            "max_vcpus": self.config.max_vcpus,
             "cpu_cap_percent": self.config.cpu_cap_percent,
             "allow_network": self.config.allow_network,
             "version": __version__,

@@ -62,7 +62,9 @@ def desktop_grid(tmp_path: Path) -> Iterator[Harness]:
     db = Database(f"sqlite:///{tmp_path / 'bes.sqlite3'}")
     db.migrate()
     backend = DesktopGridBackend(db, DesktopGridConfig(outputs_dir=tmp_path / "outputs"))
-    db.write_sync(grid.create_worker, ("w-1", "w1", "h" * 64, dt.datetime.now(dt.UTC)))
+    db.write_sync(
+        grid.create_worker, ("w-1", "w1", "h" * 64, dt.datetime.now(dt.UTC), "volunteers")
+    )
 
     def workers_run_everything() -> None:
         now = dt.datetime.now(dt.UTC)

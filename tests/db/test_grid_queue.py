@@ -197,8 +197,8 @@ def test_cancelling_a_queued_job_is_immediate_and_a_leased_one_ends_at_hand_back
 
 
 def test_worker_tokens_names_and_revocation(db: Database) -> None:
-    assert db.write_sync(grid.create_worker, ("w1", "alpha", "a" * 64, T0))
-    assert not db.write_sync(grid.create_worker, ("w2", "alpha", "b" * 64, T0))
+    assert db.write_sync(grid.create_worker, ("w1", "alpha", "a" * 64, T0, "volunteers"))
+    assert not db.write_sync(grid.create_worker, ("w2", "alpha", "b" * 64, T0, "volunteers"))
     found = db.read_sync(grid.worker_by_token, "a" * 64)
     assert found is not None and found.name == "alpha" and not found.revoked
     assert db.read_sync(grid.worker_by_token, "c" * 64) is None

@@ -71,7 +71,7 @@ def test_a_line_knows_its_worker_and_when_it_started_and_ended(db: Database) -> 
     ran = create(db, "alice", T0)
     waiting = create(db, "alice", T0 + SECOND)
     new_job = job(activity_id=ran, at=T0 + SECOND)
-    assert db.write_sync(rows.set_backend_job, (ran, new_job.id, T0 + SECOND))
+    assert db.write_sync(rows.set_backend_job, (ran, new_job.id, T0 + SECOND, None, None))
     db.write_sync(grid.add_grid_jobs, [new_job])
     worker = add_worker(db, "lab-pc")
     db.write_sync(grid.register_worker, (worker, {"max_vms": 2, "max_memory_mib": 2048}, T0))

@@ -22,6 +22,7 @@ from bes.app import BesApp, create_app
 from bes.backends.desktopgrid import DesktopGridBackend
 from bes.backends.desktopgrid.tokens import create_worker, revoke_worker
 from bes.config import ServiceConfig
+from bes.ns import BES_ACTIVITY
 from bes.schemas import schema_file
 from tests.support import soap
 
@@ -185,19 +186,22 @@ async def test_a_worker_needs_a_live_token(grid: Grid) -> None:
 async def test_a_job_runs_from_claim_to_finished_with_its_outputs_kept(grid: Grid) -> None:
     token = grid.token("w1")
     activity = await grid.submit(vm_job(staging=KEPT))
-    assert await grid.state(activity) == ("Pending", ["Submitted", "Changed"])
+    assert await grid.state(activity) == ("Pending", ["Submitted", "Message", "Changed", "Pool"])
+    waiting = await grid.status(activity)
+    assert waiting.findtext(f"{{{BES_ACTIVITY}}}Pool") == "volunteers"
+    assert "no worker is registered" in (waiting.findtext(f"{{{BES_ACTIVITY}}}Message") or "")
 
     (lease,) = await grid.claim(token)
     assert lease["activity"] == activity and lease["attempt"] == 1
     assert lease["job"]["job_description"]["application"]["virtual_machine"]["memory_mib"] == 256
-    assert await grid.state(activity) == ("Pending", ["Provisioning", "Changed"])
+    assert await grid.state(activity) == ("Pending", ["Provisioning", "Changed", "Pool"])
 
     beat = await grid.worker(
         token, "heartbeat", {"leases": [{"lease": lease["lease"], "substate": "Staging-In"}]}
     )
     check("HeartbeatResponse", beat)
     assert beat["leases"] == {lease["lease"]: "continue"}
-    assert await grid.state(activity) == ("Running", ["Staging-In", "Changed"])
+    assert await grid.state(activity) == ("Running", ["Staging-In", "Changed", "Pool"])
 
     for name, data in (("stdout", b"fitted\n"), ("stderr", b""), ("outputs/result.txt", b"42")):
         response = await grid.upload(token, lease["lease"], name, data)

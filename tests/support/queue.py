@@ -37,9 +37,9 @@ def job(
     )
 
 
-def add_worker(db: Database, name: str) -> str:
+def add_worker(db: Database, name: str, *, pool: str = "volunteers") -> str:
     """Register a worker called ``name``; its id."""
-    assert db.write_sync(grid.create_worker, (f"w-{name}", name, "h" * 60 + name[:4], T0))
+    assert db.write_sync(grid.create_worker, (f"w-{name}", name, "h" * 60 + name[:4], T0, pool))
     return f"w-{name}"
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final
 
 from bes.backends.base import JobState, JobStatus
+from bes.backends.desktopgrid.routing import Needs
 from bes.db.grid_rows import GridJobStatus, GridState
 from bes.errors import UnsupportedFeature
 from bes.jsdl.model import JobDefinition
@@ -37,28 +37,16 @@ _STATES: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Requirements:
-    """What a worker must offer to run a job."""
-
-    memory_mib: int
-    vcpus: int
-    disk_mib: int
-    needs_network: bool
-    hypervisors: tuple[str, ...]
-    """Acceptable hypervisors, preferred first; empty for any."""
-
-
-def requirements(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> Requirements:
+def requirements(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> Needs:
     """The job's VM as a worker must fit it (memory at least the template's minimum)."""
     machine = virtual_machine(job, defaults, catalog)
     template = catalog.get(machine.image.template) if machine.image.template else None
     minimum = template.min_memory_mib if template is not None else 0
-    return Requirements(
+    return Needs(
         memory_mib=max(machine.memory_mib or defaults.memory_mib, minimum),
         vcpus=machine.vcpus or defaults.vcpus,
         disk_mib=(machine.scratch_disk_mib or 0) + DEFAULT_OUTPUT_DISK_MIB,
-        needs_network=machine.network.mode is not NetworkMode.NONE,
+        network=machine.network.mode is not NetworkMode.NONE,
         hypervisors=tuple(h.value for h in machine.hypervisors),
     )
 
@@ -105,7 +93,7 @@ def unsupported(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> l
 
 def to_job_status(row: GridJobStatus) -> JobStatus:
     """A queue row in BES terms."""
-    extra: dict[str, str] = {"attempt": f"{row.attempts}/{row.max_attempts}"}
+    extra: dict[str, str] = {"attempt": f"{row.attempts}/{row.max_attempts}", "pool": row.pool}
     if row.worker:
         extra["worker"] = row.worker
     if row.state in _STATES:
@@ -114,8 +102,15 @@ def to_job_status(row: GridJobStatus) -> JobStatus:
             row.state, exit_code=row.exit_code, message=row.message, files=files, extra=extra
         )
     if row.state is GridState.QUEUED:
-        return queued_status(ran=row.ran, message=row.message, extra=extra)
+        return queued_status(
+            ran=row.ran, message=waiting_message(row.reason, row.message), extra=extra
+        )
     return leased_status(substate=row.substate, ran=row.ran, extra=extra)
+
+
+def waiting_message(reason: str | None, message: str | None) -> str | None:
+    """A queued job's status message: why it waits, then what sent it back (if it was)."""
+    return "; ".join(m for m in (reason, message) if m) or None
 
 
 def ended_status(

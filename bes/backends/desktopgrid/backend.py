@@ -27,11 +27,13 @@ from bes.backends.base import (
     JobStatus,
     StatusChange,
     StatusListener,
+    Submission,
 )
 from bes.backends.desktopgrid import _translate
 from bes.backends.desktopgrid.config import DesktopGridConfig
 from bes.backends.desktopgrid.gateway import WorkerGateway
 from bes.backends.desktopgrid.outputs import OutputStore
+from bes.backends.desktopgrid.pools import Pools
 from bes.db import grid_rows as grid
 from bes.db.committer import BatchFunction
 from bes.db.grid_rows import GridState
@@ -43,6 +45,7 @@ from bes.metrics import Metrics
 from bes.sealing import Sealer
 from bes.vm.images import ImageError
 from bes.vm.repository import BUILT_IN_TEMPLATES, Catalog
+from bes.vmjob import virtual_machine
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class DesktopGridBackend(Backend):
         clock: The current time (aware, UTC).
         metrics: Where claims, lease expiries, VM starts and failed runs are counted.
         sealer: Opens the sealed staging secrets of a job for the worker that leases it.
+        holder: This replica's name, for the duties it may hold (the reasons pass).
     """
 
     name = "desktopgrid"
@@ -102,6 +106,7 @@ class DesktopGridBackend(Backend):
         clock: Callable[[], dt.datetime] = utc_now,
         metrics: Metrics | None = None,
         sealer: Sealer | None = None,
+        holder: str | None = None,
     ) -> None:
         if config.heartbeat_s >= config.lease_s:
             raise ConfigError("the heartbeat period must be shorter than the lease")
@@ -117,6 +122,14 @@ class DesktopGridBackend(Backend):
         self.outputs = OutputStore(config.outputs_dir, max_bytes=config.max_output_bytes)
         self.metrics = metrics or Metrics()
         # Late-bound: a clock set on the backend later (tests) applies to the gateway too.
+        self.pools = Pools(
+            db,
+            write=self._write,
+            clock=lambda: self.clock(),  # noqa: PLW0108
+            live_s=config.lease_s + config.claim_wait_s,
+            holder=holder or "bes-" + secrets.token_hex(4),
+        )
+        """Routing and waiting reasons (cloud pools are added by the cloud road)."""
         self.gateway = WorkerGateway(
             db,
             config,
@@ -154,16 +167,18 @@ class DesktopGridBackend(Backend):
         submitted = self.submit_batch([(activity_id, job)])[activity_id]
         if isinstance(submitted, BesError):
             raise submitted
-        return submitted
+        return submitted.job_id
 
     def submit_batch(
         self, jobs: Sequence[tuple[ActivityId, JobDefinition]]
-    ) -> Mapping[ActivityId, BackendJobId | BackendError]:
+    ) -> Mapping[ActivityId, Submission | BackendError]:
         catalog = self.catalog()
         now = self.clock()
         rows = []
         for activity_id, job in jobs:
             needs = _translate.requirements(job, self.config.vm_defaults, catalog)
+            named = virtual_machine(job, self.config.vm_defaults, catalog).pool
+            placed = self.pools.place(needs, named)
             rows.append(
                 grid.NewGridJob(
                     id=BackendJobId("g" + secrets.token_urlsafe(18)),
@@ -171,10 +186,13 @@ class DesktopGridBackend(Backend):
                     memory_mib=needs.memory_mib,
                     vcpus=needs.vcpus,
                     disk_mib=needs.disk_mib,
-                    needs_network=needs.needs_network,
+                    needs_network=needs.network,
                     hypervisors=needs.hypervisors,
                     max_attempts=self.config.max_attempts,
                     at=now,
+                    pool=placed.pool,
+                    pinned=placed.pinned,
+                    reason=placed.reason,
                 )
             )
         try:
@@ -185,13 +203,38 @@ class DesktopGridBackend(Backend):
             ) from exc
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.gateway.work_added)
-        return {row.activity_id: row.id for row in rows}
+        return {
+            row.activity_id: Submission(job_id=row.id, pool=row.pool, message=row.reason)
+            for row in rows
+        }
 
     def watch(self, listener: StatusListener) -> None:
         self._listener = listener
 
     def housekeeping(self) -> None:
         self.sweep()
+        self.refresh_reasons()
+
+    def refresh_reasons(self, *, now: bool = False) -> None:
+        """Run the reasons pass (:meth:`Pools.refresh`) and push what it changed."""
+        changed = self.pools.refresh(now=now)
+        self._changed(
+            [
+                StatusChange(
+                    activity_id=c.activity_id,
+                    job_id=c.job_id,
+                    status=_translate.queued_status(
+                        ran=c.ran,
+                        message=_translate.waiting_message(c.reason, c.message),
+                        extra={"pool": c.pool},
+                    ),
+                )
+                for c in changed
+            ]
+        )
+
+    def explain(self, job_id: BackendJobId) -> Mapping[str, Any]:
+        return self.pools.analysis(job_id)
 
     def status(self, ids: Sequence[BackendJobId]) -> Mapping[BackendJobId, JobStatus]:
         if not ids:
@@ -216,7 +259,13 @@ class DesktopGridBackend(Backend):
         missing = super().unsupported(job)
         if missing:
             return missing
-        return _translate.unsupported(job, self.config.vm_defaults, self.catalog())
+        found = _translate.unsupported(job, self.config.vm_defaults, self.catalog())
+        if not found:
+            named = virtual_machine(job, self.config.vm_defaults, self.catalog()).pool
+            if named is not None and named not in self.pools.names():
+                shown = ", ".join(self.pools.names())
+                found.append(f"vm:Pool {named!r} (this service's pools: {shown})")
+        return found
 
     def kept_outputs(self, job_id: BackendJobId) -> Path | None:
         row = self._db.read_sync(grid.grid_statuses, [job_id]).get(job_id)

@@ -31,8 +31,13 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.strip().encode()).hexdigest()
 
 
-def create_worker(db: Database, name: str) -> str:
+def create_worker(db: Database, name: str, *, pool: str = "volunteers") -> str:
     """Register a worker named ``name`` and return its token (shown once, never stored).
+
+    Args:
+        db: The service's database.
+        name: The worker's name.
+        pool: The pool whose jobs it may claim (``volunteers``, or ``cloud:NAME``).
 
     Raises:
         ConfigError: The name is malformed or taken.
@@ -44,7 +49,7 @@ def create_worker(db: Database, name: str) -> str:
     token = new_token()
     worker_id = "w-" + secrets.token_hex(8)
     created = db.write_sync(
-        grid.create_worker, (worker_id, name, token_hash(token), dt.datetime.now(dt.UTC))
+        grid.create_worker, (worker_id, name, token_hash(token), dt.datetime.now(dt.UTC), pool)
     )
     if not created:
         raise ConfigError(f"a worker named {name!r} exists already")

@@ -1,0 +1,247 @@
+"""The desktop grid's pools at run time: who can work, where each job goes, why each waits.
+
+:mod:`~bes.backends.desktopgrid.routing` decides; this module gathers what it decides from
+(live workers' offers, configured cloud pools, what each autoscaler last said) and keeps the
+decisions in the queue: a job's pool and reason are stored when it is queued, and again by
+the reasons pass when workers, pools or the queue change, never recomputed on a status call.
+The pass runs on one replica at a time (a duty, :mod:`bes.db.duty_rows`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from bes.backends.desktopgrid import routing
+from bes.backends.desktopgrid.routing import VOLUNTEERS, CloudPool, Needs, Offer
+from bes.db import duty_rows
+from bes.db import grid_rows as grid
+from bes.db.cloud_rows import AUTOSCALER_DUTY, live_instances
+from bes.db.committer import BatchFunction
+from bes.db.store import Database
+from bes.ids import BackendJobId
+
+log = logging.getLogger(__name__)
+
+REASONS_DUTY: Final = "reasons"
+_OFFERS_TTL_S: Final = 2.0
+_PASS_EVERY_S: Final = 2.0
+_DUTY_S: Final = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Placement:
+    """Where a new job goes and why it waits there."""
+
+    pool: str
+    pinned: bool
+    why: str
+    reason: str
+
+
+class Pools:
+    """Routing and waiting reasons for one desktop grid.
+
+    Args:
+        db: The service's database (read from here).
+        write: Runs a batch write function on one item (the backend's single writer).
+        clock: The current time (aware, UTC).
+        live_s: A worker counts as registered if it was heard of this recently.
+        holder: This replica's name, for duties.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        write: Callable[[BatchFunction[Any, Any], Any], Any],
+        clock: Callable[[], dt.datetime],
+        live_s: float,
+        holder: str,
+    ) -> None:
+        self._db = db
+        self._write = write
+        self._clock = clock
+        self._live_s = live_s
+        self._holder = holder
+        self._clouds: tuple[CloudPool, ...] = ()
+        self._offers: tuple[float, list[Offer], dict[str, str]] | None = None
+        self._lock = threading.Lock()
+        self._last_pass = 0.0
+
+    # ------------------------------------------------------------------ configuration
+
+    def set_clouds(self, clouds: Sequence[CloudPool]) -> None:
+        """The configured cloud pools, in the order the policy tries them."""
+        self._clouds = tuple(clouds)
+
+    @property
+    def clouds(self) -> tuple[CloudPool, ...]:
+        """The configured cloud pools."""
+        return self._clouds
+
+    def names(self) -> list[str]:
+        """Every pool a job may name."""
+        return [VOLUNTEERS, *(c.name for c in self._clouds)]
+
+    # ------------------------------------------------------------------ state
+
+    def offers(self, *, fresh: bool = False) -> tuple[list[Offer], dict[str, str]]:
+        """Live workers' offers, and what each cloud pool's autoscaler last said (by pool);
+        cached for two seconds unless ``fresh``."""
+        with self._lock:
+            cached = self._offers
+            if cached is not None and not fresh and time.monotonic() - cached[0] < _OFFERS_TTL_S:
+                return cached[1], cached[2]
+        workers = self._db.read_sync(grid.list_workers)
+        horizon = self._clock() - dt.timedelta(seconds=self._live_s)
+        offers = [
+            Offer.from_facts(w.name, w.pool, w.facts)
+            for w in workers
+            if w.revoked_at is None
+            and not w.draining
+            and w.facts
+            and w.last_seen_at is not None
+            and w.last_seen_at >= horizon
+        ]
+        statuses = {
+            d.name.removeprefix(AUTOSCALER_DUTY): d.status
+            for d in self._db.read_sync(duty_rows.duties, AUTOSCALER_DUTY)
+            if d.status
+        }
+        with self._lock:
+            self._offers = (time.monotonic(), offers, statuses)
+        return offers, statuses
+
+    def place(self, needs: Needs, named: str | None) -> Placement:
+        """Where a new job goes (the routing policy) and why it will wait there."""
+        offers, statuses = self.offers()
+        volunteers = [o for o in offers if o.pool == VOLUNTEERS]
+        decided = routing.route(needs, named=named, volunteers=volunteers, clouds=self._clouds)
+        reason = routing.waiting_reason(
+            needs, decided.pool, workers=offers, pool_status=statuses.get(decided.pool)
+        )
+        return Placement(
+            pool=decided.pool, pinned=named is not None, why=decided.why, reason=reason
+        )
+
+    # ------------------------------------------------------------------ the reasons pass
+
+    def refresh(self, *, now: bool = False) -> list[grid.Rerouted]:
+        """Move bursting jobs, store reasons that changed; return the jobs changed.
+
+        At most every two seconds (unless ``now``), and only on the replica holding the duty.
+        """
+        with self._lock:
+            if not now and time.monotonic() - self._last_pass < _PASS_EVERY_S:
+                return []
+            self._last_pass = time.monotonic()
+        at = self._clock()
+        take = duty_rows.Take(
+            name=REASONS_DUTY,
+            holder=self._holder,
+            now=at,
+            until=at + dt.timedelta(seconds=_DUTY_S),
+        )
+        if not self._write(duty_rows.take_duties, take):
+            return []
+        offers, statuses = self.offers(fresh=True)
+        groups = self._db.read_sync(grid.queued_groups)
+        changed: list[grid.Rerouted] = []
+        bursts = []
+        for group in groups:
+            if group.pool != VOLUNTEERS:
+                continue
+            waited_s = (at - group.oldest).total_seconds()
+            target = routing.burst_pool(_needs(group), waited_s, self._clouds)
+            if target is None:
+                continue
+            cloud = next(c for c in self._clouds if c.name == target)
+            after_s = cloud.burst_after_s or 0.0
+            reason = routing.waiting_reason(
+                _needs(group), target, workers=offers, pool_status=statuses.get(target)
+            )
+            before = at - dt.timedelta(seconds=after_s)
+            bursts.append((group, target, before, f"unclaimed for {after_s:.0f} s: {reason}"))
+        for item in bursts:
+            changed.extend(self._write(grid.burst, item))
+        if changed:
+            groups = self._db.read_sync(grid.queued_groups)
+        items = [
+            (
+                group,
+                routing.waiting_reason(
+                    _needs(group), group.pool, workers=offers, pool_status=statuses.get(group.pool)
+                ),
+            )
+            for group in groups
+        ]
+        for reasoned in items:
+            changed.extend(self._write(grid.set_reasons, reasoned))
+        return changed
+
+    def analysis(self, job_id: BackendJobId) -> dict[str, Any]:
+        """Everything ``bes why`` shows of a job: requirements, pool, position, and for each
+        live worker of the pool (or every pool, if none) what it lacks."""
+        rows = self._db.read_sync(grid.grid_statuses, [job_id])
+        found = rows.get(job_id)
+        if found is None:
+            return {}
+        group = self._db.read_sync(grid.job_needs, job_id)
+        needs = _needs(group) if group is not None else None
+        offers, statuses = self.offers(fresh=True)
+        members = [o for o in offers if o.pool == found.pool] or offers
+        out: dict[str, Any] = {
+            "state": found.state.value,
+            "pool": found.pool,
+            "reason": found.reason,
+            "message": found.message,
+            "attempts": f"{found.attempts} of {found.max_attempts}",
+            "pools": self.names(),
+        }
+        if needs is not None:
+            out["needs"] = {
+                "memory_mib": needs.memory_mib,
+                "vcpus": needs.vcpus,
+                "disk_mib": needs.disk_mib,
+                "network": needs.network,
+                "hypervisors": list(needs.hypervisors) or ["any"],
+            }
+            out["workers"] = [
+                {"name": o.name, "pool": o.pool, "lacks": routing.misfits(needs, o)}
+                for o in sorted(members, key=lambda o: o.name)[:50]
+            ]
+        if found.worker:
+            out["worker"] = found.worker
+        position = self._db.read_sync(grid.queue_position, job_id)
+        if position is not None:
+            out["position"] = position
+        if found.pool in statuses:
+            out["pool_status"] = statuses[found.pool]
+        if found.pool != VOLUNTEERS:
+            out["instances"] = [
+                {
+                    "name": i.name,
+                    "state": i.state,
+                    "since": i.created_at.isoformat(),
+                    "host": i.host,
+                    "message": i.message,
+                }
+                for i in self._db.read_sync(live_instances, found.pool)
+            ]
+        return out
+
+
+def _needs(group: grid.QueuedGroup) -> Needs:
+    return Needs(
+        memory_mib=group.memory_mib,
+        vcpus=group.vcpus,
+        disk_mib=group.disk_mib,
+        network=group.network,
+        hypervisors=group.hypervisors,
+    )
