@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from bes.backends.base import Backend, CancelOutcome, JobState, JobStatus
 from bes.db import activity_rows as rows
@@ -383,6 +384,27 @@ class Activities:
         if backend is None:
             return None
         return await asyncio.to_thread(backend.kept_outputs, record.backend_job_id)
+
+    async def why(self, caller: Principal, activity_id: ActivityId) -> dict[str, Any] | None:
+        """Why a visible activity is where it is: its state and message, and what its backend
+        says (requirements, pool, queue position, each worker's misfit); None if not visible."""
+        record = (await self.statuses(caller, [activity_id])).get(activity_id)
+        if record is None:
+            return None
+        out: dict[str, Any] = {
+            "activity": record.id,
+            "state": record.state.value,
+            "substate": record.substate.value if record.substate else None,
+            "message": record.message,
+            "backend": record.backend,
+            "pool": record.pool,
+        }
+        backend = self._backends.get(record.backend or "")
+        if backend is not None and record.backend_job_id is not None:
+            out["analysis"] = dict(await asyncio.to_thread(backend.explain, record.backend_job_id))
+        elif record.backend_job_id is None and not record.state.terminal:
+            out["analysis"] = {"reason": "not handed to a backend yet"}
+        return out
 
     async def history(
         self, caller: Principal, activity_id: ActivityId

@@ -9,6 +9,7 @@ Routes::
     GET  /bes/schemas/<file>        the XSD and WSDL files it imports
     /bes/images[/<name>[/publish]]  templates and users' images (JSON; bes.imageapi)
     GET  /bes/activities/<id>/outputs[/<name>]   an activity's kept files (bes.results)
+    GET  /bes/activities/<id>/why                why it waits: JSON for bes why (bes.results)
     /bes/files[/sha256/<hex>|/name/<path>]       the caller's file store (bes.fileapi)
     GET  /bes/status[/activities/<id>]           the status page, HTML (bes.statuspage)
     GET  /metrics                   Prometheus text format, for administrators (bes.metrics)
@@ -46,9 +47,10 @@ from bes.backends.desktopgrid import DesktopGridBackend
 from bes.backends.desktopgrid.gateway import WorkerGateway
 from bes.backends.registry import backend_class
 from bes.certs import CertificateTrust
+from bes.clouds.pools import CloudPools
 from bes.config import ServiceConfig
 from bes.db.store import Database
-from bes.errors import NotAuthorized
+from bes.errors import ConfigError, NotAuthorized
 from bes.factory import Factory
 from bes.fileapi import serve_files
 from bes.filerefs import FILES
@@ -70,7 +72,7 @@ from bes.metrics import CONTENT_TYPE as METRICS_TYPE
 from bes.metrics import Metrics
 from bes.overview import Overview
 from bes.principal import Principal
-from bes.results import serve_outputs
+from bes.results import serve_outputs, serve_why
 from bes.schemas import schema_file
 from bes.sealing import Sealer
 from bes.soap import CLIENT, SoapFault, render_fault
@@ -119,6 +121,9 @@ class BesApp:
         self._loop_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.files: FileStore | None = None
+        self.clouds: CloudPools | None = None
+        """The cloud pools (bes serve --clouds), if any."""
+        self._clouds_task: asyncio.Task[None] | None = None
         self.images: UserImages | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -182,9 +187,19 @@ class BesApp:
         self.workers = (
             WorkerApi(grid.gateway, self.files, images=self.images) if grid is not None else None
         )
+        self.clouds = None
+        if config.clouds_file is not None:
+            if grid is None:
+                raise ConfigError("cloud pools (--clouds) need the desktopgrid backend")
+            self.clouds = await asyncio.to_thread(CloudPools.from_file, grid, config.clouds_file)
         self._stop.clear()
         self._loop_task = asyncio.create_task(self.activities.run(self._stop), name="bes-backends")
         self._housekeeping = asyncio.create_task(self.files.run(self._stop), name="bes-files")
+        self._clouds_task = (
+            asyncio.create_task(self.clouds.run(self._stop), name="bes-clouds")
+            if self.clouds is not None
+            else None
+        )
         log.info("bes ready: database %s, backend %s", _redact(db.url), config.backend or "none")
 
     def _site_policy(self, db: Database) -> IdentityPolicy:
@@ -214,7 +229,7 @@ class BesApp:
     async def shutdown(self) -> None:
         """Stop the backend loop, finish pending writes, close everything."""
         self._stop.set()
-        for task in (self._loop_task, self._housekeeping):
+        for task in (self._loop_task, self._housekeeping, self._clouds_task):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -264,17 +279,12 @@ class BesApp:
             else:
                 await self.workers(scope, receive, send)
             return "worker", _worker_operation(path)
-        elif path.startswith(ACTIVITY_PATH) and "/outputs" in path and method in ("GET", "HEAD"):
-            caller = await self._http_caller(scope, send)
-            if caller is not None and self.activities is not None:
-                await serve_outputs(
-                    scope,
-                    send,
-                    caller=caller,
-                    activities=self.activities,
-                    endpoint=self._endpoint(scope),
-                )
-            return "outputs", ""
+        elif (
+            path.startswith(ACTIVITY_PATH)
+            and method in ("GET", "HEAD")
+            and "/" in path[len(ACTIVITY_PATH) :]
+        ):
+            return await self._activity_resource(scope, send)
         elif path == FILES or path.startswith(FILES + "/"):
             caller = await self._http_caller(scope, send)
             if caller is not None and self.files is not None:
@@ -342,6 +352,19 @@ class BesApp:
         await respond(send, answer.status, answer.envelope, XML)
         return answer.operation
 
+    async def _activity_resource(self, scope: Scope, send: Send) -> tuple[str, str]:
+        """GET under an activity: its kept files (``/outputs``) or why it waits (``/why``)."""
+        caller = await self._http_caller(scope, send)
+        if caller is None or self.activities is None:
+            return "outputs", ""
+        if scope["path"].endswith("/why"):
+            await serve_why(scope, send, caller=caller, activities=self.activities)
+            return "why", ""
+        await serve_outputs(
+            scope, send, caller=caller, activities=self.activities, endpoint=self._endpoint(scope)
+        )
+        return "outputs", ""
+
     async def _http_caller(self, scope: Scope, send: Send) -> Principal | None:
         """The caller of a plain HTTP request, decided by the identity policy as for SOAP
         ones; None once it was answered (401 refused, 503 starting up)."""
@@ -378,6 +401,7 @@ class BesApp:
             endpoint=self._endpoint(scope),
             backends=list(self.activities.backends),
             version=__version__,
+            notices=self.config.notices,
         )
 
     async def _metrics(self, scope: Scope, send: Send) -> None:

@@ -43,6 +43,8 @@ class ServiceConfig:
         auth_window_s: How far a WS-Security Created or Timestamp may be from now.
         signature_algorithms: Accepted XML Signature methods (URIs); None: RSA-SHA256 and up,
             and the RSA-SHA1 deployed clients still send.
+        clouds_file: The cloud pools' configuration (bes.clouds.config); None: no clouds.
+        notices: Warnings the status page shows (e.g. that the local worker cannot start).
         files_dir: Where the file store keeps its files (the same directory on every
             replica); None: ``data_dir/files``.
         file_max_bytes: Largest file one upload may store.
@@ -72,6 +74,8 @@ class ServiceConfig:
     auth_window_s: float = 300.0
     signature_algorithms: frozenset[str] | None = None
     files_dir: Path | None = None
+    clouds_file: Path | None = None
+    notices: tuple[str, ...] = ()
     file_max_bytes: int = 16 * 1024**3
     file_quota_bytes: int = 50 * 1024**3
     file_expiry_s: float = 7 * 86400.0

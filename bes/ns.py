@@ -61,6 +61,8 @@ SWEEP_FUNCTIONS: Final = "http://schemas.ogf.org/jsdl/2009/03/sweep/functions"
 # Our own vocabulary: activity references, sub-states and status details.
 BES_ACTIVITY: Final = "urn:bes-grid:activity:1.0"
 BES_VM: Final = "urn:bes-grid:vm:1.0"
+# Metadata the libvirt cloud provider keeps in its domains (tags, volumes made for them).
+BES_CLOUD: Final = "urn:bes-grid:cloud:1.0"
 
 PREFIXES: Final[dict[str, str]] = {
     "soap": SOAP_ENV,

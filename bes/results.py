@@ -2,6 +2,7 @@
 
     GET /bes/activities/ID/outputs          JSON: the files (name, bytes, url)
     GET /bes/activities/ID/outputs/NAME     one file: stdout, stderr, outputs/FILE, ...
+    GET /bes/activities/ID/why              JSON: why it is where it is (bes why)
 
 The caller is decided by the identity policy, as for SOAP requests; an activity of another
 owner looks exactly like one that does not exist. The activity's status carries the listing's
@@ -23,12 +24,25 @@ from bes.vm.media import UnsafePath, safe_relative
 from bes.wire import ACTIVITY_PATH
 
 OUTPUTS: Final = "outputs"
+WHY: Final = "why"
 _OCTETS: Final = b"application/octet-stream"
 
 
 def outputs_url(endpoint: str, activity_id: str) -> str:
     """Where an activity's kept files are listed."""
     return f"{endpoint}{ACTIVITY_PATH}{activity_id}/{OUTPUTS}"
+
+
+async def serve_why(scope: Scope, send: Send, *, caller: Principal, activities: Activities) -> None:
+    """Answer ``GET /bes/activities/ID/why``: JSON, why the activity waits (``bes why``)."""
+    rest = scope["path"][len(ACTIVITY_PATH) :]
+    raw_id, _, tail = rest.partition("/")
+    activity_id = parse_activity_id(raw_id) if tail == WHY else None
+    found = await activities.why(caller, activity_id) if activity_id else None
+    if found is None:
+        await respond(send, 404, b"no such activity\n", TEXT)
+        return
+    await respond_json(send, 200, found)
 
 
 async def serve_outputs(

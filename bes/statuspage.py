@@ -44,6 +44,7 @@ table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.25em .6
 border-bottom:1px solid #ddd;vertical-align:top}th{background:#f3f3f3}
 td.num{text-align:right}code{font-size:.95em}dl{display:grid;grid-template-columns:max-content
 auto;gap:.2em 1em}dt{font-weight:600}dd{margin:0}form{margin:.5em 0}.muted{color:#777}
+.notice{background:#fff3cd;border:1px solid #e0c36c;padding:.5em}
 .state{font-weight:600}.Finished{color:#176d17}.Failed{color:#b00020}.Running{color:#0b57a4}
 .Cancelled{color:#7a5b00}nav a{margin-right:1em}.counts a{margin-right:.8em}
 ul{margin:0;padding-left:1.2em}
@@ -106,8 +107,10 @@ async def serve_status(
     endpoint: str,
     backends: Sequence[str],
     version: str,
+    notices: Sequence[str] = (),
 ) -> None:
-    """Answer a GET under ``/bes/status``."""
+    """Answer a GET under ``/bes/status`` (``notices``: what the service warns of at the top
+    of the list page, e.g. that it has no local worker)."""
     path: str = scope["path"]
     now = dt.datetime.now(dt.UTC)
     if path in (STATUS_PATH, STATUS_PATH + "/"):
@@ -120,7 +123,9 @@ async def serve_status(
             after=parse_activity_id(query.get("after", "")),
         )
         grid = await overview.grid(caller) if caller.admin else None
-        facts = _Facts(caller=caller, backends=backends, version=version, endpoint=endpoint)
+        facts = _Facts(
+            caller=caller, backends=backends, version=version, endpoint=endpoint, notices=notices
+        )
         await _html(send, 200, _list_page(page, grid, view=view, facts=facts, now=now))
         return
     activity_id = parse_activity_id(path[len(_DETAIL) :]) if path.startswith(_DETAIL) else None
@@ -144,6 +149,7 @@ class _Facts:
     backends: Sequence[str]
     version: str
     endpoint: str
+    notices: Sequence[str] = ()
 
 
 def _list_page(
@@ -160,6 +166,7 @@ def _list_page(
         "<header><h1>bes status</h1>",
         f'<p>Signed in as <strong id="caller">{_e(caller.name)}</strong>'
         f"{' (administrator)' if caller.admin else ''}.</p></header>",
+        *(f'<p class="notice">{_e(n)}</p>' for n in facts.notices),
         '<section id="factory"><h2>Factory</h2><dl>',
         f'<dt>Accepting new activities</dt><dd id="accepting">{"yes" if page.accepting else "no"}'
         "</dd>",
@@ -288,6 +295,7 @@ def _detail_page(detail: ActivityDetail, *, endpoint: str, now: dt.datetime) -> 
         ("Message", _text(r.message)),
         ("Exit code", _text(r.exit_code)),
         ("Backend", _text(r.backend)),
+        ("Pool", _text(r.pool)),
         ("Worker", _text(line.worker)),
         ("Created", _time(r.created_at)),
         ("Started", _time(line.started_at)),

@@ -3,6 +3,7 @@ workers in :mod:`bes.cli.workers`, the client commands in :mod:`bes.cli.jobs`.""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -213,6 +214,13 @@ bes.xmlsignature.ALGORITHMS_BY_NAME; named here so that ``bes --help`` loads no 
     type=click.FloatRange(min=0.0, min_open=True),
     help="Stored files that no unfinished activity uses are removed after this many days.",
 )
+@click.option(
+    "--clouds",
+    "clouds_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Cloud pools (TOML: [pool.NAME] tables; see README, Cloud pools): worker nodes "
+    "started and stopped as the queue needs them.",
+)
 def serve(
     host: str,
     port: int,
@@ -240,6 +248,7 @@ def serve(
     file_max_bytes: int,
     file_quota_bytes: int,
     file_expiry_days: float,
+    clouds_file: Path | None,
 ) -> None:
     """Run the BES service (SOAP at http://HOST:PORT/bes), by default with a desktop grid
     and one local worker, so submitted jobs run in VMs on this machine."""
@@ -280,8 +289,15 @@ def serve(
         file_max_bytes=file_max_bytes,
         file_quota_bytes=file_quota_bytes,
         file_expiry_s=file_expiry_days * 86400.0,
+        clouds_file=clouds_file,
     )
     _check_exposure(config)
+    if local_worker and config.backend == "desktopgrid":
+        problem = _no_hypervisor(data_dir)
+        if problem is not None:
+            local_worker = False
+            click.echo(f"bes serve: {problem}", err=True)
+            config = dataclasses.replace(config, notices=(problem,))
     worker = None
     scheme = "https" if config.tls else "http"
     try:
@@ -317,6 +333,22 @@ def serve(
             worker.stop()
     if not started:
         sys.exit(3)
+
+
+def _no_hypervisor(data_dir: Path) -> str | None:
+    """Why the local worker could not run a VM here (None: it can), with what fixes it."""
+    from bes.errors import HypervisorUnavailable
+    from bes.vm.drivers import choose_driver
+
+    try:
+        choose_driver((), data_dir / "worker" / "probe", accelerator="tcg")  # no KVM test
+    except HypervisorUnavailable as exc:
+        return (
+            f"no local worker: {exc}. Install QEMU (apt-get install qemu-system-x86 qemu-utils) "
+            "or VirtualBox and start bes serve again; until then jobs wait for a worker started "
+            "elsewhere (bes worker --service URL --token-file FILE)"
+        )
+    return None
 
 
 def _signature_methods(names: tuple[str, ...]) -> frozenset[str] | None:

@@ -1,5 +1,5 @@
-"""The commands on submitted activities: ``bes status``, ``wait``, ``cancel``, ``get`` and
-``forget``.
+"""The commands on submitted activities: ``bes status``, ``why``, ``wait``, ``cancel``, ``get``
+and ``forget``.
 
 Activities are named by id, unique id prefix or address from the job list, or all at once with
 ``--all``; they may live at several endpoints, and an endpoint that is gone does not hide the
@@ -219,7 +219,7 @@ def print_statuses(
         if isinstance(status_, Unreachable):
             state = "refused" if status_.refused else "unreachable"
             reasons[state, status_.reason] = reasons.get((state, status_.reason), 0) + 1
-            rows.append((status_.ref.name, name, state, "", "", endpoint))
+            rows.append((status_.ref.name, name, state, "", "", "", endpoint))
             continue
         exit_code = "" if status_.exit_code is None else str(status_.exit_code)
         text = status_.message or ""
@@ -234,10 +234,11 @@ def print_statuses(
                 "error" if status_.fault is not None else status_.label,
                 exit_code,
                 (status_.changed or "")[:19].replace("T", " "),
+                status_.pool or "",
                 text,
             )
         )
-    click.echo(table(("ID", "NAME", "STATE", "EXIT", "SINCE (UTC)", "NOTE"), rows))
+    click.echo(table(("ID", "NAME", "STATE", "EXIT", "SINCE (UTC)", "POOL", "NOTE"), rows))
     for (state, reason), count in reasons.items():
         note(f"{count} {'activity' if count == 1 else 'activities'} {state}: {reason}")
 
@@ -254,8 +255,68 @@ def _unreachable_json(item: Unreachable) -> dict[str, Any]:
         "message": item.reason,
         "outputs": None,
         "changed": None,
+        "pool": None,
         "warnings": [],
         "counts": None,
         "children": None,
         "fault": None,
     }
+
+
+@click.command()
+@click.argument("activity")
+@JSON
+@client_options
+@reported
+def why(activity: str, as_json: bool, **flags: Any) -> None:
+    """Say why an activity waits (or where it runs): its pool, what it needs, its place in
+    the queue, what each worker of its pool lacks, and the pool's instances (a bes service)."""
+    ctx = context(**flags)
+    [(endpoint, ref)] = resolve(ctx, (activity,), False)
+    found = ctx.client(endpoint).why(ref)
+    if as_json:
+        emit_json(found)
+        return
+    click.echo(render_why(found))
+
+
+def render_why(found: dict[str, Any]) -> str:
+    """``bes why`` for people."""
+    analysis = found.get("analysis") or {}
+    state = "/".join(s for s in (found.get("state"), found.get("substate")) if s)
+    lines = [f"{found.get('activity')}: {state}"]
+    if found.get("message"):
+        lines.append(f"  {found['message']}")
+    if found.get("pool"):
+        lines.append(
+            f"pool: {found['pool']} (this service's pools: {', '.join(analysis.get('pools', []))})"
+        )
+    needs = analysis.get("needs")
+    if needs:
+        lines.append(
+            f"needs: {needs['memory_mib']} MiB, {needs['vcpus']} vCPU(s), "
+            f"{needs['disk_mib']} MiB disk, hypervisor {' or '.join(needs['hypervisors'])}, "
+            f"{'a network' if needs['network'] else 'no network'}"
+        )
+    if "position" in analysis:
+        lines.append(f"queue position in its pool: {analysis['position']}")
+    if analysis.get("attempts"):
+        lines.append(f"attempts: {analysis['attempts']}")
+    if analysis.get("worker"):
+        lines.append(f"worker: {analysis['worker']}")
+    if analysis.get("pool_status"):
+        lines.append(f"pool status: {analysis['pool_status']}")
+    workers = analysis.get("workers")
+    if workers is not None:
+        if not workers:
+            lines.append("workers: none registered")
+        for w in workers:
+            verdict = "can run it" if not w["lacks"] else "lacks " + "; ".join(w["lacks"])
+            lines.append(f"  worker {w['name']} ({w['pool']}): {verdict}")
+    for i in analysis.get("instances", []):
+        lines.append(
+            f"  instance {i['name']}: {i['state']} since {i['since']} ({i.get('message') or ''})"
+        )
+    if analysis.get("reason") and not found.get("message"):
+        lines.append(f"reason: {analysis['reason']}")
+    return "\n".join(lines)

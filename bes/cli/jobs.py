@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Final
 
-from bes.cli.activities import cancel, forget, get, status, wait
+from bes.cli.activities import cancel, forget, get, status, wait, why
 from bes.cli.attributes import attrs
 from bes.cli.images import images
 from bes.cli.jsdl import jsdl
 from bes.cli.submit import submit
 
-CLIENT_COMMANDS: Final = (submit, status, wait, cancel, get, forget, attrs, images, jsdl)
+CLIENT_COMMANDS: Final = (submit, status, why, wait, cancel, get, forget, attrs, images, jsdl)

@@ -28,7 +28,7 @@ from bes.ns import BES_ACTIVITY, HPCP_FS, JSDL, SOAP12_ENV, SOAP_ENV, qname
 
 _KNOWN_SUBSTATE_NAMESPACES: Final = frozenset({BES_ACTIVITY, HPCP_FS})
 _DETAILS: Final = frozenset(
-    {"ExitCode", "Message", "Outputs", "Warning", "ActivityCount", "Child", "Changed"}
+    {"ExitCode", "Message", "Outputs", "Warning", "ActivityCount", "Child", "Changed", "Pool"}
 )
 
 
@@ -252,6 +252,7 @@ def _status(status: etree._Element, ref: ActivityRef) -> ActivityStatus:
         message=details.get("Message"),
         outputs_url=details.get("Outputs"),
         changed=details.get("Changed"),
+        pool=details.get("Pool"),
         warnings=tuple(warnings),
         counts=tuple(counts),
         children=tuple(refs),

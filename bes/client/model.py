@@ -115,6 +115,7 @@ class ActivityStatus:
         message: A human reason (``besa:Message``), e.g. why it failed.
         outputs_url: Where the service lists the activity's kept files (``besa:Outputs``).
         changed: When it entered its current state or sub-state (ISO 8601, ``besa:Changed``).
+        pool: The pool of workers a bes service routed it to (``besa:Pool``).
         warnings: Changes the service made to the document (``besa:Warning``).
         counts: For a sweep, its points per state.
         children: For a sweep, one reference per point.
@@ -129,6 +130,7 @@ class ActivityStatus:
     message: str | None = None
     outputs_url: str | None = None
     changed: str | None = None
+    pool: str | None = None
     warnings: tuple[str, ...] = ()
     counts: tuple[ActivityCount, ...] = ()
     children: tuple[ActivityRef, ...] = ()

@@ -229,6 +229,22 @@ class BESClient:
 
     # ------------------------------------------------------------------ our extensions
 
+    def why(self, ref: ActivityRef) -> dict[str, Any]:
+        """Why an activity is where it is (a bes service's ``…/activities/ID/why``, JSON):
+        its state and message, its pool, its requirements, its place in the queue and what
+        each worker of its pool lacks to run it.
+
+        Raises:
+            ProtocolProblem: The endpoint is not a bes service (it has no such resource).
+        """
+        base = ref.address.rstrip("/")
+        if ref.activity_id and not base.endswith("/" + ref.activity_id):
+            base = self.url.rstrip("/") + "/activities/" + ref.activity_id
+        found = self._get_json(base + "/why")
+        if not isinstance(found, dict):
+            raise ProtocolProblem(f"{base}/why did not answer a JSON object")
+        return found
+
     def outputs(self, ref: ActivityRef, dest: str | os.PathLike[str]) -> list[OutputFile]:
         """Download the files the service kept for an ended activity (stdout, stderr and
         those its document keeps) into ``dest``, keeping their relative names.
@@ -638,6 +654,7 @@ def to_json(status: ActivityStatus) -> dict[str, Any]:
         "message": status.message,
         "outputs": status.outputs_url,
         "changed": status.changed,
+        "pool": status.pool,
         "warnings": list(status.warnings),
         "counts": {c.state.value: c.count for c in status.counts} or None,
         "children": [c.name for c in status.children] or None,

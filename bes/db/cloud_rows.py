@@ -16,10 +16,11 @@ from enum import StrEnum
 from typing import Any, Final
 
 from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from bes.db.grid_rows import GridState
 from bes.db.prepared import from_db_time
-from bes.db.tables import cloud_instance, grid_job, worker
+from bes.db.tables import cloud_instance, grid_job, setting, worker
 
 AUTOSCALER_DUTY: Final = "autoscaler:"
 """Prefix of the duty (bes.db.duty_rows) of each pool's autoscaler: ``autoscaler:cloud:NAME``."""
@@ -225,3 +226,25 @@ def known_names(conn: Connection, names: Sequence[str]) -> set[str]:
         )
     )
     return {r[0] for r in rows}
+
+
+DEPLOYMENT_SETTING: Final = "deployment"
+
+
+def deployment_id(conn: Connection, items: Sequence[str]) -> list[str]:
+    """This deployment's id (the database's): stored the first time from the candidate given,
+    the same for every replica afterwards. It tags the instances the service starts."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    out = []
+    for candidate in items:
+        conn.execute(
+            dialect_insert(setting)
+            .values(name=DEPLOYMENT_SETTING, value=candidate)
+            .on_conflict_do_nothing(index_elements=[setting.c.name])
+        )
+        out.append(
+            conn.execute(
+                select(setting.c.value).where(setting.c.name == DEPLOYMENT_SETTING)
+            ).scalar_one()
+        )
+    return out

@@ -46,11 +46,13 @@ def take_duties(conn: Connection, items: Sequence[Take]) -> list[bool]:
             dialect_insert = (
                 postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
             )
-            taken = conn.execute(
+            inserted = conn.execute(
                 dialect_insert(duty)
                 .values(name=t.name, holder=t.holder, until=t.until)
                 .on_conflict_do_nothing(index_elements=[duty.c.name])
-            ).rowcount
+                .returning(duty.c.name)  # (rowcount is not reliable for this on every driver)
+            ).first()
+            taken = int(inserted is not None)
         out.append(bool(taken))
     return out
 

@@ -21,6 +21,7 @@ def job(
     hypervisors: tuple[str, ...] = (),
     max_attempts: int = 3,
     at: dt.datetime = T0,
+    pool: str = "volunteers",
 ) -> grid.NewGridJob:
     """A job of ``activity_id`` (else of a new activity id), its id ``g`` + that id."""
     activity = activity_id or ActivityId(new_activity_id())
@@ -34,6 +35,7 @@ def job(
         hypervisors=hypervisors,
         max_attempts=max_attempts,
         at=at,
+        pool=pool,
     )
 
 

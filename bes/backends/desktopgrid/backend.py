@@ -331,6 +331,15 @@ class DesktopGridBackend(Backend):
         if self._listener is not None and changes:
             self._listener(changes)
 
+    @property
+    def db(self) -> Database:
+        """The service's database, which holds the queue."""
+        return self._db
+
+    def write(self, fn: BatchFunction[A, R], arg: A) -> R:
+        """Run a batch write function on one item from any thread (see :meth:`_write`)."""
+        return self._write(fn, arg)
+
     def _write(self, fn: BatchFunction[A, R], arg: A) -> R:
         """Run a write from a registry thread in the service's loop (one writer), or
         directly when there is no loop (command-line tools, tests)."""

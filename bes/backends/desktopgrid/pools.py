@@ -68,7 +68,8 @@ class Pools:
         self._write = write
         self._clock = clock
         self._live_s = live_s
-        self._holder = holder
+        self.holder = holder
+        """This replica's name, for duties."""
         self._clouds: tuple[CloudPool, ...] = ()
         self._offers: tuple[float, list[Offer], dict[str, str]] | None = None
         self._lock = threading.Lock()
@@ -144,7 +145,7 @@ class Pools:
         at = self._clock()
         take = duty_rows.Take(
             name=REASONS_DUTY,
-            holder=self._holder,
+            holder=self.holder,
             now=at,
             until=at + dt.timedelta(seconds=_DUTY_S),
         )

@@ -191,7 +191,7 @@ def waiting_reason(
 
 def _none_fits(needs: Needs, pool: str, members: Sequence[Offer]) -> str:
     """``N workers, none offering what it needs``, naming what the closest one lacks."""
-    closest = min(members, key=lambda w: (len(misfits(needs, w)), w.name))
+    closest = min(members, key=lambda w: (len(misfits(needs, w)), -w.memory_mib, w.name))
     lacking = "; ".join(misfits(needs, closest))
     count = len(members)
     noun = "worker" if count == 1 else "workers"
