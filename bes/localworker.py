@@ -24,6 +24,7 @@ from bes.backends.desktopgrid.tokens import local_worker_token
 from bes.certs import server_names
 from bes.db.store import Database
 from bes.errors import ConfigError
+from bes.vmlocal import default_image_cache
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ class LocalWorker:
             str(token_file),
             "--cache-dir",
             str(self.data_dir / "worker"),
+            # the node's image cache, shared with bes vm run: tiny is built once per machine
+            "--image-cache",
+            str(default_image_cache()),
             "--parent-pid",
             str(os.getpid()),
             *self._tls_options(),

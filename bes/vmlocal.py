@@ -47,9 +47,22 @@ class LocalRun:
     delivered: tuple[Path, ...]
 
 
+IMAGE_CACHE_ENV = "BES_IMAGE_CACHE"
+"""The environment variable naming the node's image cache (default: CACHE/bes/images)."""
+
+
 def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/bes`` (``~/.cache/bes``): VM directories of ``bes vm run``."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "bes"
+
+
+def default_image_cache() -> Path:
+    """The node's one image cache, shared by ``bes vm run``, the local worker of ``bes serve``
+    and every ``bes worker`` of this user (it is locked for concurrent use): a template such
+    as tiny is built once per machine, not once per tool."""
+    named = os.environ.get(IMAGE_CACHE_ENV)
+    return Path(named) if named else default_cache_dir() / "images"
 
 
 def run_local(
@@ -58,6 +71,7 @@ def run_local(
     document_dir: Path,
     results_dir: Path | None,
     cache_dir: Path,
+    image_cache_dir: Path | None = None,
     catalog: Catalog | None = None,
     hypervisor: Hypervisor | None = None,
     accelerator: str = "auto",
@@ -70,7 +84,7 @@ def run_local(
     results = results_dir or Path.cwd() / f"{_safe(name)}-{job_id}"
     allowed = (hypervisor,) if hypervisor else virtual_machine(job, defaults).hypervisors
     driver, host = choose_driver(allowed, cache_dir / "vms", accelerator=accelerator)
-    repository = ImageRepository(ImageCache(cache_dir / "images"), catalog)
+    repository = ImageRepository(ImageCache(image_cache_dir or default_image_cache()), catalog)
     with _fetched_inputs(job, document_dir) as inputs:
         vm_job = plan(
             job,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from bes.config import ServiceConfig
 from bes.db.store import Database
 from tests.support.postgres import fresh_database, postgres_server
 from tests.support.server import LiveServer, live_server
+from tests.support.vm import cache_dir_for_tests
+
+# Every bes process the tests start (local workers, bes vm run) shares the tests' image cache,
+# not the user's: the node image cache of bes.vmlocal.default_image_cache.
+os.environ.setdefault("BES_IMAGE_CACHE", str(cache_dir_for_tests() / "images"))
 
 
 @pytest.fixture

@@ -400,7 +400,8 @@ def vm() -> None:
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Image cache and VM directory (default: $XDG_CACHE_HOME/bes).",
+    help="VM directory and its own image cache (default: $XDG_CACHE_HOME/bes, with the "
+    "node's shared image cache, $BES_IMAGE_CACHE or $XDG_CACHE_HOME/bes/images).",
 )
 @click.option(
     "--catalog",
@@ -443,6 +444,7 @@ def vm_run(
             document_dir=document.resolve().parent,
             results_dir=results,
             cache_dir=cache_dir or default_cache_dir(),
+            image_cache_dir=cache_dir / "images" if cache_dir else None,
             catalog=Catalog.load(catalog) if catalog else None,
             hypervisor=Hypervisor(hypervisor) if hypervisor else None,
             accelerator=accel,

@@ -26,6 +26,13 @@ from bes.errors import BesError
     type=click.Path(file_okay=False, path_type=Path),
     help="Image cache and VM directories (default: $XDG_CACHE_HOME/bes/worker).",
 )
+@click.option(
+    "--image-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The node's image cache, shared with bes vm run and other workers "
+    "(default: CACHE_DIR/images with --cache-dir, else $BES_IMAGE_CACHE, else "
+    "$XDG_CACHE_HOME/bes/images).",
+)
 @click.option("--max-vms", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--cpu-cap",
@@ -97,6 +104,7 @@ def worker_command(
     service_url: str,
     token_file: Path,
     cache_dir: Path | None,
+    image_cache: Path | None,
     max_vms: int,
     cpu_cap: int,
     max_memory_mib: int | None,
@@ -120,7 +128,7 @@ def worker_command(
     import threading
 
     from bes.vm.spec import Hypervisor
-    from bes.vmlocal import default_cache_dir
+    from bes.vmlocal import default_cache_dir, default_image_cache
     from bes.worker.config import WorkerConfig
     from bes.worker.node import Worker, watch_parent
 
@@ -129,6 +137,13 @@ def worker_command(
         service=service_url,
         token=token_file.read_text().strip(),
         cache_dir=(cache_dir or default_cache_dir() / "worker").resolve(),
+        # An explicit --cache-dir keeps its images to itself (an isolated worker); otherwise
+        # the node's one image cache.
+        image_cache_dir=(
+            image_cache.resolve()
+            if image_cache
+            else (None if cache_dir else default_image_cache().resolve())
+        ),
         max_vms=max_vms,
         cpu_cap_percent=cpu_cap,
         max_memory_mib=max_memory_mib or max(256, physical_mib // 2),

@@ -15,7 +15,8 @@ class WorkerConfig:
     Attributes:
         service: The service's base URL (``https://bes.example.org``).
         token: This worker's token.
-        cache_dir: Image cache, VM directories and scratch space.
+        cache_dir: VM directories and scratch space (and the image cache, unless
+            ``image_cache_dir`` names another).
         max_vms: Most VMs at once.
         cpu_cap_percent: Most CPU each VM may use, in percent of its virtual CPUs.
         max_memory_mib: Memory all VMs together may use; jobs that do not fit are not taken.
@@ -41,6 +42,9 @@ class WorkerConfig:
     service: str
     token: str
     cache_dir: Path
+    image_cache_dir: Path | None = None
+    """The node's image cache, shared with other tools (bes.vmlocal.default_image_cache);
+    None: ``cache_dir/images``."""
     max_vms: int = 1
     cpu_cap_percent: int = 100
     max_memory_mib: int = 2048

@@ -284,7 +284,7 @@ class Worker:
                     raise
                 log.warning("keeping the previous template catalog: %s", exc)
         cache = ImageCache(
-            self.config.cache_dir / "images",
+            self.config.image_cache_dir or self.config.cache_dir / "images",
             limit_bytes=self.config.cache_limit_mib * _MIB,
             download=download,
         )

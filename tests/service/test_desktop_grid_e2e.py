@@ -315,11 +315,14 @@ def test_sigterm_hands_running_work_back(tmp_path: Path, recorder: Recorder) -> 
 
 
 def test_bes_serve_alone_runs_the_hello_example(tmp_path: Path) -> None:
-    """The embedded default: one command, a local worker, and examples/hello-vm.jsdl runs."""
+    """The embedded default: one command, a local worker, and examples/hello-vm.jsdl runs,
+    on the node's one image cache: tiny, built there before (as bes vm run would have), is not
+    built again for the new data directory."""
     from tests.support import soap
-    from tests.support.worker import shared_image_cache
+    from bes.vm.spec import ImageRef
+    from tests.support.vm import tiny_repository
 
-    shared_image_cache(tmp_path / "data" / "worker")
+    tiny_repository().resolve(ImageRef(template="tiny"))  # built (once) in the node cache
     example = (Path(__file__).parents[2] / "examples" / "hello-vm.jsdl").read_bytes()
     example = example.split(b"?>", 1)[1]
     with live_server(tmp_path / "data", local_worker=True) as server:
@@ -346,4 +349,5 @@ def test_bes_serve_alone_runs_the_hello_example(tmp_path: Path) -> None:
         assert state == "Finished"
         stdout = httpx.get(f"{server.url}/bes/activities/{aid}/outputs/stdout")
         assert stdout.text == "hello from a VM\n"
+        assert "building the template" not in server.log.read_text()
     assert qemu_processes(str(tmp_path)) == []
