@@ -257,7 +257,7 @@ class Autoscaler:
             request = InstanceRequest(
                 name=name,
                 flavor=flavor,
-                user_data=user_data(self._settings(flavor), token=token, name=name),
+                user_data=user_data(self._settings(flavor), token=token),
                 tags=self.tags,
                 avoid_hosts=avoid,
             )

@@ -46,7 +46,8 @@ class WorkerSettings:
 
 
 def worker_arguments(settings: WorkerSettings) -> list[str]:
-    """``bes worker`` options for an instance (besides the token file and the service)."""
+    """``bes worker`` options for an instance (besides the service, its token file and its CA
+    file, which the image's unit passes when ``/etc/bes/ca.pem`` exists)."""
     args = [
         "--max-memory-mib",
         str(settings.max_memory_mib),
@@ -56,18 +57,16 @@ def worker_arguments(settings: WorkerSettings) -> list[str]:
         str(settings.max_vms),
         "--allow-network" if settings.allow_network else "--no-network",
     ]
-    if settings.ca_pem is not None:
-        args += ["--ca-file", CA_FILE]
     if settings.tls_server_name is not None:
         args += ["--tls-server-name", settings.tls_server_name]
     return args
 
 
-def user_data(settings: WorkerSettings, *, token: str, name: str) -> str:
-    """The ``#cloud-config`` of instance ``name``, whose worker token is ``token``."""
+def user_data(settings: WorkerSettings, *, token: str) -> str:
+    """The ``#cloud-config`` of an instance whose worker token is ``token`` (the contract of
+    the worker image, bes.vm.workerimage)."""
     env = {
         "BES_SERVICE": settings.service_url,
-        "BES_WORKER_NAME": name,
         "BES_WORKER_ARGS": shlex.join(worker_arguments(settings)),
     }
     files = [
