@@ -65,3 +65,21 @@ def test_files_bench_moves_the_file_both_ways_and_sends_nothing_the_second_time(
     assert results["again_sent_bytes"] == 0
     assert results["ratio_up"] > 0 and results["ratio_down"] > 0
     assert "second upload of the same file: 0 bytes sent" in done.stdout
+
+
+CLOUD_BENCH = Path(__file__).resolve().parents[1] / "bench" / "cloud_bench.py"
+
+
+def test_cloud_bench_runs_every_job_and_leaves_no_instance() -> None:
+    pytest.importorskip("libvirt")
+    done = subprocess.run(
+        [sys.executable, str(CLOUD_BENCH), "--burst", "20", "--bag", "10"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "every job done after" in done.stdout
+    assert "every instance deleted after" in done.stdout
+    assert "pool empty again after" in done.stdout
