@@ -179,3 +179,37 @@ async def test_jobs_go_to_a_cloud_pool_by_name_or_when_no_volunteer_can_run_them
         assert {i["state"] for i in analysis["instances"]} == {"booting"}
         assert 1 <= len(analysis["instances"]) <= 2
         assert all(i["name"].startswith("bes-lab-") for i in analysis["instances"])
+
+
+def test_bes_serve_without_a_hypervisor_says_so_and_jobs_say_why_they_wait(
+    tmp_path: Path,
+) -> None:
+    """A machine without QEMU (or VirtualBox): bes serve does not promise a local worker; it
+    says what to install, at start and on the status page, and a submitted job says why it
+    waits instead of staying Pending in silence."""
+    import httpx
+
+    from tests.support.server import live_server
+
+    empty = tmp_path / "bin"  # no qemu-system-x86_64, no VBoxManage on this PATH
+    empty.mkdir()
+    with live_server(tmp_path / "data", local_worker=True, env={"PATH": str(empty)}) as server:
+        said = server.log.read_text()
+        assert "no local worker" in said
+        assert "apt-get install qemu-system-x86 qemu-utils" in said
+        page = httpx.get(server.url + "/bes/status", timeout=10).text
+        assert 'class="notice"' in page and "no local worker" in page
+        answer = server.post(soap.envelope(soap.create_activity(job(memory=256))), "CreateActivity")
+        (activity,) = soap.xpath(soap.body_of(answer.content), "//besa:ActivityId/text()")
+        query = soap.envelope(
+            soap.vector("GetActivityStatuses", [soap.epr(activity_id=str(activity))])
+        )
+        deadline = time.monotonic() + 20
+        message = ""
+        while time.monotonic() < deadline:
+            status = soap.body_of(server.post(query, "GetActivityStatuses").content)
+            message = " ".join(soap.xpath(status, "//besa:Message/text()"))
+            if message:
+                break
+            time.sleep(0.2)
+        assert message.startswith("no worker is registered")

@@ -36,6 +36,7 @@ class LiveServer:
         local_worker: bool = False,
         verbose: int = 0,
         ca_file: Path | None = None,
+        env: dict[str, str] | None = None,
     ):
         self.data_dir = data_dir
         # With a CA file the server speaks HTTPS (give it --tls-cert and --tls-key in extra).
@@ -47,6 +48,8 @@ class LiveServer:
         self.extra = (extra or []) + ([] if local_worker else ["--no-local-worker"])
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"serve-{self.port}.log"
+        self.env = env or {}
+        """More environment variables for ``bes serve``."""
 
     @property
     def url(self) -> str:
@@ -86,7 +89,7 @@ class LiveServer:
                 argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
