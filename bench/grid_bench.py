@@ -213,7 +213,8 @@ def main() -> None:
             for i in range(args.workers):
                 token = new_token()
                 db.write_sync(
-                    grid_rows.create_worker, (f"w-{i}", f"bench-{i}", token_hash(token), now, "volunteers")
+                    grid_rows.create_worker,
+                    (f"w-{i}", f"bench-{i}", token_hash(token), now, "volunteers"),
                 )
                 tokens.append(token)
             rate = asyncio.run(fill(port, args.jobs))

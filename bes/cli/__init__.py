@@ -343,8 +343,10 @@ def _no_hypervisor(data_dir: Path) -> str | None:
     try:
         choose_driver((), data_dir / "worker" / "probe", accelerator="tcg")  # no KVM test
     except HypervisorUnavailable as exc:
+        found = str(exc)
+        detail = found[found.find("(") :] if "(" in found else f"({found})"
         return (
-            f"no local worker: {exc}. Install QEMU (apt-get install qemu-system-x86 qemu-utils) "
+            f"no local worker: no hypervisor works on this machine {detail}. Install QEMU (apt-get install qemu-system-x86 qemu-utils) "
             "or VirtualBox and start bes serve again; until then jobs wait for a worker started "
             "elsewhere (bes worker --service URL --token-file FILE)"
         )

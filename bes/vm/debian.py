@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -282,8 +282,13 @@ def build(
     *,
     profile: Profile = TEMPLATE,
     mirror: str | None = None,
+    customize: Callable[[Path], None] | None = None,
 ) -> DebianImage:
     """Build ``profile`` into ``dest`` (disk.qcow2, vmlinux, initramfs.cpio.gz).
+
+    ``customize``, if given, is called with the installed root after debootstrap and before
+    :func:`configure` (which then cleans /tmp, apt's downloads and the logs): it installs
+    what does not come from Debian packages (the worker image's bes, see workerimage.py).
 
     Raises:
         ImageError: Not root, a tool is missing, or debootstrap failed (e.g. no mirror).
@@ -310,6 +315,8 @@ def build(
                 f"debootstrap of {profile.suite} from {mirror} failed (exit {result.exit_code}): "
                 + _last_lines(result.output)
             )
+        if customize is not None:
+            customize(root)
         version = _kernel_version(root)
         kernel = dest / "vmlinux"
         write_vmlinux(root / f"boot/vmlinuz-{version}", kernel)

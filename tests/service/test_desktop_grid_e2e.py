@@ -318,8 +318,8 @@ def test_bes_serve_alone_runs_the_hello_example(tmp_path: Path) -> None:
     """The embedded default: one command, a local worker, and examples/hello-vm.jsdl runs,
     on the node's one image cache: tiny, built there before (as bes vm run would have), is not
     built again for the new data directory."""
-    from tests.support import soap
     from bes.vm.spec import ImageRef
+    from tests.support import soap
     from tests.support.vm import tiny_repository
 
     tiny_repository().resolve(ImageRef(template="tiny"))  # built (once) in the node cache
