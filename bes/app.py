@@ -192,6 +192,7 @@ class BesApp:
             if grid is None:
                 raise ConfigError("cloud pools (--clouds) need the desktopgrid backend")
             self.clouds = await asyncio.to_thread(CloudPools.from_file, grid, config.clouds_file)
+            await asyncio.to_thread(self.clouds.offer)  # jobs may name its pools from now on
         self._stop.clear()
         self._loop_task = asyncio.create_task(self.activities.run(self._stop), name="bes-backends")
         self._housekeeping = asyncio.create_task(self.files.run(self._stop), name="bes-files")

@@ -346,7 +346,8 @@ def _no_hypervisor(data_dir: Path) -> str | None:
         found = str(exc)
         detail = found[found.find("(") :] if "(" in found else f"({found})"
         return (
-            f"no local worker: no hypervisor works on this machine {detail}. Install QEMU (apt-get install qemu-system-x86 qemu-utils) "
+            f"no local worker: no hypervisor works on this machine {detail}. "
+            "Install QEMU (apt-get install qemu-system-x86 qemu-utils) "
             "or VirtualBox and start bes serve again; until then jobs wait for a worker started "
             "elsewhere (bes worker --service URL --token-file FILE)"
         )

@@ -19,8 +19,6 @@ retries. The provider's calls block, so rounds run in a thread.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
 import secrets
@@ -359,18 +357,6 @@ class Autoscaler:
 
     def _change(self, change: InstanceChange) -> None:
         self._write(cloud_rows.change_instances, change)
-
-    # ------------------------------------------------------------------ running
-
-    async def run(self, stop: asyncio.Event, *, interval_s: float = 5.0) -> None:
-        """Rounds every ``interval_s`` until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(self.round)
-            except Exception:  # a round must never kill the loop: log and go on
-                log.exception("%s: autoscaler round failed", self.pool.name)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval_s)
 
     def release(self) -> None:
         """Give up the duty (at shutdown), so another replica takes over at once."""

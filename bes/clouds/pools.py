@@ -73,12 +73,12 @@ class CloudPools:
         self.grid.pools.set_clouds([a.offer() for a in self.autoscalers])
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run every pool's autoscaler until ``stop`` is set, then give up their duties."""
-        await asyncio.to_thread(self.offer)
+        """A round every ``interval_s`` until ``stop`` is set, then give up the duties."""
         try:
-            await asyncio.gather(
-                *(a.run(stop, interval_s=self.interval_s) for a in self.autoscalers)
-            )
+            while not stop.is_set():
+                await asyncio.to_thread(self.round)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
         finally:
             for autoscaler in self.autoscalers:
                 with contextlib.suppress(Exception):
@@ -86,6 +86,11 @@ class CloudPools:
                 autoscaler.provider.close()
 
     def round(self) -> None:
-        """One round of every pool (tests, ``bes cloud`` commands)."""
+        """One round of every pool's autoscaler; then the routing policy learns what each
+        pool offers (its flavors may have become known: an API that was down at start)."""
         for autoscaler in self.autoscalers:
-            autoscaler.round()
+            try:
+                autoscaler.round()
+            except Exception:  # one pool's failure must not stop the others, nor the loop
+                log.exception("%s: autoscaler round failed", autoscaler.pool.name)
+        self.offer()
