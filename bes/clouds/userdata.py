@@ -12,12 +12,8 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import dataclass
-from typing import Final
 
-ENV_FILE: Final = "/etc/bes/worker.env"
-TOKEN_FILE: Final = "/etc/bes/worker.token"  # noqa: S105 - a path
-CA_FILE: Final = "/etc/bes/ca.pem"
-UNIT: Final = "bes-worker.service"
+from bes.vm.workerimage import CA_FILE, ENV_FILE, SERVICE, TOKEN_FILE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +78,6 @@ def user_data(settings: WorkerSettings, *, token: str) -> str:
     # JSON is YAML: no YAML library needed, and no quoting surprises in the values.
     config = {
         "write_files": files,
-        "runcmd": [["systemctl", "start", "--no-block", UNIT]],
+        "runcmd": [["systemctl", "start", "--no-block", SERVICE]],
     }
     return "#cloud-config\n" + json.dumps(config, indent=1) + "\n"
