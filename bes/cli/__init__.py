@@ -15,6 +15,7 @@ from bes import __version__
 from bes.cli._db import database as _database
 from bes.cli._sizes import ByteSize
 from bes.cli.ca import ca
+from bes.cli.clouds import cloud
 from bes.cli.jobs import CLIENT_COMMANDS
 from bes.cli.users import user
 from bes.cli.workers import worker_command, worker_token
@@ -485,3 +486,4 @@ main.add_command(user)
 main.add_command(ca)
 main.add_command(worker_command)
 main.add_command(worker_token)
+main.add_command(cloud)

@@ -221,4 +221,4 @@ def worker_token_list(data_dir: Path, database_url: str | None) -> None:
     for w in workers:
         state = "revoked" if w.revoked_at else "live"
         seen = w.last_seen_at.isoformat(timespec="seconds") if w.last_seen_at else "never"
-        click.echo(f"{w.name:20} {state:8} last seen {seen}")
+        click.echo(f"{w.name:20} {w.pool:16} {state:8} last seen {seen}")

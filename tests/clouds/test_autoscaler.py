@@ -289,3 +289,20 @@ def _request(name: str, deployment: str):  # type: ignore[no-untyped-def]
         user_data="#cloud-config\n{}\n",
         tags={TAG_DEPLOYMENT: deployment, TAG_POOL: POOL},
     )
+
+
+def test_bes_cloud_list_shows_what_each_pool_does_and_its_instances(site: Site) -> None:
+    from click.testing import CliRunner
+
+    from bes.cli import main
+
+    site.queue(1)
+    site.round()
+    [name] = site.instances()
+    shown = CliRunner().invoke(
+        main, ["cloud", "list", "--database-url", site.db.url], catch_exceptions=False
+    )
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0].startswith("cloud:lab: scaling up: starting 1 instance(s)")
+    assert lines[1].split()[:4] == [name, POOL, "booting", "w2"]
