@@ -39,7 +39,7 @@ def cloud_image(dest: Path, mirror: str | None) -> None:
     click.echo(
         f"# worker image {image.key}: bes {image.bes_version}, Python {image.python_version}, "
         f"kernel {image.kernel_version}, {image.package_count} Debian packages\n"
-        f'image = "{image.disk.name}"   # upload {image.disk} to the storage pool\n'
+        f'image = "bes-worker.qcow2"   # {image.disk}, copied into the storage pool\n'
         f'kernel = "{image.kernel}"\n'
         f'initrd = "{image.initrd}"\n'
         f'cmdline = "{image.cmdline}"'
