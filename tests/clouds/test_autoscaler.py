@@ -306,3 +306,36 @@ def test_bes_cloud_list_shows_what_each_pool_does_and_its_instances(site: Site) 
     lines = shown.output.splitlines()
     assert lines[0].startswith("cloud:lab: scaling up: starting 1 instance(s)")
     assert lines[1].split()[:4] == [name, POOL, "booting", "w2"]
+
+
+def test_a_cloud_that_refuses_becomes_the_jobs_waiting_reason_and_is_retried(
+    db: Database, tmp_path: Path
+) -> None:
+    hosts = Hosts(tmp_path)
+    uri = hosts.add("h1", memory_mib=65536, cpus=32, image=False)  # the image is missing
+    try:
+        site = Site(db, tmp_path, hosts, uri)
+        queued = site.queue(1)
+        site.round()
+        assert site.instances() == {}
+        assert site.status().startswith("cannot start an instance (image): ")
+        assert site.status().endswith("; retrying")
+        site.grid.refresh_reasons(now=True)
+        [row] = site.db.read_sync(grid.grid_statuses, queued).values()
+        assert row.state is GridState.QUEUED  # nothing lost
+        assert row.reason == f"pool {POOL}: {site.status()}"
+        # The administrator fixes the image: the next round starts the instance.
+        pool = hosts.connect(uri).storagePoolLookupByName("default")
+        pool.createXML(
+            "<volume><name>worker.qcow2</name><capacity unit='MiB'>64</capacity>"
+            "<target><format type='qcow2'/></target></volume>",
+            0,
+        )
+        site.round()
+        assert list(site.instances().values()) == [InstanceState.BOOTING]
+        # The failed attempt's worker token was revoked, and its row closed.
+        workers = [w for w in site.db.read_sync(grid.list_workers) if w.pool == POOL]
+        assert len(workers) == 2
+        assert sum(w.revoked_at is not None for w in workers) == 1
+    finally:
+        hosts.close()
