@@ -15,7 +15,7 @@ request timing a dictionary lookup and a bucket search.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from prometheus_client import (
@@ -67,6 +67,7 @@ class Census:
         accepting: Whether CreateActivity is accepted.
         stored_bytes: Bytes the file store holds for all users (uploads under way included).
         stored_files: Files in the file store.
+        cloud_instances: Cloud pools' live instances per (pool, state).
     """
 
     activities: Mapping[str, int]
@@ -75,6 +76,7 @@ class Census:
     accepting: bool
     stored_bytes: int = 0
     stored_files: int = 0
+    cloud_instances: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 class Metrics:
@@ -197,5 +199,13 @@ def _gauges(census: Census, version: str) -> list[Metric]:
     stored_files = GaugeMetricFamily(
         "bes_file_store_files", "Files in the file store", value=float(census.stored_files)
     )
+    instances = GaugeMetricFamily(
+        "bes_cloud_instances",
+        "Cloud pools' live instances by pool and state (creating, booting, ready, draining, "
+        "deleting)",
+        labels=["pool", "state"],
+    )
+    for (pool, state), n in sorted(census.cloud_instances.items()):
+        instances.add_metric([pool, state], n)
     info = InfoMetricFamily("bes_build", "The service's version", value={"version": version})
-    return [activities, queue, oldest, accepting, stored_bytes, stored_files, info]
+    return [activities, queue, oldest, accepting, stored_bytes, stored_files, instances, info]

@@ -18,7 +18,7 @@ from typing import Final
 from bes.activities import Activities, utc_now
 from bes.backends.base import kept_files
 from bes.db import activity_rows as rows
-from bes.db import file_rows
+from bes.db import cloud_rows, file_rows
 from bes.db import overview_rows as overview
 from bes.db.overview_rows import ActivityLine, QueueSummary, WorkerLoad
 from bes.db.store import Database
@@ -163,6 +163,7 @@ class Overview:
             accepting=await self._activities.is_accepting(),
             stored_bytes=stored_bytes,
             stored_files=stored_files,
+            cloud_instances=await self._db.read(cloud_rows.instance_counts),
         )
 
 

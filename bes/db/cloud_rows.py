@@ -248,3 +248,13 @@ def deployment_id(conn: Connection, items: Sequence[str]) -> list[str]:
             ).scalar_one()
         )
     return out
+
+
+def instance_counts(conn: Connection) -> dict[tuple[str, str], int]:
+    """Live instances per (pool, state), for /metrics."""
+    rows = conn.execute(
+        select(cloud_instance.c.pool, cloud_instance.c.state, func.count())
+        .where(cloud_instance.c.state.in_(LIVE))
+        .group_by(cloud_instance.c.pool, cloud_instance.c.state)
+    )
+    return {(pool, state): n for pool, state, n in rows}

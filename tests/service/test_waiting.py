@@ -179,6 +179,9 @@ async def test_jobs_go_to_a_cloud_pool_by_name_or_when_no_volunteer_can_run_them
         assert {i["state"] for i in analysis["instances"]} == {"booting"}
         assert 1 <= len(analysis["instances"]) <= 2
         assert all(i["name"].startswith("bes-lab-") for i in analysis["instances"])
+        metrics = (await grid.http.get("/metrics")).text
+        booting = len(analysis["instances"])
+        assert f'bes_cloud_instances{{pool="cloud:lab",state="booting"}} {booting}.0' in metrics
 
 
 def test_bes_serve_without_a_hypervisor_says_so_and_jobs_say_why_they_wait(
