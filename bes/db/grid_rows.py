@@ -362,6 +362,22 @@ def list_workers(conn: Connection) -> list[WorkerRecord]:
     return [_worker(r) for r in conn.execute(select(*_WORKER_COLUMNS).order_by(worker.c.name))]
 
 
+def live_workers(conn: Connection, since: dt.datetime) -> list[WorkerRecord]:
+    """Workers that registered, were heard of since ``since``, and may claim (not revoked, not
+    draining), by name: those the routing policy and the waiting reasons count."""
+    query = (
+        select(*_WORKER_COLUMNS)
+        .where(
+            worker.c.revoked_at.is_(None),
+            worker.c.draining_at.is_(None),
+            worker.c.facts.is_not(None),
+            worker.c.last_seen_at >= since,
+        )
+        .order_by(worker.c.name)
+    )
+    return [_worker(r) for r in conn.execute(query)]
+
+
 # ------------------------------------------------------------------------------ the queue
 
 

@@ -99,17 +99,9 @@ class Pools:
             cached = self._offers
             if cached is not None and not fresh and time.monotonic() - cached[0] < _OFFERS_TTL_S:
                 return cached[1], cached[2]
-        workers = self._db.read_sync(grid.list_workers)
         horizon = self._clock() - dt.timedelta(seconds=self._live_s)
-        offers = [
-            Offer.from_facts(w.name, w.pool, w.facts)
-            for w in workers
-            if w.revoked_at is None
-            and not w.draining
-            and w.facts
-            and w.last_seen_at is not None
-            and w.last_seen_at >= horizon
-        ]
+        workers = self._db.read_sync(grid.live_workers, horizon)
+        offers = [Offer.from_facts(w.name, w.pool, w.facts) for w in workers]
         statuses = {
             d.name.removeprefix(AUTOSCALER_DUTY): d.status
             for d in self._db.read_sync(duty_rows.duties, AUTOSCALER_DUTY)
