@@ -15,7 +15,6 @@ It starts a private libvirtd (tests/support/libvirtd.py), ``bes serve --no-local
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import libvirt
 
 from tests.support import soap
-from tests.support.cloudworker import GRID_OPTIONS, TINY_JOB, cached_worker_image
+from tests.support.cloudworker import GRID_OPTIONS, TINY_JOB, cached_worker_image, libvirt_pool
 from tests.support.libvirtd import private_libvirtd
 from tests.support.server import LiveServer, free_port, live_server
 
@@ -59,27 +58,11 @@ def main() -> None:
     print(f"worker image {image.key} ready in {time.monotonic() - started:.0f} s")
     with tempfile.TemporaryDirectory() as scratch, private_libvirtd() as daemon:
         root = Path(scratch)
-        conn = libvirt.open(daemon.uri)
-        shutil.copyfile(image.disk, daemon.root / "pool" / "bes-worker.qcow2")
-        conn.storagePoolLookupByName(daemon.pool).refresh(0)
         port = free_port()
-        clouds = root / "clouds.toml"
-        clouds.write_text(
-            f"""[pool.bench]
-provider = "libvirt"
-service_url = "http://10.0.2.2:{port}"
-max_instances = 1
-idle_s = {args.idle_s}
-max_vms = 1
-[pool.bench.libvirt]
-uris = ["{daemon.uri}"]
-image = "bes-worker.qcow2"
-kernel = "{image.kernel}"
-initrd = "{image.initrd}"
-cmdline = "{image.cmdline}"
-flavors = [{{ name = "w2", memory_mib = 2048, vcpus = 1 }}]
-"""
+        clouds = libvirt_pool(
+            daemon, image, root / "clouds.toml", name="bench", port=port, idle_s=args.idle_s
         )
+        conn = libvirt.open(daemon.uri)
         extra = ["--clouds", str(clouds), *GRID_OPTIONS]
         with live_server(root / "data", port=port, extra=extra) as server:
             cold = run_job(server, 1200)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -982,6 +982,23 @@ class Rerouted:
     reason: str
 
 
+_REROUTED: Final = (grid_job.c.id, grid_job.c.activity_id, grid_job.c.ran, grid_job.c.message)
+
+
+def _rerouted(rows: Iterable[Sequence[Any]], pool: str, reason: str) -> list[Rerouted]:
+    return [
+        Rerouted(
+            job_id=BackendJobId(r[0]),
+            activity_id=ActivityId(r[1]),
+            ran=bool(r[2]),
+            message=r[3],
+            pool=pool,
+            reason=reason,
+        )
+        for r in rows
+    ]
+
+
 def set_reasons(conn: Connection, items: Sequence[tuple[QueuedGroup, str]]) -> list[list[Rerouted]]:
     """Store why each group's jobs wait, where it changed; return the jobs it changed."""
     out = []
@@ -993,21 +1010,9 @@ def set_reasons(conn: Connection, items: Sequence[tuple[QueuedGroup, str]]) -> l
                 or_(grid_job.c.reason.is_(None), grid_job.c.reason != reason),
             )
             .values(reason=reason)
-            .returning(grid_job.c.id, grid_job.c.activity_id, grid_job.c.ran, grid_job.c.message)
+            .returning(*_REROUTED)
         )
-        out.append(
-            [
-                Rerouted(
-                    job_id=BackendJobId(r[0]),
-                    activity_id=ActivityId(r[1]),
-                    ran=bool(r[2]),
-                    message=r[3],
-                    pool=group.pool,
-                    reason=reason,
-                )
-                for r in rows
-            ]
-        )
+        out.append(_rerouted(rows, group.pool, reason))
     return out
 
 
@@ -1026,21 +1031,9 @@ def burst(
                 grid_job.c.queued_at < before,
             )
             .values(pool=to_pool, reason=reason)
-            .returning(grid_job.c.id, grid_job.c.activity_id, grid_job.c.ran, grid_job.c.message)
+            .returning(*_REROUTED)
         )
-        out.append(
-            [
-                Rerouted(
-                    job_id=BackendJobId(r[0]),
-                    activity_id=ActivityId(r[1]),
-                    ran=bool(r[2]),
-                    message=r[3],
-                    pool=to_pool,
-                    reason=reason,
-                )
-                for r in rows
-            ]
-        )
+        out.append(_rerouted(rows, to_pool, reason))
     return out
 
 

@@ -8,7 +8,6 @@ no domain, no volume but the image, no QEMU process, the instance's token revoke
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from tests.support.cloudworker import (
     GRID_OPTIONS,
     TINY_JOB,
     cached_worker_image,
+    libvirt_pool,
     require_builder,
 )
 from tests.support.libvirtd import private_libvirtd
@@ -111,31 +111,18 @@ def test_the_same_document_runs_on_a_volunteer_and_on_a_libvirt_cloud_pool(
     require_builder()
     image = cached_worker_image()
     with private_libvirtd() as daemon:
+        port = free_port()
+        clouds = libvirt_pool(
+            daemon,
+            image,
+            tmp_path / "clouds.toml",
+            name="lab",
+            port=port,
+            idle_s=5,
+            boot_timeout_s=INSTANCE_TIMEOUT_S,
+        )
         conn = libvirt.open(daemon.uri)
         pool = conn.storagePoolLookupByName(daemon.pool)
-        shutil.copyfile(image.disk, daemon.root / "pool" / "bes-worker.qcow2")
-        pool.refresh(0)
-        port = free_port()
-        clouds = tmp_path / "clouds.toml"
-        clouds.write_text(
-            f"""
-[pool.lab]
-provider = "libvirt"
-service_url = "http://10.0.2.2:{port}"
-max_instances = 1
-idle_s = 5
-boot_timeout_s = {INSTANCE_TIMEOUT_S:.0f}
-max_vms = 1
-
-[pool.lab.libvirt]
-uris = ["{daemon.uri}"]
-image = "bes-worker.qcow2"
-kernel = "{image.kernel}"
-initrd = "{image.initrd}"
-cmdline = "{image.cmdline}"
-flavors = [{{ name = "w2", memory_mib = 2048, vcpus = 1 }}]
-"""
-        )
         data = tmp_path / "data"
         with live_server(data, port=port, extra=["--clouds", str(clouds), *GRID_OPTIONS]) as server:
             factory = official_factory(server.endpoint)
@@ -186,3 +173,79 @@ flavors = [{{ name = "w2", memory_mib = 2048, vcpus = 1 }}]
                 workers = db.read_sync(grid_rows.list_workers)
             instances = [w for w in workers if w.pool == "cloud:lab"]
             assert instances and all(w.revoked_at is not None for w in instances)
+
+
+def pool_job() -> bytes:
+    """A tiny job naming the pool cloud:lab (as XML text for a SOAP body)."""
+    named = TINY_JOB.replace(
+        "</vm:VirtualMachine>", "<vm:Pool>cloud:lab</vm:Pool></vm:VirtualMachine>"
+    )
+    assert named != TINY_JOB
+    return named.split("?>", 1)[-1].encode()
+
+
+@pytest.mark.slow
+@pytest.mark.vm
+def test_nothing_is_left_running_after_the_service_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of bes serve while its pool's instance boots: the instance outlives it, the
+    restarted service adopts it (no second instance), and once the job is terminated the
+    instance, which never registers (tiny's kernel stands in for the worker image), is deleted
+    at its boot timeout. Nothing is left on the real libvirtd."""
+    from bes.vm.spec import ImageRef
+    from tests.support import soap
+    from tests.support.server import LiveServer
+    from tests.support.vm import tiny_repository
+
+    boot, _ = tiny_repository().resolve(ImageRef(template="tiny"))
+    assert boot.kernel is not None and boot.kernel.initrd is not None
+    with private_libvirtd() as daemon:
+        conn = libvirt.open(daemon.uri)
+        conn.storagePoolLookupByName(daemon.pool).createXML(
+            "<volume><name>bes-worker.qcow2</name><capacity unit='MiB'>64</capacity>"
+            "<target><format type='qcow2'/></target></volume>",
+            0,
+        )
+        port = free_port()
+        clouds = tmp_path / "clouds.toml"
+        clouds.write_text(
+            f"""[pool.lab]
+provider = "libvirt"
+service_url = "http://10.0.2.2:{port}"
+max_instances = 1
+boot_timeout_s = 40
+[pool.lab.libvirt]
+uris = ["{daemon.uri}"]
+image = "bes-worker.qcow2"
+kernel = "{boot.kernel.kernel}"
+initrd = "{boot.kernel.initrd}"
+cmdline = "{boot.kernel.cmdline}"
+flavors = [{{ name = "w1", memory_mib = 1024, vcpus = 1 }}]
+"""
+        )
+        data = tmp_path / "data"
+        extra = ["--clouds", str(clouds), *GRID_OPTIONS]
+        first = LiveServer(data, port=port, extra=extra).start()
+        try:
+            answer = first.post(soap.envelope(soap.create_activity(pool_job())), "CreateActivity")
+            (activity,) = soap.xpath(soap.body_of(answer.content), "//besa:ActivityId/text()")
+            deadline = time.monotonic() + 60
+            while not conn.listAllDomains(0) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            [instance] = [d.name() for d in conn.listAllDomains(0)]
+        finally:
+            first.kill()
+        assert [d.name() for d in conn.listAllDomains(0)] == [instance]  # it outlived bes serve
+
+        with live_server(data, port=port, extra=extra) as second:
+            time.sleep(12)  # two rounds of the restarted autoscaler
+            assert [d.name() for d in conn.listAllDomains(0)] == [instance]  # adopted
+            terminate = soap.vector("TerminateActivities", [soap.epr(activity_id=str(activity))])
+            assert second.post(soap.envelope(terminate), "TerminateActivities").status_code == 200
+            deadline = time.monotonic() + 120
+            while conn.listAllDomains(0) and time.monotonic() < deadline:
+                time.sleep(1.0)
+            assert conn.listAllDomains(0) == []
+        assert [v.name() for v in conn.storagePoolLookupByName(daemon.pool).listAllVolumes()] == [
+            "bes-worker.qcow2"
+        ]
+        assert qemu_processes(instance) == []

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,7 @@ from bes.vm import seed, workerimage
 from bes.vm.drivers.qemu import QemuDriver
 from bes.vm.runner import CommandRunner
 from bes.vm.spec import Disk, ImageFormat, KernelBoot, Network, NetworkMode, VmSpec
+from tests.support.libvirtd import PrivateLibvirtd
 from tests.support.server import LiveServer
 from tests.support.vm import cache_dir_for_tests, require
 from tests.support.worker import issue_token
@@ -186,3 +188,46 @@ def wait_registered(server: LiveServer, name: str, *, timeout_s: float) -> str:
         if time.monotonic() >= deadline:
             raise AssertionError(f"worker {name} did not register in {timeout_s} s")
         time.sleep(0.5)
+
+
+def libvirt_pool(
+    daemon: PrivateLibvirtd,
+    image: workerimage.WorkerImage,
+    path: Path,
+    *,
+    name: str,
+    port: int,
+    idle_s: float,
+    boot_timeout_s: float = 1200.0,
+) -> Path:
+    """A clouds.toml with one pool of at most one worker-image instance (2048 MiB, 1 vCPU) on
+    a private libvirtd, whose instances reach ``bes serve`` on the host's port ``port``; the
+    image's disk is copied into the daemon's storage pool as ``bes-worker.qcow2``."""
+    shutil.copyfile(image.disk, daemon.root / "pool" / "bes-worker.qcow2")
+    with contextlib.closing(libvirt_module().open(daemon.uri)) as conn:
+        conn.storagePoolLookupByName(daemon.pool).refresh(0)
+    path.write_text(
+        f"""[pool.{name}]
+provider = "libvirt"
+service_url = "http://{HOST_FROM_GUEST}:{port}"
+max_instances = 1
+idle_s = {idle_s}
+boot_timeout_s = {boot_timeout_s:.0f}
+max_vms = 1
+
+[pool.{name}.libvirt]
+uris = ["{daemon.uri}"]
+image = "bes-worker.qcow2"
+kernel = "{image.kernel}"
+initrd = "{image.initrd}"
+cmdline = "{image.cmdline}"
+flavors = [{{ name = "w2", memory_mib = 2048, vcpus = 1 }}]
+"""
+    )
+    return path
+
+
+def libvirt_module() -> Any:
+    import libvirt
+
+    return libvirt
