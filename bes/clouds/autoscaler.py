@@ -19,6 +19,7 @@ retries. The provider's calls block, so rounds run in a thread.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import secrets
@@ -201,7 +202,11 @@ class Autoscaler:
                     )
                 )
                 log.info("%s: instance %s is ready", self.pool.name, i.name)
-                out.append(_with(i, state=InstanceState.READY, registered_at=i.worker_seen_at))
+                out.append(
+                    dataclasses.replace(
+                        i, state=InstanceState.READY, registered_at=i.worker_seen_at
+                    )
+                )
             else:
                 out.append(i)
         return out
@@ -225,7 +230,7 @@ class Autoscaler:
         for name, why in decided.delete:
             instance = by_name.get(name)
             if instance is not None:
-                if "register" in why and instance.host:
+                if name in decided.late and instance.host:
                     self._bad_hosts[instance.host] = time.monotonic()
                 self.delete(instance, why)
 
@@ -361,9 +366,3 @@ class Autoscaler:
     def release(self) -> None:
         """Give up the duty (at shutdown), so another replica takes over at once."""
         self._write(duty_rows.release_duties, (self.duty, self._holder))
-
-
-def _with(instance: InstanceRecord, **changes: Any) -> InstanceRecord:
-    values = {f: getattr(instance, f) for f in instance.__dataclass_fields__}
-    values.update(changes)
-    return InstanceRecord(**values)

@@ -66,6 +66,9 @@ class Plan:
     undrain: list[str] = field(default_factory=list)
     delete: list[tuple[str, str]] = field(default_factory=list)
     """(instance name, why)."""
+    late: list[str] = field(default_factory=list)
+    """Instances among ``delete`` whose worker did not register in time (their host is
+    avoided for a while)."""
     idle: list[str] = field(default_factory=list)
     """Ready instances found idle for the first time (their idle time starts now)."""
     busy: list[str] = field(default_factory=list)
@@ -121,8 +124,8 @@ def plan(
             out.delete.append(
                 (i.name, f"its worker did not register within {limits.boot_timeout_s:.0f} s")
             )
-    timed_out = {name for name, _ in out.delete}
-    live = [i for i in live if i.name not in timed_out]
+    out.late.extend(name for name, _ in out.delete)
+    live = [i for i in live if i.name not in out.late]
 
     # What the queue needs.
     wanted: list[Flavor] = []
@@ -185,6 +188,7 @@ def plan(
         drain=out.drain,
         undrain=out.undrain,
         delete=out.delete,
+        late=out.late,
         idle=out.idle,
         busy=out.busy,
         status=out_status,

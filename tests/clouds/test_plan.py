@@ -89,6 +89,7 @@ def test_an_instance_that_does_not_register_in_time_is_deleted_and_replaced() ->
     late = instance("late", InstanceState.BOOTING, age_s=301)
     decided = decide(demand=1, instances=(late,))
     assert decided.delete == [("late", "its worker did not register within 300 s")]
+    assert decided.late == ["late"]
     assert decided.create == [W2]
 
 
