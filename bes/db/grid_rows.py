@@ -1017,12 +1017,13 @@ def set_reasons(conn: Connection, items: Sequence[tuple[QueuedGroup, str]]) -> l
 
 
 def burst(
-    conn: Connection, items: Sequence[tuple[QueuedGroup, str, dt.datetime, str]]
+    conn: Connection, items: Sequence[tuple[QueuedGroup, str, dt.datetime, str, str]]
 ) -> list[list[Rerouted]]:
     """Move a group's jobs queued before a time to another pool, unless they named theirs:
-    ``(group, to_pool, queued_before, reason)``."""
+    ``(group, to_pool, queued_before, reason, note)``; the note (why they moved) is added to
+    their message, which the reasons pass leaves alone."""
     out = []
-    for group, to_pool, before, reason in items:
+    for group, to_pool, before, reason, note in items:
         rows = conn.execute(
             update(grid_job)
             .where(
@@ -1030,7 +1031,11 @@ def burst(
                 grid_job.c.pinned.is_(False),
                 grid_job.c.queued_at < before,
             )
-            .values(pool=to_pool, reason=reason)
+            .values(
+                pool=to_pool,
+                reason=reason,
+                message=func.coalesce(grid_job.c.message.concat("; "), "").concat(note),
+            )
             .returning(*_REROUTED)
         )
         out.append(_rerouted(rows, to_pool, reason))

@@ -61,7 +61,7 @@ class Site:
         )
         return backend
 
-    def start(self, limits: Limits = LIMITS) -> CloudPools:
+    def start(self, limits: Limits = LIMITS, *, burst_after_s: float | None = None) -> CloudPools:
         """The service's cloud road, as at a (re)start."""
         provider = LibvirtProvider(
             [self.uri],
@@ -78,6 +78,7 @@ class Site:
             provider_options={},
             limits=limits,
             service_url="http://10.0.2.2:8080",
+            burst_after_s=burst_after_s,
         )
         pools = CloudPools(self.grid, [(config, provider)])
         pools.offer()
@@ -339,3 +340,30 @@ def test_a_cloud_that_refuses_becomes_the_jobs_waiting_reason_and_is_retried(
         assert sum(w.revoked_at is not None for w in workers) == 1
     finally:
         hosts.close()
+
+
+def test_a_volunteers_job_left_unclaimed_bursts_to_the_cloud_pool(site: Site) -> None:
+    site.pools = site.start(burst_after_s=60.0)
+    waiting = [job(at=site.clock.now), job(at=site.clock.now)]  # routed to volunteers
+    pinned = grid.NewGridJob(**{**_fields(job(at=site.clock.now)), "pinned": True})
+    site.db.write_sync(grid.add_grid_jobs, [*waiting, pinned])
+    site.clock.advance(30)
+    site.grid.refresh_reasons(now=True)
+    rows = site.db.read_sync(grid.grid_statuses, [j.id for j in (*waiting, pinned)])
+    assert {r.pool for r in rows.values()} == {"volunteers"}
+    site.clock.advance(31)
+    site.grid.refresh_reasons(now=True)
+    rows = site.db.read_sync(grid.grid_statuses, [j.id for j in (*waiting, pinned)])
+    assert [rows[j.id].pool for j in waiting] == [POOL, POOL]
+    assert rows[pinned.id].pool == "volunteers"  # it named its pool: never moved
+    assert rows[waiting[0].id].message == "moved from pool volunteers after 60 s unclaimed"
+    assert (
+        rows[waiting[0].id].reason
+        == "pool cloud:lab has no instance yet; its autoscaler starts one"
+    )
+    site.round()
+    assert len(site.instances()) == 1  # the cloud pool now serves them
+
+
+def _fields(new: grid.NewGridJob) -> dict[str, object]:
+    return {f: getattr(new, f) for f in new.__dataclass_fields__}

@@ -160,7 +160,8 @@ class Pools:
                 _needs(group), target, workers=offers, pool_status=statuses.get(target)
             )
             before = at - dt.timedelta(seconds=after_s)
-            bursts.append((group, target, before, f"unclaimed for {after_s:.0f} s: {reason}"))
+            note = f"moved from pool {VOLUNTEERS} after {after_s:.0f} s unclaimed"
+            bursts.append((group, target, before, reason, note))
         for item in bursts:
             changed.extend(self._write(grid.burst, item))
         if changed:
