@@ -38,12 +38,14 @@ def test_hello_vm_on_a_fresh_machine(tmp_path: Path) -> None:
         "run",
         str(ROOT / "examples" / "hello-vm.jsdl"),
         cwd=tmp_path,
-        env={"XDG_CACHE_HOME": str(tmp_path / "cache")},
+        # a fresh machine: no node image cache either (the tests' one is named otherwise)
+        env={"XDG_CACHE_HOME": str(tmp_path / "cache"), "BES_IMAGE_CACHE": ""},
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "hello from a VM\n"
     assert "results in" in result.stderr
     assert "building the template tiny" in result.stderr
+    assert (tmp_path / "cache" / "bes" / "images").is_dir()  # the node's one image cache
     [results] = [p for p in tmp_path.iterdir() if p.name.startswith("hello-vm-")]
     assert (results / "stdout").read_text() == "hello from a VM\n"
     assert not list((tmp_path / "cache" / "bes" / "vms" / "qemu").glob("bes-*"))
