@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Final
 from urllib.parse import parse_qs, quote, urlencode
 
+from bes.db.activity_rows import ActivityRecord
 from bes.db.overview_rows import ActivityLine
 from bes.http import Scope, Send, respond
 from bes.ids import parse_activity_id
@@ -231,7 +232,7 @@ def _activity_table(lines: Sequence[ActivityLine], *, endpoint: str, now: dt.dat
             f'<tr data-activity="{_e(r.id)}" data-state="{_e(r.state.value)}">'
             f'<td><a class="detail" href="{_e(detail)}"><code>{_e(r.id)}</code></a></td>'
             f'<td class="name">{_text(r.job_name)}</td>'
-            f"<td>{_state(r.state, r.substate)}</td>"
+            f"<td>{_state(r.state, r.substate)}{_waiting(r)}</td>"
             f"<td>{_text(r.backend)}</td><td>{_text(line.worker)}</td>"
             f"<td>{_time(r.created_at)}</td><td>{_time(line.started_at)}</td>"
             f"<td>{_time(line.ended_at)}</td><td>{_run_time(line, now)}</td>"
@@ -378,6 +379,14 @@ def _text(value: object | None) -> str:
 def _state(state: ActivityState, substate: object | None) -> str:
     sub = f' <span class="muted">({_e(substate)})</span>' if substate else ""
     return f'<span class="state {_e(state.value)}">{_e(state.value)}</span>{sub}'
+
+
+def _waiting(record: ActivityRecord) -> str:
+    """Under a Pending activity's state: why it waits, and in which pool."""
+    if record.state is not ActivityState.PENDING or not record.message:
+        return ""
+    pool = f" ({_e(record.pool)})" if record.pool else ""
+    return f'<div class="why muted">{_e(record.message)}{pool}</div>'
 
 
 def _time(at: dt.datetime | None) -> str:

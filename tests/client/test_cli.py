@@ -212,3 +212,37 @@ def test_progress_is_live_on_a_terminal_and_silent_elsewhere(bes: Shell) -> None
     assert all("Pending/" in line for line in lines)
     assert lines[0].startswith("waiting 0:00")
     bes("cancel", activity)
+
+
+def test_bes_why_says_why_a_job_waits_and_the_status_page_too(
+    bes: Shell, server: LiveServer
+) -> None:
+    import httpx
+    from lxml import html
+
+    written = bes("jsdl", "new", "-o", "wait.jsdl", "--name", "waiter", "/bin/true")
+    assert written.returncode == 0, written.stderr
+    activity = bes("submit", "wait.jsdl").stdout.strip()
+    deadline = time.monotonic() + 20
+    shown = bes("why", activity)
+    while "no worker is registered" not in shown.stdout and time.monotonic() < deadline:
+        time.sleep(0.3)  # the service hands it to the desktop grid in its own loop
+        shown = bes("why", activity)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"{activity}: Pending/Submitted"
+    assert lines[1].strip().startswith("no worker is registered; start one with bes worker")
+    assert lines[2].startswith("pool: volunteers (this service's pools: volunteers)")
+    assert lines[3].startswith("needs: 256 MiB, 1 vCPU(s)")
+    assert "queue position in its pool: " in shown.stdout
+    assert "workers: none registered" in shown.stdout
+    as_json = json.loads(bes("why", activity, "--json").stdout)
+    assert as_json["pool"] == "volunteers" and as_json["analysis"]["needs"]["vcpus"] == 1
+
+    header, *rows = bes("status", activity).stdout.splitlines()
+    assert "POOL" in header.split() and " volunteers " in rows[0]
+
+    page = html.fromstring(httpx.get(server.url + "/bes/status", timeout=10).text)
+    [row] = page.cssselect(f'tr[data-activity="{activity}"]')
+    assert "no worker is registered" in row.cssselect(".why")[0].text_content()
+    assert bes("cancel", activity).returncode == 0
