@@ -88,6 +88,8 @@ class Autoscaler:
         self._clock = clock
         self._flavors: list[Flavor] | None = None
         self._bad_hosts: dict[str, float] = {}
+        self._late: str | None = None
+        """The last instance that did not register in time, until one does."""
         self.status = ""
         """What the pool does, as last said."""
 
@@ -180,7 +182,15 @@ class Autoscaler:
         by_name = {i.name: i for i in instances}
         self._carry_out(decided, by_name, now)
         created_problem = self._create(decided.create, now) if decided.create else None
+        if decided.late:
+            self._late = (
+                f"instance {decided.late[-1]} did not register within "
+                f"{self.pool.limits.boot_timeout_s:.0f} s: can instances reach "
+                f"{self.pool.service_url}?"
+            )
         status = problem or created_problem or decided.status
+        if self._late and status.startswith("scaling up"):
+            status = f"{status}; {self._late}"
         if status != self.status:
             if status:
                 log.info("%s: %s", self.pool.name, status)
@@ -202,6 +212,7 @@ class Autoscaler:
                     )
                 )
                 log.info("%s: instance %s is ready", self.pool.name, i.name)
+                self._late = None
                 out.append(
                     dataclasses.replace(
                         i, state=InstanceState.READY, registered_at=i.worker_seen_at

@@ -216,6 +216,10 @@ def test_an_instance_that_never_registers_is_deleted_and_another_started(site: S
     instances = site.instances()
     assert first not in instances
     assert list(instances.values()) == [InstanceState.BOOTING]
+    assert site.status().endswith(
+        f"; instance {first} did not register within 300 s: can instances reach "
+        "http://10.0.2.2:8080?"
+    )
     assert first not in site.domains()
     rows = site.db.read_sync(grid.list_workers)
     assert next(w for w in rows if w.name == first).revoked_at is not None
