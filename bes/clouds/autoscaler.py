@@ -150,7 +150,7 @@ class Autoscaler:
         instances = self._registrations(
             self._db.read_sync(cloud_rows.live_instances, self.pool.name)
         )
-        groups, _ = self._db.read_sync(grid.pool_load, self.pool.name)
+        groups = self._db.read_sync(grid.queued_groups, self.pool.name)
         demand = [
             planning.Demand(
                 needs=Needs(

@@ -216,18 +216,6 @@ def instance_seconds(conn: Connection, pool: str, since: dt.datetime, now: dt.da
     return total
 
 
-def known_names(conn: Connection, names: Sequence[str]) -> set[str]:
-    """Which of ``names`` are live instances of this deployment."""
-    if not names:
-        return set()
-    rows = conn.execute(
-        select(cloud_instance.c.name).where(
-            cloud_instance.c.name.in_(list(names)), cloud_instance.c.state.in_(LIVE)
-        )
-    )
-    return {r[0] for r in rows}
-
-
 DEPLOYMENT_SETTING: Final = "deployment"
 
 

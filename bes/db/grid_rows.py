@@ -936,13 +936,16 @@ _GROUP_KEY: Final = (
 )
 
 
-def queued_groups(conn: Connection) -> list[QueuedGroup]:
-    """The queued jobs, grouped by pool and requirements."""
-    rows = conn.execute(
+def queued_groups(conn: Connection, pool: str | None = None) -> list[QueuedGroup]:
+    """The queued jobs (of one pool, or all), grouped by pool and requirements."""
+    query = (
         select(*_GROUP_KEY, func.count(), func.min(grid_job.c.queued_at))
         .where(grid_job.c.state == GridState.QUEUED.value)
         .group_by(*_GROUP_KEY)
     )
+    if pool is not None:
+        query = query.where(grid_job.c.pool == pool)
+    rows = conn.execute(query)
     return [
         QueuedGroup(
             pool=pool,
@@ -1059,18 +1062,6 @@ def queue_position(conn: Connection, job_id: BackendJobId) -> int | None:
         )
     ).scalar_one()
     return int(ahead) + 1
-
-
-def pool_load(conn: Connection, pool: str) -> tuple[list[QueuedGroup], dict[str, int]]:
-    """A pool's queued groups, and how many jobs each of its workers holds (by worker name)."""
-    groups = [g for g in queued_groups(conn) if g.pool == pool]
-    held = conn.execute(
-        select(worker.c.name, func.count())
-        .select_from(grid_job.join(worker, worker.c.id == grid_job.c.worker_id))
-        .where(grid_job.c.state == GridState.LEASED.value, worker.c.pool == pool)
-        .group_by(worker.c.name)
-    )
-    return groups, {name: n for name, n in held}
 
 
 def set_draining(conn: Connection, items: Sequence[tuple[str, dt.datetime | None]]) -> list[bool]:
