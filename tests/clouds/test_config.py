@@ -92,3 +92,15 @@ def test_a_provider_s_unknown_setting_is_refused(tmp_path: Path) -> None:
     [lab, _] = load(write(tmp_path, text))
     with pytest.raises(ConfigError, match=r"\[pool.lab.libvirt\]"):
         build_provider(lab)
+
+
+def test_the_readme_s_clouds_toml_is_what_the_service_reads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Cloud pools\n", 1)[1]
+    block = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    lab, openstack = load(write(tmp_path, block))
+    assert (lab.name, lab.provider, lab.limits.max_instances) == ("cloud:lab", "libvirt", 4)
+    assert lab.limits.budget_instance_hours == 48
+    assert flavors_of(lab.provider_options)[0].memory_mib == 4096
+    assert (openstack.name, openstack.provider) == ("cloud:os", "openstack")
+    assert openstack.provider_options["network"] == "private"
