@@ -4,7 +4,7 @@ can accept, and queue rows as BES job statuses."""
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from bes.backends.base import JobState, JobStatus
@@ -15,7 +15,7 @@ from bes.jsdl.model import JobDefinition
 from bes.states import SubState
 from bes.vm.job import DEFAULT_OUTPUT_DISK_MIB
 from bes.vm.repository import Catalog
-from bes.vm.spec import NetworkMode
+from bes.vm.spec import NetworkMode, VirtualMachine
 from bes.vmjob import VmDefaults, guest_task, virtual_machine
 
 SOURCE_SCHEMES: Final = frozenset({"http", "https", "ftp", "file", "inline", "bes-store"})
@@ -37,9 +37,9 @@ _STATES: Final = {
 }
 
 
-def requirements(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> Needs:
-    """The job's VM as a worker must fit it (memory at least the template's minimum)."""
-    machine = virtual_machine(job, defaults, catalog)
+def requirements(machine: VirtualMachine, defaults: VmDefaults, catalog: Catalog) -> Needs:
+    """A job's VM (bes.vmjob.virtual_machine) as a worker must fit it (memory at least the
+    template's minimum)."""
     template = catalog.get(machine.image.template) if machine.image.template else None
     minimum = template.min_memory_mib if template is not None else 0
     return Needs(
@@ -51,8 +51,11 @@ def requirements(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> 
     )
 
 
-def unsupported(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> list[str]:
-    """What in ``job`` the desktop grid cannot run, as readable feature names."""
+def unsupported(
+    job: JobDefinition, defaults: VmDefaults, catalog: Catalog, pools: Sequence[str]
+) -> list[str]:
+    """What in ``job`` the desktop grid cannot run, as readable feature names (``pools``: the
+    pools a job may name)."""
     features: list[str] = []
     if job.job_description.application is not None:  # else a data-staging job: no VM
         try:
@@ -88,6 +91,8 @@ def unsupported(job: JobDefinition, defaults: VmDefaults, catalog: Catalog) -> l
                 f"vm:Contextualization/vm:UserData for template {name!r}, which runs only the "
                 "job's own script (it has no cloud-init)"
             )
+    if machine.pool is not None and machine.pool not in pools:
+        features.append(f"vm:Pool {machine.pool!r} (this service's pools: {', '.join(pools)})")
     return features
 
 

@@ -176,9 +176,9 @@ class DesktopGridBackend(Backend):
         now = self.clock()
         rows = []
         for activity_id, job in jobs:
-            needs = _translate.requirements(job, self.config.vm_defaults, catalog)
-            named = virtual_machine(job, self.config.vm_defaults, catalog).pool
-            placed = self.pools.place(needs, named)
+            machine = virtual_machine(job, self.config.vm_defaults, catalog)
+            needs = _translate.requirements(machine, self.config.vm_defaults, catalog)
+            placed = self.pools.place(needs, machine.pool)
             rows.append(
                 grid.NewGridJob(
                     id=BackendJobId("g" + secrets.token_urlsafe(18)),
@@ -259,13 +259,9 @@ class DesktopGridBackend(Backend):
         missing = super().unsupported(job)
         if missing:
             return missing
-        found = _translate.unsupported(job, self.config.vm_defaults, self.catalog())
-        if not found:
-            named = virtual_machine(job, self.config.vm_defaults, self.catalog()).pool
-            if named is not None and named not in self.pools.names():
-                shown = ", ".join(self.pools.names())
-                found.append(f"vm:Pool {named!r} (this service's pools: {shown})")
-        return found
+        return _translate.unsupported(
+            job, self.config.vm_defaults, self.catalog(), self.pools.names()
+        )
 
     def kept_outputs(self, job_id: BackendJobId) -> Path | None:
         row = self._db.read_sync(grid.grid_statuses, [job_id]).get(job_id)

@@ -40,7 +40,6 @@ class Placement:
 
     pool: str
     pinned: bool
-    why: str
     reason: str
 
 
@@ -119,9 +118,7 @@ class Pools:
         reason = routing.waiting_reason(
             needs, decided.pool, workers=offers, pool_status=statuses.get(decided.pool)
         )
-        return Placement(
-            pool=decided.pool, pinned=named is not None, why=decided.why, reason=reason
-        )
+        return Placement(pool=decided.pool, pinned=named is not None, reason=reason)
 
     # ------------------------------------------------------------------ the reasons pass
 
