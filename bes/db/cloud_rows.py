@@ -16,10 +16,9 @@ from enum import StrEnum
 from typing import Any, Final
 
 from sqlalchemy import Connection, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from bes.db.grid_rows import GridState
-from bes.db.prepared import from_db_time
+from bes.db.prepared import from_db_time, insert_if_absent
 from bes.db.tables import cloud_instance, grid_job, setting, worker
 
 AUTOSCALER_DUTY: Final = "autoscaler:"
@@ -222,14 +221,9 @@ DEPLOYMENT_SETTING: Final = "deployment"
 def deployment_id(conn: Connection, items: Sequence[str]) -> list[str]:
     """This deployment's id (the database's): stored the first time from the candidate given,
     the same for every replica afterwards. It tags the instances the service starts."""
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     out = []
     for candidate in items:
-        conn.execute(
-            dialect_insert(setting)
-            .values(name=DEPLOYMENT_SETTING, value=candidate)
-            .on_conflict_do_nothing(index_elements=[setting.c.name])
-        )
+        insert_if_absent(conn, setting, setting.c.name, name=DEPLOYMENT_SETTING, value=candidate)
         out.append(
             conn.execute(
                 select(setting.c.value).where(setting.c.name == DEPLOYMENT_SETTING)

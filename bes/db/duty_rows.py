@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from bes.db.prepared import from_db_time
+from bes.db.prepared import from_db_time, insert_if_absent
 from bes.db.tables import duty
 
 
@@ -43,16 +42,9 @@ def take_duties(conn: Connection, items: Sequence[Take]) -> list[bool]:
             .values(holder=t.holder, until=t.until)
         ).rowcount
         if not taken:  # nobody ever held it: the first insert wins
-            dialect_insert = (
-                postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            taken = insert_if_absent(
+                conn, duty, duty.c.name, name=t.name, holder=t.holder, until=t.until
             )
-            inserted = conn.execute(
-                dialect_insert(duty)
-                .values(name=t.name, holder=t.holder, until=t.until)
-                .on_conflict_do_nothing(index_elements=[duty.c.name])
-                .returning(duty.c.name)  # (rowcount is not reliable for this on every driver)
-            ).first()
-            taken = int(inserted is not None)
         out.append(bool(taken))
     return out
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, and_, delete, exists, func, insert, not_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
+from bes.db.prepared import insert_if_absent
 from bes.db.tables import (
     activity,
     file_name,
@@ -168,12 +168,7 @@ def store_totals(conn: Connection) -> tuple[int, int]:
 
 
 def _ensure_usage(conn: Connection, owner: str) -> None:
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    conn.execute(
-        dialect_insert(file_usage)
-        .values(owner=owner, used_bytes=0)
-        .on_conflict_do_nothing(index_elements=[file_usage.c.owner])
-    )
+    insert_if_absent(conn, file_usage, file_usage.c.owner, owner=owner, used_bytes=0)
 
 
 def _release(conn: Connection, owner: str, size: int) -> None:

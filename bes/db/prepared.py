@@ -13,7 +13,8 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Column, Connection, Table
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import ClauseElement
 
 
@@ -116,3 +117,16 @@ def db_time(conn: Connection, value: dt.datetime) -> Any:
         # The same text as strftime("%Y-%m-%d %H:%M:%S.%f"), several times faster.
         return value.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
     return value
+
+
+def insert_if_absent(conn: Connection, table: Table, key: Column[Any], **values: Any) -> bool:
+    """``INSERT … ON CONFLICT (key) DO NOTHING`` on SQLite or PostgreSQL; True if the row was
+    inserted (read back with RETURNING: a driver's rowcount is not reliable for this)."""
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    inserted = conn.execute(
+        dialect_insert(table)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=[key])
+        .returning(key)
+    ).first()
+    return inserted is not None
