@@ -38,7 +38,7 @@ from bes.db.engine import default_url
 from bes.db.grid_rows import GridState
 from bes.db.store import Database
 from tests.support.libvirt_hosts import Hosts
-from tests.support.queue import job
+from tests.support.queue import claim, job
 
 POOL = "cloud:bench"
 FLAVOR = Flavor(name="w4", memory_mib=2816, vcpus=2)  # 2 jobs of 1 vCPU and 256 MiB each
@@ -121,19 +121,14 @@ class Run:
                     self.running[lease.ref.job_id] = (lease, ends)
 
     def _claim(self, worker_id: str, limit: int) -> list[grid.Lease]:
-        return self.db.write_sync(
-            grid.claim_grid_jobs,
-            grid.Claim(
-                worker_id=worker_id,
-                limit=limit,
-                memory_mib=2048,
-                vcpus=2,
-                disk_mib=100_000,
-                hypervisors=("qemu",),
-                network=False,
-                now=self.now,
-                until=self.now + dt.timedelta(hours=1),
-            ),
+        return claim(
+            self.db,
+            worker_id,
+            now=self.now,
+            limit=limit,
+            memory_mib=2048,
+            vcpus=2,
+            lease=dt.timedelta(hours=1),  # jobs here send no heartbeats
         )
 
     def instances(self) -> list[cloud_rows.InstanceRecord]:

@@ -24,7 +24,7 @@ from bes.db.grid_rows import GridState
 from bes.db.store import Database
 from bes.ids import BackendJobId
 from tests.support.libvirt_hosts import Hosts
-from tests.support.queue import job
+from tests.support.queue import claim, job
 
 T0 = dt.datetime(2026, 12, 5, 12, 0, tzinfo=dt.UTC)
 W2 = Flavor(name="w2", memory_mib=2048, vcpus=2)
@@ -111,21 +111,7 @@ class Site:
         return worker.id
 
     def claim(self, worker_id: str, limit: int = 2) -> list[grid.Lease]:
-        now = self.clock.now
-        return self.db.write_sync(
-            grid.claim_grid_jobs,
-            grid.Claim(
-                worker_id=worker_id,
-                limit=limit,
-                memory_mib=1280,
-                vcpus=2,
-                disk_mib=100_000,
-                hypervisors=("qemu",),
-                network=False,
-                now=now,
-                until=now + dt.timedelta(seconds=60),
-            ),
-        )
+        return claim(self.db, worker_id, now=self.clock.now, limit=limit, memory_mib=1280, vcpus=2)
 
     def finish(self, lease: grid.Lease, state: GridState = GridState.FINISHED) -> None:
         self.db.write_sync(

@@ -52,21 +52,23 @@ def claim(
     now: dt.datetime = T0,
     limit: int = 1,
     memory_mib: int = 4096,
+    vcpus: int = 4,
     hypervisors: tuple[str, ...] = ("qemu",),
     network: bool = False,
+    lease: dt.timedelta = LEASE,
 ) -> list[grid.Lease]:
-    """What a roomy worker's claim at ``now`` leases (for :data:`LEASE`)."""
+    """What a roomy worker's claim at ``now`` leases (for ``lease``)."""
     return db.write_sync(
         grid.claim_grid_jobs,
         grid.Claim(
             worker_id=worker,
             limit=limit,
             memory_mib=memory_mib,
-            vcpus=4,
+            vcpus=vcpus,
             disk_mib=100_000,
             hypervisors=hypervisors,
             network=network,
             now=now,
-            until=now + LEASE,
+            until=now + lease,
         ),
     )
