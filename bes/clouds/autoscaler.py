@@ -251,7 +251,7 @@ class Autoscaler:
             h for h, at in self._bad_hosts.items() if time.monotonic() - at < _BAD_HOST_S
         )
         for flavor in flavors:
-            name = f"bes-{self.pool.name[6:]}-{secrets.token_hex(4)}"
+            name = f"bes-{self.pool.key}-{secrets.token_hex(4)}"
             token = new_token()
             self._write(
                 grid.create_worker,

@@ -35,6 +35,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Final
 
+from bes.backends.desktopgrid.routing import CLOUD_PREFIX
 from bes.clouds.base import CloudProvider, Flavor
 from bes.clouds.plan import Limits
 from bes.errors import ConfigError
@@ -82,6 +83,11 @@ class PoolConfig:
     allow_network: bool = False
     max_vms: int = 4
 
+    @property
+    def key(self) -> str:
+        """The pool's name in the file (``[pool.KEY]``), without ``cloud:``."""
+        return self.name.removeprefix(CLOUD_PREFIX)
+
 
 def load(path: Path) -> list[PoolConfig]:
     """The pools of a configuration file, in file order.
@@ -124,7 +130,7 @@ def _pool(name: str, table: Any, base: Path) -> PoolConfig:
         except OSError as exc:
             raise ConfigError(f"{where}: ca_file: {exc}") from exc
     return PoolConfig(
-        name="cloud:" + name,
+        name=CLOUD_PREFIX + name,
         provider=provider,
         provider_options=options,
         limits=limits,
@@ -170,7 +176,7 @@ def build_provider(pool: PoolConfig) -> CloudProvider:
         try:
             return LibvirtProvider(flavors=flavors, **options)
         except TypeError as exc:
-            raise ConfigError(f"[pool.{pool.name[6:]}.libvirt]: {exc}") from exc
+            raise ConfigError(f"[pool.{pool.key}.libvirt]: {exc}") from exc
     from bes.clouds.openstack import (  # noqa: PLC0415 - an optional extra
         OpenStackConfig,
         OpenStackProvider,
@@ -181,4 +187,4 @@ def build_provider(pool: PoolConfig) -> CloudProvider:
     try:
         return OpenStackProvider(OpenStackConfig(**options))
     except TypeError as exc:
-        raise ConfigError(f"[pool.{pool.name[6:]}.openstack]: {exc}") from exc
+        raise ConfigError(f"[pool.{pool.key}.openstack]: {exc}") from exc
