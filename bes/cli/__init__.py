@@ -294,7 +294,7 @@ def serve(
     )
     _check_exposure(config)
     if local_worker and config.backend == "desktopgrid":
-        problem = _no_hypervisor(data_dir)
+        problem = _no_hypervisor()
         if problem is not None:
             local_worker = False
             click.echo(f"bes serve: {problem}", err=True)
@@ -336,13 +336,16 @@ def serve(
         sys.exit(3)
 
 
-def _no_hypervisor(data_dir: Path) -> str | None:
+def _no_hypervisor() -> str | None:
     """Why the local worker could not run a VM here (None: it can), with what fixes it."""
+    import tempfile
+
     from bes.errors import HypervisorUnavailable
     from bes.vm.drivers import choose_driver
 
     try:
-        choose_driver((), data_dir / "worker" / "probe", accelerator="tcg")  # no KVM test
+        with tempfile.TemporaryDirectory(prefix="bes-probe-") as scratch:  # nothing left behind
+            choose_driver((), Path(scratch), accelerator="tcg")  # no KVM test: just the binaries
     except HypervisorUnavailable as exc:
         found = str(exc)
         detail = found[found.find("(") :] if "(" in found else f"({found})"
