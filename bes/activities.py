@@ -30,6 +30,7 @@ from bes.db.store import Database
 from bes.errors import (
     BackendError,
     ConfigError,
+    InvalidRequest,
     NotAcceptingNewActivities,
     NotAuthorized,
     UnsupportedFeature,
@@ -405,6 +406,34 @@ class Activities:
         elif record.backend_job_id is None and not record.state.terminal:
             out["analysis"] = {"reason": "not handed to a backend yet"}
         return out
+
+    async def suspend(
+        self, caller: Principal, activity_id: ActivityId, suspended: bool
+    ) -> ActivityRecord | None:
+        """Suspend (True) or resume (False) a visible VM lease's VM: its worker pauses it at
+        its next heartbeat (its wall time stops meanwhile). None if not visible.
+
+        Raises:
+            InvalidRequest: The activity is not a running VM lease, or its backend cannot.
+        """
+        record = (await self.statuses(caller, [activity_id])).get(activity_id)
+        if record is None:
+            return None
+        if record.state.terminal or record.access is None:
+            raise InvalidRequest(
+                f"{activity_id} is not a running VM lease ({record.state.value}); only a lease "
+                "whose VM is up can be suspended or resumed"
+            )
+        backend = self._backends.get(record.backend or "")
+        done = (
+            backend is not None
+            and record.backend_job_id is not None
+            and await asyncio.to_thread(backend.suspend, record.backend_job_id, suspended)
+        )
+        if not done:
+            raise InvalidRequest(f"{activity_id}: its backend cannot suspend it now")
+        log.info("%s: %s by %s", activity_id, "suspended" if suspended else "resumed", caller.name)
+        return record
 
     async def history(
         self, caller: Principal, activity_id: ActivityId

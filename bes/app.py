@@ -10,11 +10,16 @@ Routes::
     /bes/images[/<name>[/publish]]  templates and users' images (JSON; bes.imageapi)
     GET  /bes/activities/<id>/outputs[/<name>]   an activity's kept files (bes.results)
     GET  /bes/activities/<id>/why                why it waits: JSON for bes why (bes.results)
+    GET  /bes/activities/<id>/lease              a VM lease's way in, JSON (bes.leaseapi)
+    POST /bes/activities/<id>/suspend|resume     pause a VM lease's VM, or let it go on
+    WS   /bes/activities/<id>/tunnel?port=N      one TCP stream to a lease's guest (bes.relay)
+    WS   /bes/relay/<id>?port=N                  the same, forwarded by another replica
     /bes/files[/sha256/<hex>|/name/<path>]       the caller's file store (bes.fileapi)
     GET  /bes/status[/activities/<id>]           the status page, HTML (bes.statuspage)
     GET  /metrics                   Prometheus text format, for administrators (bes.metrics)
     GET  /healthz                   liveness and database check
     /worker/v1/...                  the desktop grid's worker protocol (bes.workerapi)
+    WS   /worker/v1/leases/<lease>/tunnel        a worker's tunnel for a VM lease (bes.relay)
 
 Who calls is decided once per request by the identity policy: on a site, bes.authn (users,
 WS-Security, TLS client certificates, HTTP Basic); the WSDL, its schemas and ``/healthz``
@@ -37,6 +42,7 @@ import secrets
 import socket
 import time
 from typing import Any, Final
+from urllib.parse import parse_qs, unquote
 
 from bes import __version__
 from bes.accounts import Accounts
@@ -49,8 +55,9 @@ from bes.backends.registry import backend_class
 from bes.certs import CertificateTrust
 from bes.clouds.pools import CloudPools
 from bes.config import ServiceConfig
+from bes.db import tunnel_rows
 from bes.db.store import Database
-from bes.errors import ConfigError, NotAuthorized
+from bes.errors import ConfigError, LeaseLost, NotAuthorized
 from bes.factory import Factory
 from bes.fileapi import serve_files
 from bes.filerefs import FILES
@@ -68,10 +75,12 @@ from bes.http import (
 )
 from bes.identity import AnonymousPolicy, IdentityPolicy, bearer_token, request_scheme, transport_of
 from bes.imageapi import IMAGES, serve_images
+from bes.leaseapi import TUNNEL, lease_route, serve_lease, serve_tunnel
 from bes.metrics import CONTENT_TYPE as METRICS_TYPE
 from bes.metrics import Metrics
 from bes.overview import Overview
 from bes.principal import Principal
+from bes.relay import RELAY_PATH, SECRET_HEADER, Relay, RelayLimits, refuse
 from bes.results import serve_outputs, serve_why
 from bes.schemas import schema_file
 from bes.sealing import Sealer
@@ -117,6 +126,7 @@ class BesApp:
         self.workers: WorkerApi | None = None
         self.overview: Overview | None = None
         self.sealer: Sealer | None = None
+        self._replica = "bes-" + secrets.token_hex(4)
         self._stop = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -125,6 +135,7 @@ class BesApp:
         """The cloud pools (bes serve --clouds), if any."""
         self._clouds_task: asyncio.Task[None] | None = None
         self.images: UserImages | None = None
+        self.relay: Relay | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -187,6 +198,15 @@ class BesApp:
         self.workers = (
             WorkerApi(grid.gateway, self.files, images=self.images) if grid is not None else None
         )
+        self.relay = Relay(
+            db,
+            replica=self._replica,
+            relay_url=config.relay_url or _own_url(config),
+            limits=RelayLimits(
+                streams=config.tunnel_streams, bytes_per_second=config.tunnel_bytes_per_second
+            ),
+        )
+        await db.write(tunnel_rows.release_replica, self._replica)
         self.clouds = None
         if config.clouds_file is not None:
             if grid is None:
@@ -230,6 +250,8 @@ class BesApp:
     async def shutdown(self) -> None:
         """Stop the backend loop, finish pending writes, close everything."""
         self._stop.set()
+        if self.relay is not None:
+            await self.relay.close_all()
         for task in (self._loop_task, self._housekeeping, self._clouds_task):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
@@ -247,6 +269,9 @@ class BesApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+            return
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
             return
         if scope["type"] != "http":
             return
@@ -280,6 +305,17 @@ class BesApp:
             else:
                 await self.workers(scope, receive, send)
             return "worker", _worker_operation(path)
+        elif lease_route(path)[1]:
+            caller = await self._http_caller(scope, send)
+            if caller is not None and self.activities is not None:
+                await serve_lease(
+                    scope,
+                    send,
+                    caller=caller,
+                    activities=self.activities,
+                    endpoint=self._endpoint(scope),
+                )
+            return "lease", lease_route(path)[1]
         elif (
             path.startswith(ACTIVITY_PATH)
             and method in ("GET", "HEAD")
@@ -326,6 +362,50 @@ class BesApp:
         else:
             await respond(send, 404, b"not found; the BES endpoint is /bes\n", TEXT)
         return _OTHER, ""
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """WebSockets: workers' tunnels, users' streams, and streams other replicas forward."""
+        path: str = scope["path"]
+        relay, activities, gateway = self.relay, self.activities, self._gateway
+        try:
+            if relay is None or activities is None:
+                await refuse(scope, send, 503, "starting up")
+            elif path.startswith(WORKER_PREFIX + "leases/") and path.endswith("/tunnel"):
+                if gateway is None:
+                    await refuse(scope, send, 404, "this service has no desktop grid")
+                    return
+                lease = unquote(path[len(WORKER_PREFIX + "leases/") : -len("/tunnel")])
+                worker = await gateway.authenticate(bearer_token(headers_of(scope)))
+                activity_id = await gateway.tunnel_lease(worker, lease)
+                await relay.serve_tunnel(activity_id, receive, send)
+            elif path.startswith(RELAY_PATH):
+                secret = headers_of(scope).get(SECRET_HEADER, "")
+                port = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("port")
+                if not port or not port[0].isdigit():
+                    await refuse(scope, send, 400, "no port")
+                    return
+                await relay.serve_forwarded(
+                    path[len(RELAY_PATH) :], int(port[0]), scope, receive, send, secret=secret
+                )
+            elif lease_route(path)[1] == TUNNEL:
+                transport = transport_of(
+                    scope, headers_of(scope), trusted_proxies=self._trusted_proxies
+                )
+                caller = await self.identity.identify(transport, None)
+                await serve_tunnel(
+                    scope, receive, send, caller=caller, activities=activities, relay=relay
+                )
+            else:
+                await refuse(scope, send, 404, "no WebSocket here")
+        except NotAuthorized as exc:
+            await refuse(scope, send, 401, str(exc))
+        except LeaseLost as exc:
+            await refuse(scope, send, 409, str(exc))
+        except Exception:
+            reference = secrets.token_hex(4)
+            log.exception("internal error %s on WebSocket %s", reference, path)
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": 1011})
 
     async def _soap(self, scope: Scope, receive: Receive, send: Send, dialect: Dialect) -> str:
         """Serve a SOAP request; return the operation's name (for the timings)."""
@@ -415,7 +495,8 @@ class BesApp:
         except NotAuthorized as exc:
             await respond(send, 403, f"{exc}\n".encode(), TEXT)
             return
-        await respond(send, 200, self.metrics.render(census), METRICS_TYPE)
+        extra = self.relay.collect() if self.relay is not None else ()
+        await respond(send, 200, self.metrics.render(census, extra), METRICS_TYPE)
 
     async def _schema(self, name: str, send: Send) -> None:
         try:
@@ -494,7 +575,7 @@ _FACTORY_FAULT: Final = "http://schemas.ggf.org/bes/2006/08/bes-factory/BESFacto
 _OTHER: Final = "other"
 _FILE_METHODS: Final = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 _WORKER_CALLS: Final = frozenset(
-    {"register", "claim", "heartbeat", "complete", "fail", "release", "openapi.json"}
+    {"register", "claim", "heartbeat", "complete", "fail", "release", "access", "openapi.json"}
 )
 
 
@@ -504,6 +585,16 @@ def _worker_operation(path: str) -> str:
         return "upload"
     last = path.rpartition("/")[2]
     return last if last in _WORKER_CALLS else _OTHER
+
+
+def _own_url(config: ServiceConfig) -> str:
+    """How other replicas reach this one when ``--relay-url`` does not say."""
+    wildcard = config.host in ("0.0.0.0", "::", "")  # noqa: S104 (compared, not bound)
+    host = socket.getfqdn() if wildcard else config.host
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if config.tls_cert is not None else "http"
+    return f"{scheme}://{host}:{config.port}"
 
 
 def create_app(config: ServiceConfig, **kwargs: Any) -> BesApp:

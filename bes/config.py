@@ -50,6 +50,10 @@ class ServiceConfig:
         file_max_bytes: Largest file one upload may store.
         file_quota_bytes: Each user's file store quota (``bes user quota`` sets others).
         file_expiry_s: Stored files that no unended activity uses are removed after this.
+        relay_url: How other replicas reach this one, to forward users' streams to the VM
+            lease tunnels it holds (bes.relay); None: ``http(s)://HOST:PORT`` as it listens.
+        tunnel_streams: Concurrent streams per VM lease.
+        tunnel_bytes_per_second: Relay bandwidth per VM lease, both directions together.
     """
 
     host: str = "127.0.0.1"
@@ -79,6 +83,9 @@ class ServiceConfig:
     file_max_bytes: int = 16 * 1024**3
     file_quota_bytes: int = 50 * 1024**3
     file_expiry_s: float = 7 * 86400.0
+    relay_url: str | None = None
+    tunnel_streams: int = 16
+    tunnel_bytes_per_second: int = 64 * 1024 * 1024
 
     @property
     def tls(self) -> bool:

@@ -63,6 +63,10 @@ CLIENT_VERIFY: Final = "x-ssl-client-verify"
 (nginx's ``$ssl_client_verify``)."""
 
 
+_HTTP_SCHEMES: Final = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+"""A WebSocket's scheme as the HTTP one it was upgraded from (the same TLS, or none)."""
+
+
 def transport_of(
     scope: Mapping[str, Any],
     headers: Mapping[str, str],
@@ -85,7 +89,7 @@ def transport_of(
     chain = tuple(ssl.PEM_cert_to_DER_cert(pem) for pem in tls.get("client_cert_chain") or ())
     return Transport(
         client=f"{client[0]}:{client[1]}",
-        scheme=scope.get("scheme", "http"),
+        scheme=_HTTP_SCHEMES.get(scope.get("scheme", "http"), "http"),
         headers=headers,
         peer_certificate=chain[0] if chain else None,
         peer_chain=chain,
@@ -103,7 +107,7 @@ def request_scheme(
     client = scope.get("client") or ("", 0)
     if client[0] in trusted_proxies:
         return _forwarded_scheme(headers)
-    return str(scope.get("scheme", "http"))
+    return _HTTP_SCHEMES.get(scope.get("scheme", "http"), "http")
 
 
 def _forwarded(client: Sequence[Any], headers: Mapping[str, str]) -> Transport:

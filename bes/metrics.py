@@ -153,9 +153,11 @@ class Metrics:
             timer = self._timers[(route, operation)] = self._requests.labels(route, operation)
         timer.observe(seconds)
 
-    def render(self, census: Census) -> bytes:
-        """Everything, in the Prometheus text format."""
-        return generate_latest(_Scrape(self.registry, _gauges(census, self.version)))
+    def render(self, census: Census, extra: Iterable[Metric] = ()) -> bytes:
+        """Everything, in the Prometheus text format (``extra``: more scrape-time metrics,
+        e.g. the relay's per-lease figures)."""
+        gauges = [*_gauges(census, self.version), *extra]
+        return generate_latest(_Scrape(self.registry, gauges))
 
 
 class _Scrape:

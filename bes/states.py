@@ -84,6 +84,8 @@ class SubState(StrEnum):
     """Running: the application runs."""
     STAGING_OUT = "Staging-Out"
     """Running: output files are being delivered."""
+    SUSPENDED = "Suspended"
+    """Running: a VM lease's VM is paused by its owner; its wall time does not run."""
     TERMINATING = "Terminating"
     """Pending or Running: termination was requested and is being carried out."""
 
@@ -100,6 +102,7 @@ _SUBSTATE_OF: Final = {
     SubState.STAGING_IN: ActivityState.RUNNING,
     SubState.EXECUTING: ActivityState.RUNNING,
     SubState.STAGING_OUT: ActivityState.RUNNING,
+    SubState.SUSPENDED: ActivityState.RUNNING,
     SubState.TERMINATING: ActivityState.RUNNING,
 }
 

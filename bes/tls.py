@@ -24,9 +24,11 @@ from typing import Any, Final
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from bes.certs import subject_of
 from bes.errors import BesError, ConfigError
+from bes.tunnel.websocket import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +156,17 @@ class TlsH11Protocol(H11Protocol):
             self.app = _with_tls(self.app, tls)
 
 
+class TlsWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (websockets' sans-I/O core), with the ASGI TLS extension
+    in each connection's scope: a client certificate authenticates a tunnel as a request."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        tls = tls_extension(transport)
+        if tls is not None:
+            self.app = _with_tls(self.app, tls)
+
+
 def server_config(
     app: ASGIApp,
     *,
@@ -174,6 +187,11 @@ def server_config(
         host=host,
         port=port,
         http=http or default,
+        ws=TlsWebSocketProtocol,
+        ws_max_size=MAX_MESSAGE,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        ws_per_message_deflate=False,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         lifespan="on",
         access_log=False,

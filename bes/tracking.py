@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from bes.access import Access
 from bes.backends.base import Backend, JobState, JobStatus, StatusChange, Submission
 from bes.db import activity_rows as rows
 from bes.db.activity_rows import ActivityRecord, Transition
@@ -297,11 +298,14 @@ class Tracker:
             )
             substate = None
         pool = status.extra.get("pool")
+        reported = status.extra.get("access")
+        access = Access.from_json(reported) if reported else None
         if (
             target is record.state
             and substate is record.substate
             and (status.message is None or status.message == record.message)
             and (pool is None or pool == record.pool)
+            and (access is None or access == record.access)
         ):
             return False
         step = Transition(
@@ -316,6 +320,7 @@ class Tracker:
             # Pending -> Finished is not a BES transition: record the Running we missed.
             late_running=record.state is ActivityState.PENDING and target is ActivityState.FINISHED,
             pool=pool,
+            access=access,
         )
         (result,) = await self._db.write(rows.apply_transition_steps, [step])
         if result.applied:

@@ -18,9 +18,10 @@ from bes.errors import UnsupportedFeature
 from bes.jsdl.model import JobDefinition, Limits, RangeValue
 from bes.vm.guest import GuestLimits, GuestTask
 from bes.vm.job import VmJob
+from bes.vm.lease import VmLease, lease_network
 from bes.vm.media import UnsafePath, safe_relative
 from bes.vm.repository import Catalog, ImageRepository
-from bes.vm.spec import ImageFormat, ImageRef, VirtualMachine
+from bes.vm.spec import ImageFormat, ImageRef, Lease, VirtualMachine
 
 _MIB = 1024 * 1024
 
@@ -237,6 +238,83 @@ def plan(
         boot_timeout_s=defaults.boot_timeout_s,
     )
     return vm_job
+
+
+def lease_of(job: JobDefinition) -> Lease | None:
+    """The job's lease, if it is one: its VM extension has a ``vm:Lease``, or the document
+    has a VM extension and no application to run (then the lease has no SSH keys of its own).
+    """
+    machine = job.job_description.virtual_machine
+    if machine is None:
+        return None
+    if machine.lease is not None:
+        return machine.lease
+    application = job.job_description.application
+    if application is None or (
+        application.posix is None and application.hpc_profile is None and application.spmd is None
+    ):
+        return Lease()
+    return None
+
+
+def lease_problems(job: JobDefinition, lease: Lease) -> list[str]:
+    """What makes ``job`` not a lease the service can run (readable feature names)."""
+    application = job.job_description.application
+    if application is not None and (
+        application.posix is not None
+        or application.hpc_profile is not None
+        or application.spmd is not None
+    ):
+        return ["vm:Lease with an application (a lease runs none; drop one or the other)"]
+    if job.job_description.data_staging:
+        return ["DataStaging in a VM lease (copy files with scp through bes port-forward)"]
+    return []
+
+
+def plan_lease(
+    job: JobDefinition,
+    lease_id: str,
+    lease: Lease,
+    *,
+    repository: ImageRepository,
+    formats: tuple[ImageFormat, ...] = tuple(ImageFormat),
+    defaults: VmDefaults | None = None,
+    cpu_cap_percent: int = 100,
+) -> VmLease:
+    """The VM lease for ``job``: image fetched and verified, host ports fixed, a new host key.
+
+    Raises:
+        UnsupportedFeature: The image cannot host a lease (no cloud-init), or the document
+            is not a lease the service runs.
+    """
+    defaults = defaults or VmDefaults()
+    problems = lease_problems(job, lease)
+    if problems:
+        raise UnsupportedFeature(problems)
+    machine = virtual_machine(job, defaults, repository.site_catalog)
+    boot, template = repository.resolve(machine.image, formats)
+    if not boot.runs_cloud_config:
+        raise UnsupportedFeature(
+            [
+                f"a VM lease in {machine.image.describe()}: it has no cloud-init to install "
+                "SSH keys (use the template debian-12)"
+            ]
+        )
+    minimum = template.min_memory_mib if template is not None else 0
+    return VmLease(
+        lease_id=lease_id,
+        boot=boot,
+        lease=lease,
+        wall_time_s=machine.wall_time_s or defaults.wall_time_s,
+        network=lease_network(machine.network),
+        files=machine.files,
+        memory_mib=max(machine.memory_mib or defaults.memory_mib, minimum),
+        vcpus=machine.vcpus or defaults.vcpus,
+        os_type=machine.os_type or (template.os_type if template is not None else defaults.os_type),
+        user_data=machine.user_data,
+        cpu_cap_percent=cpu_cap_percent,
+        boot_timeout_s=defaults.boot_timeout_s,
+    )
 
 
 def _limits(limits: Limits) -> GuestLimits:

@@ -44,6 +44,11 @@ _EXIT_CODE: Final = qname(BES_ACTIVITY, "ExitCode")
 _MESSAGE: Final = qname(BES_ACTIVITY, "Message")
 _CHANGED: Final = qname(BES_ACTIVITY, "Changed")
 _POOL: Final = qname(BES_ACTIVITY, "Pool")
+_ACCESS: Final = qname(BES_ACTIVITY, "Access")
+_ACCESS_USER: Final = qname(BES_ACTIVITY, "User")
+_ACCESS_HOST_KEY: Final = qname(BES_ACTIVITY, "HostKey")
+_ACCESS_PORT: Final = qname(BES_ACTIVITY, "Port")
+_ACCESS_TUNNEL: Final = qname(BES_ACTIVITY, "Tunnel")
 _OUTPUTS: Final = qname(BES_ACTIVITY, "Outputs")
 _WARNING: Final = qname(BES_ACTIVITY, "Warning")
 _COUNT: Final = qname(BES_ACTIVITY, "ActivityCount")
@@ -179,6 +184,8 @@ def activity_status(
     etree.SubElement(status, _CHANGED).text = _xsd_datetime(record.changed_at)
     if record.pool is not None:
         etree.SubElement(status, _POOL).text = record.pool
+    if record.access is not None:
+        _access(status, record, endpoint)
     if record.outputs and endpoint is not None:
         etree.SubElement(status, _OUTPUTS).text = f"{endpoint}{ACTIVITY_PATH}{record.id}/outputs"
     for warning in record.warnings:
@@ -193,6 +200,27 @@ def activity_status(
             params = etree.SubElement(child_epr, _REFERENCE_PARAMETERS)
             etree.SubElement(params, _ACTIVITY_ID).text = child
     return status
+
+
+def _access(status: etree._Element, record: ActivityRecord, endpoint: str | None) -> None:
+    """``besa:Access``: how the owner of a VM lease reaches it (while it is not over)."""
+    access = record.access
+    if access is None or record.state.terminal:
+        return
+    element = etree.SubElement(status, _ACCESS)
+    etree.SubElement(element, _ACCESS_USER).text = access.user
+    for key in access.host_keys:
+        etree.SubElement(element, _ACCESS_HOST_KEY).text = key
+    for guest, host in access.ports:
+        etree.SubElement(element, _ACCESS_PORT, guestPort=str(guest), hostPort=str(host))
+    if endpoint is not None:
+        etree.SubElement(element, _ACCESS_TUNNEL).text = tunnel_url(endpoint, record.id)
+
+
+def tunnel_url(endpoint: str, activity_id: str) -> str:
+    """The WebSocket URL of a VM lease's streams (add ``?port=N``)."""
+    scheme, _, rest = endpoint.partition("://")
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{ACTIVITY_PATH}{activity_id}/tunnel"
 
 
 def _xsd_datetime(value: dt.datetime) -> str:

@@ -14,6 +14,8 @@ by ``schemas/worker-api-v1.json`` (OpenAPI 3.1), served at ``/worker/v1/openapi.
     POST /worker/v1/leases/LEASE/complete          the job ran: exit code, timing
     POST /worker/v1/leases/LEASE/fail              the job could not run (retry or not)
     POST /worker/v1/leases/LEASE/release           hand the job back unfinished
+    POST /worker/v1/leases/LEASE/access            a VM lease is ready: login, host keys, ports
+    GET  /worker/v1/leases/LEASE/tunnel            a VM lease's tunnel (WebSocket, bes.relay)
 
 Workers are other people's machines, so every request is checked against that document
 before a handler runs (:mod:`bes.workerschema`: routes, path and query parameters, JSON bodies
@@ -32,6 +34,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
+from bes.access import Access
 from bes.backends.desktopgrid.gateway import ClaimRequest, WorkerGateway, lease_id
 from bes.backends.desktopgrid.outputs import OutputTooLarge, UnsafePath
 from bes.db.grid_rows import Lease, WorkerIdentity
@@ -93,8 +96,9 @@ class WorkerApi:
             "complete": self._complete,
             "fail": self._fail,
             "release": self._release,
+            "access": self._access,
         }
-        served = {*self._handlers, "openapi", "upload", "fetchStored", "deliverStored"}
+        served = {*self._handlers, "openapi", "upload", "fetchStored", "deliverStored", "tunnel"}
         missing = set(self.protocol.operations) - served
         if missing:
             raise ConfigError(f"no handler serves the worker API's operations {sorted(missing)}")
@@ -152,6 +156,9 @@ class WorkerApi:
             return
         if operation.operation_id in ("fetchStored", "deliverStored"):
             await self._stored(worker, parameters, scope, receive, send)
+            return
+        if operation.operation_id == "tunnel":  # a WebSocket (bes.app routes those)
+            await _error(send, 426, "upgrade-required", "the tunnel is a WebSocket")
             return
         body = await read_body(receive, headers, _MAX_JSON_BYTES)
         if body is None:
@@ -256,6 +263,12 @@ class WorkerApi:
             files=data.get("files", []),
         )
         return 200, {"state": state.value}
+
+    async def _access(
+        self, worker: WorkerIdentity, parameters: Mapping[str, str], data: dict[str, Any]
+    ) -> tuple[int, Any]:
+        await self.gateway.access(worker, parameters["lease"], Access.from_mapping(data))
+        return 200, {"state": "leased"}
 
     async def _release(
         self, worker: WorkerIdentity, parameters: Mapping[str, str], data: dict[str, Any]

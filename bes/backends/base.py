@@ -261,6 +261,12 @@ class Backend(abc.ABC):
         del job_id
         return {}
 
+    def suspend(self, job_id: BackendJobId, suspended: bool) -> bool:
+        """Suspend (True) or resume (False) a VM lease's VM; False if this backend cannot, or
+        the job is not running."""
+        del job_id, suspended
+        return False
+
     def unsupported(self, job: JobDefinition) -> list[str]:
         """The features of ``job`` this backend cannot run, as readable names (empty: none).
 

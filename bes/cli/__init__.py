@@ -222,6 +222,26 @@ bes.xmlsignature.ALGORITHMS_BY_NAME; named here so that ``bes --help`` loads no 
     help="Cloud pools (TOML: [pool.NAME] tables; see README, Cloud pools): worker nodes "
     "started and stopped as the queue needs them.",
 )
+@click.option(
+    "--relay-url",
+    help="How the other replicas reach this one, to forward users' streams to the VM lease "
+    "tunnels it holds (default: http(s)://HOST:PORT as it listens).",
+)
+@click.option(
+    "--tunnel-streams",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Concurrent streams (ssh sessions, forwarded connections) per VM lease.",
+)
+@click.option(
+    "--tunnel-bandwidth",
+    "tunnel_bytes_per_second",
+    default="64M",
+    show_default=True,
+    type=ByteSize(),
+    help="Relay bandwidth per VM lease and second, both directions together.",
+)
 def serve(
     host: str,
     port: int,
@@ -250,6 +270,9 @@ def serve(
     file_quota_bytes: int,
     file_expiry_days: float,
     clouds_file: Path | None,
+    relay_url: str | None,
+    tunnel_streams: int,
+    tunnel_bytes_per_second: int,
 ) -> None:
     """Run the BES service (SOAP at http://HOST:PORT/bes), by default with a desktop grid
     and one local worker, so submitted jobs run in VMs on this machine."""
@@ -291,6 +314,9 @@ def serve(
         file_quota_bytes=file_quota_bytes,
         file_expiry_s=file_expiry_days * 86400.0,
         clouds_file=clouds_file,
+        relay_url=relay_url,
+        tunnel_streams=tunnel_streams,
+        tunnel_bytes_per_second=tunnel_bytes_per_second,
     )
     _check_exposure(config)
     if local_worker and config.backend == "desktopgrid":

@@ -259,6 +259,7 @@ def _unreachable_json(item: Unreachable) -> dict[str, Any]:
         "warnings": [],
         "counts": None,
         "children": None,
+        "access": None,
         "fault": None,
     }
 

@@ -20,6 +20,7 @@ from bes.client.model import (
     ActivityRef,
     ActivityStatus,
     FactoryAttributes,
+    LeaseAccess,
     State,
     TerminateResult,
 )
@@ -28,7 +29,17 @@ from bes.ns import BES_ACTIVITY, HPCP_FS, JSDL, SOAP12_ENV, SOAP_ENV, qname
 
 _KNOWN_SUBSTATE_NAMESPACES: Final = frozenset({BES_ACTIVITY, HPCP_FS})
 _DETAILS: Final = frozenset(
-    {"ExitCode", "Message", "Outputs", "Warning", "ActivityCount", "Child", "Changed", "Pool"}
+    {
+        "ExitCode",
+        "Message",
+        "Outputs",
+        "Warning",
+        "ActivityCount",
+        "Child",
+        "Changed",
+        "Pool",
+        "Access",
+    }
 )
 
 
@@ -220,6 +231,7 @@ def _status(status: etree._Element, ref: ActivityRef) -> ActivityStatus:
     counts: list[ActivityCount] = []
     details: dict[str, str] = {}
     refs: list[ActivityRef] = []
+    access: LeaseAccess | None = None
     for element in status.iterchildren(etree.Element):
         name = local(element)
         namespace = etree.QName(element).namespace
@@ -236,6 +248,8 @@ def _status(status: etree._Element, ref: ActivityRef) -> ActivityStatus:
                 )
             elif name == "Child":
                 refs.append(to_ref(element))
+            elif name == "Access":
+                access = _access(element)
             elif value is not None:
                 details[name] = value
         elif namespace in _KNOWN_SUBSTATE_NAMESPACES:
@@ -256,7 +270,27 @@ def _status(status: etree._Element, ref: ActivityRef) -> ActivityStatus:
         warnings=tuple(warnings),
         counts=tuple(counts),
         children=tuple(refs),
+        access=access,
     )
+
+
+def _access(element: etree._Element) -> LeaseAccess:
+    """``besa:Access``: its login, host keys, ports and tunnel URL."""
+    keys, ports = [], []
+    user = tunnel = None
+    for child in element.iterchildren(etree.Element):
+        name = local(child)
+        if name == "User":
+            user = text_of(child)
+        elif name == "HostKey" and text_of(child):
+            keys.append(text_of(child) or "")
+        elif name == "Port":
+            guest, host = _integer(child.get("guestPort")), _integer(child.get("hostPort"))
+            if guest is not None and host is not None:
+                ports.append((guest, host))
+        elif name == "Tunnel":
+            tunnel = text_of(child)
+    return LeaseAccess(user=user, host_keys=tuple(keys), ports=tuple(ports), tunnel=tunnel)
 
 
 def _responses(

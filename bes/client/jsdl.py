@@ -134,6 +134,59 @@ def build(
     return document
 
 
+def lease(
+    *,
+    ssh_keys: Sequence[str] = (),
+    template: str | ImageURI = "debian-12",
+    name: str | None = None,
+    ports: Sequence[int] = (),
+    user: str | None = None,
+    memory_mib: int | None = None,
+    vcpus: int | None = None,
+    wall_time_s: int | None = None,
+    outbound: bool = False,
+    pool: str | None = None,
+) -> bytes:
+    """A VM lease: a JSDL document whose VM runs no application; it is its owner's to log
+    into with SSH until they terminate it (``vm:Lease``).
+
+    Args:
+        ssh_keys: OpenSSH public key lines authorized for the login.
+        template: The image (it needs cloud-init and an SSH server: debian-12 has both).
+        ports: Guest ports to forward besides 22 (reached through the service with
+            ``bes port-forward``).
+        user: The login (default: the service's, ``debian``).
+        wall_time_s: How long the VM may run (suspended time does not count).
+        outbound: Let the guest reach the network (apt-get, pip); off by default.
+        pool: The pool of workers it runs in (default: the service's routing).
+    """
+    root = etree.Element(_J + "JobDefinition", nsmap=_NSMAP)
+    description = etree.SubElement(root, _J + "JobDescription")
+    if name:
+        identification = etree.SubElement(description, _J + "JobIdentification")
+        etree.SubElement(identification, _J + "JobName").text = name
+    resources = etree.SubElement(description, _J + "Resources")
+    machine = _virtual_machine(template, memory_mib, vcpus, None)
+    network = etree.SubElement(machine, _V + "Network", mode="nat")
+    if outbound:
+        network.set("outbound", "true")
+    for port in dict.fromkeys([22, *ports]):
+        etree.SubElement(network, _V + "PortForward", guestPort=str(port))
+    if wall_time_s is not None:
+        etree.SubElement(machine, _V + "WallTimeLimit").text = str(wall_time_s)
+    if pool:
+        etree.SubElement(machine, _V + "Pool").text = pool
+    element = etree.SubElement(machine, _V + "Lease")
+    if user:
+        etree.SubElement(element, _V + "User").text = user
+    for key in ssh_keys:
+        etree.SubElement(element, _V + "SSHPublicKey").text = key.strip()
+    resources.append(machine)
+    document = etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+    check(document)
+    return document
+
+
 def check(document: bytes) -> list[str]:
     """Check that ``document`` is JSDL 1.0 a BES can take, before it is sent.
 

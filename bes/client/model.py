@@ -102,6 +102,23 @@ class ActivityCount:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseAccess:
+    """How the owner of a VM lease reaches its VM (``besa:Access``).
+
+    Attributes:
+        user: The login.
+        host_keys: The guest's SSH host keys (OpenSSH public key lines).
+        ports: (guest port, port on the worker's loopback) for each forwarded port.
+        tunnel: The WebSocket URL that relays streams to those ports (``?port=N``).
+    """
+
+    user: str | None
+    host_keys: tuple[str, ...]
+    ports: tuple[tuple[int, int], ...]
+    tunnel: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ActivityStatus:
     """One activity's status.
 
@@ -116,6 +133,7 @@ class ActivityStatus:
         outputs_url: Where the service lists the activity's kept files (``besa:Outputs``).
         changed: When it entered its current state or sub-state (ISO 8601, ``besa:Changed``).
         pool: The pool of workers a bes service routed it to (``besa:Pool``).
+        access: For a running VM lease whose VM is up, how to reach it (``besa:Access``).
         warnings: Changes the service made to the document (``besa:Warning``).
         counts: For a sweep, its points per state.
         children: For a sweep, one reference per point.
@@ -133,6 +151,7 @@ class ActivityStatus:
     pool: str | None = None
     warnings: tuple[str, ...] = ()
     counts: tuple[ActivityCount, ...] = ()
+    access: LeaseAccess | None = None
     children: tuple[ActivityRef, ...] = ()
     fault: Exception | None = None
 

@@ -18,9 +18,11 @@ are read by :mod:`bes.client._envelope`, which tolerates what real services do.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -62,6 +64,7 @@ from bes.client.model import (
     OutputFile,
     TerminateResult,
 )
+from bes.client.tunnel import TunnelOptions
 from bes.errors import MalformedXml
 from bes.ids import parse_activity_id
 from bes.jsdl.xml import parse_untrusted
@@ -237,13 +240,62 @@ class BESClient:
         Raises:
             ProtocolProblem: The endpoint is not a bes service (it has no such resource).
         """
-        base = ref.address.rstrip("/")
-        if ref.activity_id and not base.endswith("/" + ref.activity_id):
-            base = self.url.rstrip("/") + "/activities/" + ref.activity_id
+        base = self._activity_url(ref)
         found = self._get_json(base + "/why")
         if not isinstance(found, dict):
             raise ProtocolProblem(f"{base}/why did not answer a JSON object")
         return found
+
+    def lease(self, ref: ActivityRef) -> dict[str, Any]:
+        """A VM lease as a bes service describes it (``…/activities/ID/lease``, JSON): its
+        state, whether its VM is ready, the login, the guest's SSH host keys, its forwarded
+        ports and the tunnel's WebSocket URL.
+
+        Raises:
+            ProtocolProblem: The endpoint is not a bes service (it has no such resource).
+        """
+        found = self._get_json(self._activity_url(ref) + "/lease")
+        if not isinstance(found, dict):
+            raise ProtocolProblem(f"{self._activity_url(ref)}/lease did not answer a JSON object")
+        return found
+
+    def suspend(self, ref: ActivityRef, *, suspended: bool = True) -> None:
+        """Suspend a VM lease's VM (``suspended=False``: resume it); its worker applies it at
+        its next heartbeat, and its wall time stops meanwhile."""
+        url = self._activity_url(ref) + ("/suspend" if suspended else "/resume")
+        try:
+            response = self._session.post(
+                url, timeout=self.timeout_s, verify=self._session.verify, auth=self._auth_for(url)
+            )
+        except requests.RequestException as exc:
+            raise describe_failure(exc, url, self.timeout_s) from exc
+        raise_for_http(response, url, soap=False)
+
+    def tunnel_options(self) -> TunnelOptions:
+        """How to open a lease's WebSocket streams with this client's credentials and TLS
+        settings (see :mod:`bes.client.tunnel`)."""
+        headers = {"User-Agent": "bes-client"}
+        if self._basic is not None and self.url.lower().startswith("https://"):
+            token = base64.b64encode(f"{self._basic[0]}:{self._basic[1]}".encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        context = None
+        if self.url.lower().startswith("https://"):
+            verify = self._session.verify
+            context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+            if verify is False:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            cert = self._session.cert
+            if cert is not None:
+                chain, key = (cert, None) if isinstance(cert, str) else cert
+                context.load_cert_chain(chain, key)
+        return TunnelOptions(headers=headers, ssl=context, timeout_s=self.timeout_s)
+
+    def _activity_url(self, ref: ActivityRef) -> str:
+        base = ref.address.rstrip("/")
+        if ref.activity_id and not base.endswith("/" + ref.activity_id):
+            base = self.url.rstrip("/") + "/activities/" + ref.activity_id
+        return base
 
     def outputs(self, ref: ActivityRef, dest: str | os.PathLike[str]) -> list[OutputFile]:
         """Download the files the service kept for an ended activity (stdout, stderr and
@@ -658,6 +710,16 @@ def to_json(status: ActivityStatus) -> dict[str, Any]:
         "warnings": list(status.warnings),
         "counts": {c.state.value: c.count for c in status.counts} or None,
         "children": [c.name for c in status.children] or None,
+        "access": (
+            {
+                "user": status.access.user,
+                "host_keys": list(status.access.host_keys),
+                "ports": [{"guest": g, "host": h} for g, h in status.access.ports],
+                "tunnel": status.access.tunnel,
+            }
+            if status.access is not None
+            else None
+        ),
         "fault": (
             {
                 "name": getattr(status.fault, "fault_name", "") or "Fault",

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Connection,
     Integer,
     String,
+    Text,
     bindparam,
     func,
     insert,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     update,
 )
 
+from bes.access import Access
 from bes.db.prepared import Prepared, db_time, from_db_time
 from bes.db.tables import activity, activity_document, activity_event, setting
 from bes.ids import ActivityId, BackendJobId
@@ -63,6 +65,8 @@ class ActivityRecord:
     """For a parameter sweep: how many activities it stands for (its state is theirs)."""
     pool: str | None = None
     """The pool of workers its backend routed it to (backends with pools)."""
+    access: Access | None = None
+    """A VM lease's way in, once its worker reported it."""
     sweep: SweepSummary | None = None
     """For a parameter sweep, as read with :func:`sweep_summaries`."""
 
@@ -132,6 +136,8 @@ class Transition:
     late_running: bool = False
     pool: str | None = None
     """The backend moved the activity to this pool (None: unchanged)."""
+    access: Access | None = None
+    """A VM lease's way in, as its worker reported it (None: unchanged)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,6 +167,7 @@ RECORD_COLUMNS: Final = (
     activity.c.parent_id,
     activity.c.children,
     activity.c.pool,
+    activity.c.access,
 )
 
 
@@ -184,7 +191,8 @@ def record_of(row: Sequence[Any]) -> ActivityRecord:
         parent_id,
         child_count,
         pool,
-    ) = row[:17]
+        access,
+    ) = row[: len(RECORD_COLUMNS)]
     return ActivityRecord(
         id=ActivityId(id_),
         owner=owner,
@@ -203,6 +211,7 @@ def record_of(row: Sequence[Any]) -> ActivityRecord:
         parent_id=ActivityId(parent_id) if parent_id else None,
         children=child_count or 0,
         pool=pool,
+        access=Access.from_json(access) if access else None,
     )
 
 
@@ -338,6 +347,7 @@ def _transition_statement(target: ActivityState, *, via_running: bool = False) -
         "exit_code": func.coalesce(bindparam("exit_code", type_=Integer), activity.c.exit_code),
         "outputs": or_(activity.c.outputs, bindparam("outputs", type_=Boolean) == true()),
         "pool": func.coalesce(bindparam("pool", type_=String), activity.c.pool),
+        "access": func.coalesce(bindparam("access", type_=Text), activity.c.access),
     }
     if target.terminal:
         values.update(dispatch_owner=None, dispatch_until=None)
@@ -396,6 +406,7 @@ def apply_transition_steps(
                     "outputs": t.outputs,
                     "expect": t.expect_backend_job_id,
                     "pool": t.pool,
+                    "access": t.access.to_json() if t.access is not None else None,
                 },
             )
             if not updated:
@@ -619,7 +630,7 @@ def get_documents(
     out: dict[ActivityId, tuple[ActivityRecord, str]] = {}
     for row in _fetch_by_ids(conn, _DOCUMENTS_BY_IDS, ids):
         record = record_of(row)
-        out[record.id] = (record, row[17])
+        out[record.id] = (record, row[len(RECORD_COLUMNS)])
     return out
 
 

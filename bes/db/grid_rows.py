@@ -66,6 +66,8 @@ class LeaseAction(StrEnum):
     """Stop the job: its activity is being terminated. Release the lease afterwards."""
     LOST = "lost"
     """The lease is not the worker's any more (expired, or the job ended): drop the job."""
+    SUSPEND = "suspend"
+    """A VM lease's owner suspended it: pause its VM until CONTINUE comes again."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,6 +226,8 @@ class GridJobStatus:
     worker: str | None
     pool: str = "volunteers"
     reason: str | None = None
+    access: str | None = None
+    """A VM lease's way in (bes.access JSON), as its worker reported it."""
 
 
 # ------------------------------------------------------------------------------ workers
@@ -468,6 +472,7 @@ def _claim_statement(hypervisors: tuple[str, ...]) -> _ByDialect:
             .values(
                 state=GridState.LEASED.value,
                 substate=None,
+                access=None,
                 worker_id=bindparam("worker_id"),
                 lease_epoch=grid_job.c.lease_epoch + 1,
                 lease_until=bindparam("until"),
@@ -580,7 +585,12 @@ _HEARTBEAT: Final = Prepared(
         ran=or_(grid_job.c.ran, bindparam("running") == true()),
         changed_at=bindparam("now"),
     )
-    .returning(grid_job.c.cancel_requested, grid_job.c.activity_id, grid_job.c.ran)
+    .returning(
+        grid_job.c.cancel_requested,
+        grid_job.c.activity_id,
+        grid_job.c.ran,
+        grid_job.c.suspend_requested,
+    )
 )
 
 
@@ -619,8 +629,14 @@ def heartbeat(conn: Connection, items: Sequence[Heartbeat]) -> list[Renewal]:
         if not rows:
             out.append(Renewal(action=LeaseAction.LOST, activity_id=None))
         else:
-            cancel, activity_id, ran = rows[0]
-            action = LeaseAction.CANCEL if cancel else LeaseAction.CONTINUE
+            cancel, activity_id, ran, suspend = rows[0]
+            action = (
+                LeaseAction.CANCEL
+                if cancel
+                else LeaseAction.SUSPEND
+                if suspend
+                else LeaseAction.CONTINUE
+            )
             out.append(
                 Renewal(
                     action=action,
@@ -814,6 +830,45 @@ def expire_leases(conn: Connection, items: Sequence[dt.datetime]) -> list[list[E
     return out
 
 
+_ACCESS: Final = Prepared(
+    update(grid_job)
+    .where(_holds())
+    .values(access=bindparam("access"), changed_at=bindparam("now"))
+    .returning(grid_job.c.activity_id)
+)
+
+
+def report_access(
+    conn: Connection, items: Sequence[tuple[LeaseRef, dt.datetime, str]]
+) -> list[ActivityId | None]:
+    """Record each VM lease's way in ``(lease, now, access JSON)`` while the lease is current;
+    return its activity (None: the lease is not current)."""
+    out: list[ActivityId | None] = []
+    for ref, now, access in items:
+        params = _lease_params(conn, ref, now)
+        params["access"] = access
+        rows = _ACCESS.fetchall(conn, params)
+        out.append(ActivityId(rows[0][0]) if rows else None)
+    return out
+
+
+def request_suspend(
+    conn: Connection, items: Sequence[tuple[BackendJobId, bool]]
+) -> list[GridState | None]:
+    """Ask (True) or stop asking (False) each job's worker to suspend its VM lease; the
+    heartbeat tells it. Returns the job's state (None for an unknown id)."""
+    out: list[GridState | None] = []
+    for job_id, suspend in items:
+        current = conn.execute(
+            update(grid_job)
+            .where(grid_job.c.id == job_id)
+            .values(suspend_requested=suspend)
+            .returning(grid_job.c.state)
+        ).scalar_one_or_none()
+        out.append(GridState(current) if current is not None else None)
+    return out
+
+
 def cancel_grid_jobs(
     conn: Connection, items: Sequence[tuple[BackendJobId, dt.datetime]]
 ) -> list[GridState | None]:
@@ -864,6 +919,7 @@ _STATUS_COLUMNS: Final = (
     worker.c.name,
     grid_job.c.pool,
     grid_job.c.reason,
+    grid_job.c.access,
 )
 _STATUS_CHUNK: Final = 500
 
@@ -896,6 +952,7 @@ def grid_statuses(
                 worker=r[11],
                 pool=r[12],
                 reason=r[13],
+                access=r[14],
             )
             out[status.id] = status
     return out

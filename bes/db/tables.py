@@ -78,6 +78,7 @@ activity = Table(
     Column("parent_id", String(32)),
     Column("children", Integer, nullable=False, server_default="0"),
     Column("pool", String(64)),  # the pool of workers its backend routed it to
+    Column("access", Text),  # a VM lease's way in, JSON (bes.access), once its VM is up
     Column("dispatch_owner", String(64)),
     Column("dispatch_until", UtcDateTime()),
     Column("created_at", UtcDateTime(), nullable=False),
@@ -176,6 +177,10 @@ grid_job = Table(
     Column("pool", String(64), nullable=False, server_default="volunteers"),
     Column("pinned", Boolean, nullable=False, server_default=false()),
     Column("reason", Text),
+    # A VM lease: its way in as its worker reported it (bes.access JSON), and whether its
+    # owner asked to suspend it (the heartbeat tells the worker).
+    Column("access", Text),
+    Column("suspend_requested", Boolean, nullable=False, server_default=false()),
     Index(None, "state", "queued_at"),
     Index(None, "pool", "state", "queued_at"),
     Index(None, "activity_id"),
@@ -326,4 +331,17 @@ duty = Table(
     Column("holder", String(64), nullable=False),
     Column("until", UtcDateTime(), nullable=False),
     Column("status", Text),  # what the holder last said of it (a pool's state, for people)
+)
+
+# The worker tunnels of VM leases (bes.relay): which replica holds each one's WebSocket, and
+# how another replica reaches it to forward a user's stream there (the secret authenticates
+# that replica-to-replica call; it never leaves the database and the replicas).
+tunnel = Table(
+    "tunnel",
+    metadata,
+    Column("activity_id", String(32), primary_key=True),
+    Column("replica", String(64), nullable=False),
+    Column("relay_url", Text, nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("connected_at", UtcDateTime(), nullable=False),
 )

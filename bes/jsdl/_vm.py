@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Any, Final, TypeVar
 
@@ -10,11 +11,13 @@ from lxml import etree
 from bes.jsdl import xml
 from bes.jsdl._values import Context, boolean, children, integer, text, token
 from bes.ns import BES_VM, qname
+from bes.vm.leaseguest import DEFAULT_USER, parse_public_key
 from bes.vm.spec import (
     ContextFile,
     Hypervisor,
     ImageFormat,
     ImageRef,
+    Lease,
     Network,
     NetworkMode,
     PortForward,
@@ -23,6 +26,7 @@ from bes.vm.spec import (
 )
 
 _E = TypeVar("_E", bound=Enum)
+_USER: Final = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _V = "{" + BES_VM + "}"
 VIRTUAL_MACHINE: Final = qname(BES_VM, "VirtualMachine")
 _INTEGERS: Final = {
@@ -43,6 +47,7 @@ def parse_virtual_machine(element: etree._Element, ctx: Context) -> VirtualMachi
       <vm:Network mode="nat" outbound="false"><vm:PortForward guestPort="22"/>*</vm:Network>?
       <vm:Contextualization><vm:UserData/>? <vm:File path="/etc/x" mode="0600"/>*</...>?
       <vm:WallTimeLimit/>? <vm:Hypervisor>qemu</vm:Hypervisor>* <vm:Pool>cloud:lab</vm:Pool>?
+      <vm:Lease><vm:User>debian</vm:User>? <vm:SSHPublicKey>ssh-ed25519 ...</...>*</vm:Lease>?
     </vm:VirtualMachine>
     """
     values: dict[str, Any] = {}
@@ -70,12 +75,33 @@ def parse_virtual_machine(element: etree._Element, ctx: Context) -> VirtualMachi
                 hypervisors.append(hypervisor)
         elif tag == _V + "Pool":
             values["pool"] = token(child)
+        elif tag == _V + "Lease":
+            values["lease"] = _lease(child, ctx)
         else:
             ctx.unsupported_here(child)
     if "image" not in values:
         ctx.problem(element, "names no Image")
         values["image"] = ImageRef()
     return VirtualMachine(hypervisors=tuple(hypervisors), **values)
+
+
+def _lease(element: etree._Element, ctx: Context) -> Lease:
+    user = DEFAULT_USER
+    keys = []
+    for child in children(element):
+        tag = xml.tag(child)
+        if tag == _V + "User":
+            user = token(child)
+            if not _USER.fullmatch(user):
+                ctx.problem(child, f"{user!r} is not a login name")
+        elif tag == _V + "SSHPublicKey":
+            try:
+                keys.append(parse_public_key(text(child)))
+            except ValueError as exc:
+                ctx.problem(child, str(exc))
+        else:
+            ctx.unsupported_here(child)
+    return Lease(user=user, ssh_keys=tuple(keys))
 
 
 def _image(element: etree._Element, ctx: Context) -> ImageRef:

@@ -120,6 +120,7 @@ TEMPLATE = Profile(
         "python3",
         "openssh-server",
         "openssh-sftp-server",
+        "sudo",  # a lease's owner administers the guest (leaseguest.py)
         "ifupdown",
         "isc-dhcp-client",
         "iproute2",

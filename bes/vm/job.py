@@ -86,7 +86,7 @@ def run_vm_job(
     """
     name = vm_name(job.job_id)
     workdir = driver.workdir_for(name)
-    _remove_stale(driver, name)
+    remove_stale(driver, name)
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     vm: VmHandle | None = None
     started = clock()
@@ -95,18 +95,19 @@ def run_vm_job(
         vm = driver.create(spec, workdir)
         started = clock()
         driver.start(vm)
-        state, reason = _watch(
-            job,
+        state, reason = watch(
             driver,
             vm,
-            _BootWatch(workdir / "console.log", guest.started_marker(job.job_id)),
+            BootWatch(workdir / "console.log", guest.started_marker(job.job_id)),
+            wall_time_s=job.wall_time_s,
+            boot_timeout_s=job.boot_timeout_s,
             cancelled=cancelled,
             paused=paused,
             clock=clock,
             poll_s=poll_s,
         )
         vm_seconds = round(clock() - started, 3)
-        console = _console_tail(workdir)
+        console = console_tail(workdir)
         if reason:
             return VmOutcome(False, None, reason, None, vm_seconds, console)
         if state is VmState.CRASHED:
@@ -133,7 +134,7 @@ def _prepare(job: VmJob, name: str, workdir: Path) -> VmSpec:
         workdir / "seed.iso",
         instance_id=job.job_id,
         hostname=name,
-        user_data=_combined_user_data(script, job.user_data),
+        user_data=combined_user_data(script, job.user_data),
     )
     media.write_input_disk(workdir / "input.tar", job.job_id, inputs=job.inputs, files=job.files)
     media.create_output_disk(workdir / "output.img", job.job_id, job.output_disk_mib)
@@ -158,7 +159,7 @@ def _prepare(job: VmJob, name: str, workdir: Path) -> VmSpec:
     )
 
 
-class _BootWatch:
+class BootWatch:
     """Whether the job script has announced itself on the serial console yet (read in
     pieces as the log grows, at most about once a second)."""
 
@@ -185,21 +186,27 @@ class _BootWatch:
         return self.started
 
 
-def _watch(
-    job: VmJob,
+def watch(
     driver: HypervisorDriver,
     vm: VmHandle,
-    boot: _BootWatch,
+    boot: BootWatch,
     *,
+    wall_time_s: float,
+    boot_timeout_s: float | None,
     cancelled: Callable[[], bool],
     paused: Callable[[], bool],
     clock: Callable[[], float],
     poll_s: float,
+    on_started: Callable[[], None] = lambda: None,
 ) -> tuple[VmState, str]:
-    deadline = clock() + job.wall_time_s
-    boot_deadline = clock() + job.boot_timeout_s if job.boot_timeout_s is not None else None
+    """Watch a started VM until it stops, is cancelled or runs out of time; return its last
+    state and, if it was stopped, why. ``on_started`` is called once, when ``boot`` sees its
+    marker (the job started, or a lease's guest is ready)."""
+    deadline = clock() + wall_time_s
+    boot_deadline = clock() + boot_timeout_s if boot_timeout_s is not None else None
     can_pause = Capability.PAUSE in driver.capabilities
     paused_since: float | None = None
+    announced = False
     while True:
         if cancelled():
             driver.stop(vm, grace_s=0)
@@ -207,7 +214,7 @@ def _watch(
         if can_pause and paused_since is None and paused():
             driver.pause(vm)
             paused_since = clock()
-            log.info("VM %s paused: the host is busy", vm.name)
+            log.info("VM %s paused", vm.name)
         elif paused_since is not None and not paused():
             driver.resume(vm)
             deadline += clock() - paused_since
@@ -222,32 +229,38 @@ def _watch(
         if state in (VmState.STOPPED, VmState.CRASHED, VmState.MISSING):
             return state, ""
         now = clock()
-        if boot_deadline is not None and boot.check(now):
+        if not announced and boot.check(now):
+            announced = True
             boot_deadline = None
+            on_started()
         elif boot_deadline is not None and now >= boot_deadline and not boot.check(now, force=True):
-            log.info("VM %s did not start its job within %s s", vm.name, job.boot_timeout_s)
+            log.info("VM %s did not start its job within %s s", vm.name, boot_timeout_s)
             driver.stop(vm, grace_s=0)
             return VmState.STOPPED, (
-                f"the VM did not start the job within {job.boot_timeout_s:g} s: its image "
+                f"the VM did not start the job within {boot_timeout_s:g} s: its image "
                 "does not boot, or has no cloud-init reading the NoCloud seed's user-data "
                 "(see the console's last lines)"
             )
         if now >= deadline:
-            log.info(
-                "VM %s exceeded its wall-time limit of %s s; killing it", vm.name, job.wall_time_s
-            )
+            log.info("VM %s exceeded its wall-time limit of %s s; killing it", vm.name, wall_time_s)
             driver.stop(vm, grace_s=0)
-            return VmState.STOPPED, f"wall-time limit of {job.wall_time_s:g} s exceeded"
+            return VmState.STOPPED, f"wall-time limit of {wall_time_s:g} s exceeded"
         time.sleep(poll_s)
 
 
-def _combined_user_data(script: str, extra: str | None) -> str:
+def combined_user_data(script: str, extra: str | None) -> str:
     """Our job script, plus the user's own user-data as a second MIME part if given."""
-    if not extra:
-        return script
+    return multipart_user_data([extra, script] if extra else [script])
+
+
+def multipart_user_data(parts: list[str]) -> str:
+    """One user-data of several: as it is if there is one, else a MIME multipart (cloud-init
+    handles each part by its type: cloud-config, shell script, boothook)."""
+    if len(parts) == 1:
+        return parts[0]
     message = MIMEMultipart()
-    message.attach(MIMEText(extra, _subtype=_mime_subtype(extra)))
-    message.attach(MIMEText(script, _subtype="x-shellscript"))
+    for part in parts:
+        message.attach(MIMEText(part, _subtype=_mime_subtype(part)))
     return message.as_string()
 
 
@@ -261,7 +274,7 @@ def _mime_subtype(user_data: str) -> str:
     return "plain"
 
 
-def _console_tail(workdir: Path) -> str:
+def console_tail(workdir: Path) -> str:
     try:
         text = (workdir / "console.log").read_text(errors="replace")
     except OSError:
@@ -269,7 +282,7 @@ def _console_tail(workdir: Path) -> str:
     return "\n".join(text.replace("\r", "").splitlines()[-_CONSOLE_TAIL_LINES:])
 
 
-def _remove_stale(driver: HypervisorDriver, name: str) -> None:
+def remove_stale(driver: HypervisorDriver, name: str) -> None:
     if not driver.workdir_for(name).exists():
         return
     for stale in driver.find_stale():

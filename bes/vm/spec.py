@@ -80,6 +80,15 @@ class ContextFile:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """The VM is its owner's to use (``vm:Lease``): no application runs in it."""
+
+    user: str = "debian"
+    ssh_keys: tuple[str, ...] = ()
+    """OpenSSH public key lines authorized for ``user``."""
+
+
+@dataclass(frozen=True)
 class VirtualMachine:
     """What a job asks of its VM (the JSDL VM extension, parsed)."""
 
@@ -96,6 +105,8 @@ class VirtualMachine:
     pool: str | None = None
     """The pool of workers the job asks for (``volunteers``, ``cloud:NAME``); None: the
     service's routing policy decides."""
+    lease: Lease | None = None
+    """Set when the activity is a VM lease (see :func:`bes.vmjob.lease_of`)."""
 
 
 @dataclass(frozen=True)

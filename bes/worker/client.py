@@ -22,6 +22,7 @@ import requests
 import requests.adapters
 import requests.auth
 
+from bes.access import Access
 from bes.errors import BesError, LeaseLost
 from bes.filerefs import SCHEME
 from bes.jsdl import codec
@@ -184,6 +185,22 @@ class ServiceClient:
         """Hand the job back; returns the job's state afterwards."""
         return str(self._post(f"leases/{_quote(lease)}/release", {"message": message})["state"])
 
+    def report_access(self, lease: str, access: Access) -> None:
+        """A VM lease's guest is ready: tell the service how its owner gets in."""
+        self._post(f"leases/{_quote(lease)}/access", json.loads(access.to_json()))
+
+    def tunnel(self, lease: str) -> TunnelEndpoint:
+        """Where and how to open the WebSocket that carries a lease's streams."""
+        scheme = "wss" if self.base_url.startswith("https") else "ws"
+        url = f"{scheme}{self.base_url[self.base_url.index(':') :]}"
+        context = _tls_context(self._ca_file) if scheme == "wss" else None
+        return TunnelEndpoint(
+            url=f"{url}/worker/v1/leases/{_quote(lease)}/tunnel",
+            headers={"Authorization": f"Bearer {self._token}"},
+            ssl=context,
+            server_name=self._server_name,
+        )
+
     def catalog(self) -> Catalog:
         """The service's template catalog."""
         # With the worker's token: a secured service shows its catalog to users and workers.
@@ -297,17 +314,33 @@ def _works(leases: list[dict[str, Any]]) -> list[Work]:
     return work
 
 
+@dataclass(frozen=True, slots=True)
+class TunnelEndpoint:
+    """The WebSocket of a lease's tunnel: URL, the worker's credentials and TLS settings."""
+
+    url: str
+    headers: Mapping[str, str]
+    ssl: ssl.SSLContext | None
+    server_name: str | None
+
+    def __repr__(self) -> str:
+        return f"TunnelEndpoint({self.url!r})"  # never the token
+
+
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    # Every certificate in the file is an anchor (Python 3.13's default), so a pinned
+    # server certificate or an intermediate works without its root.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
 class _TlsAdapter(requests.adapters.HTTPAdapter):
     """HTTPS to the service with its own trust anchors and, if asked, its certificate checked
     against ``server_name`` instead of the URL's host."""
 
     def __init__(self, ca_file: Path | None, server_name: str | None) -> None:
-        self._context = ssl.create_default_context(
-            cafile=str(ca_file) if ca_file is not None else None
-        )
-        # Every certificate in the file is an anchor (Python 3.13's default), so a pinned
-        # server certificate or an intermediate works without its root.
-        self._context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        self._context = _tls_context(ca_file)
         self._server_name = server_name
         super().__init__()
 

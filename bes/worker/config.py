@@ -22,8 +22,9 @@ class WorkerConfig:
         max_memory_mib: Memory all VMs together may use; jobs that do not fit are not taken.
         max_vcpus: Virtual CPUs one VM may have.
         cache_limit_mib: Disk budget of the image cache (least recently used images go).
-        allow_network: Whether guests may have a network at all (jobs asking for one are
-            taken only then).
+        allow_network: Whether guests may reach the network (jobs asking for outbound access
+            are taken only then). Port forwards to this host's loopback (a VM lease's SSH),
+            which give the guest no way out, need no permission.
         busy_load: Pause VMs and take no work while the host's load average, not counting
             our VMs, is above this; None never pauses.
         hypervisors: Hypervisors to use, preferred first; empty: whatever works here.

@@ -19,18 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from bes.access import Access
 from bes.errors import BesError, HypervisorError, LeaseLost
 from bes.states import SubState
 from bes.vm.drivers.base import HypervisorDriver
 from bes.vm.images import Download
 from bes.vm.job import VmOutcome, run_vm_job
+from bes.vm.lease import run_vm_lease
 from bes.vm.media import GuestResults
 from bes.vm.repository import ImageRepository
-from bes.vm.spec import Hypervisor
-from bes.vmjob import VmDefaults, kept_files, plan, virtual_machine
+from bes.vm.spec import Hypervisor, Lease
+from bes.vmjob import VmDefaults, kept_files, lease_of, plan, plan_lease, virtual_machine
 from bes.worker.client import ServiceClient, ServiceUnavailable, Work, WorkerRefused
 from bes.worker.config import WorkerConfig
 from bes.worker.staging import deliver_outputs, fetch_inputs, kept_paths
+from bes.worker.tunnel import LeaseTunnel
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ class Assignment:
     substate: str = SubState.PROVISIONING.value
     cancel: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
+    suspend: threading.Event = field(default_factory=threading.Event)
+    """A VM lease's owner asked to suspend it (its VM is paused while this is set)."""
     changed: Callable[[], None] = lambda: None
 
     def enter(self, substate: SubState) -> None:
@@ -106,6 +111,10 @@ def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
     inputs_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     assignment.enter(SubState.STAGING_IN)
+    lease = lease_of(work.job)
+    if lease is not None:
+        run_lease(assignment, node, lease)
+        return
     if work.job.job_description.application is None:
         _data_job(assignment, node, inputs_dir, workdir)
         return
@@ -223,6 +232,76 @@ def _data_job(assignment: Assignment, node: Node, inputs_dir: Path, workdir: Pat
     )
     timing = {"staging_in": time.monotonic() - started}
     _stage_out_and_complete(assignment, node, results, exit_code=0, timing=timing, streams=False)
+
+
+def run_lease(assignment: Assignment, node: Node, lease: Lease) -> None:
+    """Run a VM lease until it ends: report its way in once the guest is ready, keep its
+    tunnel open meanwhile, pause it while its owner suspends it."""
+    work, client = assignment.work, node.client
+    try:
+        driver = _driver_for(work, node)
+        vm_lease = plan_lease(
+            work.job,
+            work.activity,
+            lease,
+            repository=node.repository(_store(node, work).fetch),
+            formats=driver.disk_formats,
+            defaults=node.defaults,
+            cpu_cap_percent=node.config.cpu_cap_percent,
+        )
+    except HypervisorError as exc:
+        _fail(client, work, f"{exc}", retry=True)
+        return
+    except BesError as exc:
+        log.warning("%s: cannot run the lease: %s", work.activity, exc)
+        _fail(client, work, f"{exc}", retry=False)
+        return
+    assignment.enter(SubState.EXECUTING)
+    tunnels: list[LeaseTunnel] = []
+
+    def ready(access: Access) -> None:
+        tunnel = LeaseTunnel(client.tunnel(work.lease), dict(access.ports), name=work.activity)
+        tunnel.start()
+        tunnels.append(tunnel)
+        threading.Thread(
+            target=_try,
+            args=(lambda: client.report_access(work.lease, access),),
+            name=f"access-{work.activity}",
+            daemon=True,
+        ).start()
+
+    def cancelled() -> bool:
+        return assignment.cancel.is_set() or assignment.lost.is_set() or node.stopping.is_set()
+
+    try:
+        outcome = run_vm_lease(
+            vm_lease,
+            driver,
+            on_ready=ready,
+            cancelled=cancelled,
+            paused=lambda: assignment.suspend.is_set() or node.busy(),
+        )
+    except HypervisorError as exc:
+        log.warning("%s: the hypervisor failed: %s", work.activity, exc)
+        _fail(client, work, f"hypervisor: {exc}", retry=True)
+        return
+    finally:
+        for tunnel in tunnels:
+            tunnel.close()
+    if assignment.lost.is_set():
+        log.warning("%s: the lease was lost while its VM ran; stopped", work.activity)
+    elif assignment.cancel.is_set():
+        _report(lambda: client.release(work.lease, message="stopped: the activity was terminated"))
+    elif node.stopping.is_set():
+        _report(lambda: client.release(work.lease, message="the worker is shutting down"))
+    elif outcome.powered_off:
+        timing = {"vm": outcome.vm_seconds}
+        _report(
+            lambda: client.complete(work.lease, exit_code=0, failure=None, timing=timing, files=[])
+        )
+        log.info("%s: the lease's guest powered itself off", work.activity)
+    else:
+        _fail(client, work, outcome.reason, retry=outcome.reason == _CRASHED)
 
 
 def _driver_for(work: Work, node: Node) -> HypervisorDriver:

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from bes import __version__
 from bes.errors import BesError, HypervisorUnavailable
+from bes.states import SubState
 from bes.vm.drivers import DEFAULT_ORDER, make_driver
 from bes.vm.drivers.base import HostInfo, HypervisorDriver
 from bes.vm.images import Download, ImageCache
@@ -319,6 +320,14 @@ class Worker:
                 elif action == "lost" and not held.lost.is_set():
                     log.warning("%s: lease lost", held.work.activity)
                     held.lost.set()
+                elif action == "suspend" and not held.suspend.is_set():
+                    log.info("%s: its owner suspends it", held.work.activity)
+                    held.suspend.set()
+                    held.enter(SubState.SUSPENDED)
+                elif action == "continue" and held.suspend.is_set():
+                    log.info("%s: its owner resumes it", held.work.activity)
+                    held.suspend.clear()
+                    held.enter(SubState.EXECUTING)
             self._poke.wait(interval_s)
             self._poke.clear()
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bes.vm import guest
-from bes.vm.job import _combined_user_data
+from bes.vm.job import combined_user_data
 from bes.vm.seed import write_seed
 from tests.support.vm import cloud_init_python, require
 
@@ -88,7 +88,7 @@ def test_extra_cloud_config_travels_beside_the_job_script(tmp_path: Path) -> Non
         seed,
         instance_id="BBBBBBBBBBBBBBBBBBBBBBBB",
         hostname="bes-y",
-        user_data=_combined_user_data(script, extra),
+        user_data=combined_user_data(script, extra),
     )
 
     found = read_with_cloud_init(seed, tmp_path)

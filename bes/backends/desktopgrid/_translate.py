@@ -15,8 +15,8 @@ from bes.jsdl.model import JobDefinition
 from bes.states import SubState
 from bes.vm.job import DEFAULT_OUTPUT_DISK_MIB
 from bes.vm.repository import Catalog
-from bes.vm.spec import NetworkMode, VirtualMachine
-from bes.vmjob import VmDefaults, guest_task, virtual_machine
+from bes.vm.spec import VirtualMachine
+from bes.vmjob import VmDefaults, guest_task, lease_of, lease_problems, virtual_machine
 
 SOURCE_SCHEMES: Final = frozenset({"http", "https", "ftp", "file", "inline", "bes-store"})
 """DataStaging Source URI schemes a worker fetches (inline: UNICORE's data in the document;
@@ -26,7 +26,13 @@ TARGET_SCHEMES: Final = frozenset({"http", "https", "ftp", "file", "bes-store"})
 
 WORKER_SUBSTATES: Final = {
     s.value: s
-    for s in (SubState.PROVISIONING, SubState.STAGING_IN, SubState.EXECUTING, SubState.STAGING_OUT)
+    for s in (
+        SubState.PROVISIONING,
+        SubState.STAGING_IN,
+        SubState.EXECUTING,
+        SubState.STAGING_OUT,
+        SubState.SUSPENDED,
+    )
 }
 """Sub-states a worker reports while it holds a lease."""
 
@@ -46,7 +52,9 @@ def requirements(machine: VirtualMachine, defaults: VmDefaults, catalog: Catalog
         memory_mib=max(machine.memory_mib or defaults.memory_mib, minimum),
         vcpus=machine.vcpus or defaults.vcpus,
         disk_mib=(machine.scratch_disk_mib or 0) + DEFAULT_OUTPUT_DISK_MIB,
-        network=machine.network.mode is not NetworkMode.NONE,
+        # Only outbound access is a network to a volunteer: a NAT with port forwards alone
+        # (QEMU's restrict=on) lets the guest reach nothing but what is forwarded to it.
+        network=machine.network.outbound,
         hypervisors=tuple(h.value for h in machine.hypervisors),
     )
 
@@ -57,7 +65,10 @@ def unsupported(
     """What in ``job`` the desktop grid cannot run, as readable feature names (``pools``: the
     pools a job may name)."""
     features: list[str] = []
-    if job.job_description.application is not None:  # else a data-staging job: no VM
+    lease = lease_of(job)
+    if lease is not None:
+        features.extend(lease_problems(job, lease))
+    elif job.job_description.application is not None:  # else a data-staging job: no VM
         try:
             guest_task(job)
         except UnsupportedFeature as exc:
@@ -86,6 +97,11 @@ def unsupported(
         if template is None:
             known = ", ".join(catalog.names())
             features.append(f"vm:Template {name!r} (this site's templates: {known})")
+        elif lease is not None and not template.runs_cloud_config:
+            features.append(
+                f"vm:Lease in template {name!r}, which has no cloud-init to install SSH keys "
+                "(use the template debian-12)"
+            )
         elif machine.user_data and not template.runs_cloud_config:
             features.append(
                 f"vm:Contextualization/vm:UserData for template {name!r}, which runs only the "
@@ -101,6 +117,8 @@ def to_job_status(row: GridJobStatus) -> JobStatus:
     extra: dict[str, str] = {"attempt": f"{row.attempts}/{row.max_attempts}", "pool": row.pool}
     if row.worker:
         extra["worker"] = row.worker
+    if row.access and row.state is GridState.LEASED:
+        extra["access"] = row.access
     if row.state in _STATES:
         files = bool(row.result and row.result.get("files"))
         return ended_status(

@@ -255,6 +255,10 @@ class DesktopGridBackend(Backend):
             out[job_id] = CancelOutcome.UNKNOWN_ID if state is None else _CANCEL[state]
         return out
 
+    def suspend(self, job_id: BackendJobId, suspended: bool) -> bool:
+        state = self._write(grid.request_suspend, (job_id, suspended))
+        return state in (GridState.LEASED, GridState.QUEUED)
+
     def unsupported(self, job: JobDefinition) -> list[str]:
         missing = super().unsupported(job)
         if missing:

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from bes.access import Access
 from bes.backends.base import StatusChange
 from bes.backends.desktopgrid._translate import (
     WORKER_SUBSTATES,
@@ -37,7 +38,7 @@ from bes.db import grid_rows as grid
 from bes.db.grid_rows import GridState, Lease, LeaseAction, LeaseRef, WorkerIdentity
 from bes.db.store import Database
 from bes.errors import InvalidRequest, JsdlError, LeaseLost, NotAuthorized
-from bes.ids import BackendJobId
+from bes.ids import ActivityId, BackendJobId
 from bes.jsdl import codec
 from bes.jsdl.secrets import open_credentials
 from bes.metrics import INFRASTRUCTURE, JOB, Metrics
@@ -48,7 +49,12 @@ from bes.states import SubState
 log = logging.getLogger(__name__)
 
 _RUNNING: Final = frozenset(
-    {SubState.STAGING_IN.value, SubState.EXECUTING.value, SubState.STAGING_OUT.value}
+    {
+        SubState.STAGING_IN.value,
+        SubState.EXECUTING.value,
+        SubState.STAGING_OUT.value,
+        SubState.SUSPENDED.value,
+    }
 )
 _UPLOAD_CHECK_BYTES: Final = 8 * 1024 * 1024  # re-check the lease this often during uploads
 _MAX_REMEMBERED: Final = 100_000  # worker identities kept by token
@@ -472,6 +478,35 @@ class WorkerGateway:
         attempt = self.outputs.attempt_dir(ref.job_id, ref.epoch)
         if os.path.isdir(attempt):
             shutil.rmtree(attempt, ignore_errors=True)
+
+    async def access(self, worker: WorkerIdentity, reported: str, access: Access) -> None:
+        """A VM lease's guest is ready: record how its owner gets in (shown in its status).
+
+        Raises:
+            LeaseLost: The lease is not the worker's (any more).
+        """
+        ref = self._required(worker, reported)
+        activity_id = await self._db.write(
+            grid.report_access, (ref, self._clock(), access.to_json())
+        )
+        if activity_id is None:
+            await self.refuse_if_revoked(worker)
+            raise LeaseLost(f"lease {reported} is not yours any more")
+        status = leased_status(
+            substate=SubState.EXECUTING.value,
+            ran=True,
+            extra={"worker": worker.name, "access": access.to_json()},
+        )
+        self._changed([StatusChange(activity_id=activity_id, job_id=ref.job_id, status=status)])
+
+    async def tunnel_lease(self, worker: WorkerIdentity, reported: str) -> ActivityId:
+        """The activity of a lease the worker holds (it opens the lease's tunnel).
+
+        Raises:
+            LeaseLost: The lease is not the worker's (any more).
+        """
+        activity_id, _owner, _job = await self.leased_job(worker, reported)
+        return ActivityId(activity_id)
 
     async def leased_job(self, worker: WorkerIdentity, reported: str) -> tuple[str, str, str]:
         """The activity, owner and job (JSON) of a lease the worker holds.
