@@ -312,6 +312,16 @@ def _detail_page(detail: ActivityDetail, *, endpoint: str, now: dt.datetime) -> 
         )
         listing = f'<a id="outputs" href="{_e(outputs)}">listing (JSON)</a>'
         facts.append(("Files", f'<ul class="files">{links}</ul>{listing}'))
+    if r.access is not None and not r.state.terminal:
+        ports = ", ".join(f"{g} (worker's {h})" for g, h in r.access.ports)
+        keys = "".join(f"<br><code>{_e(key)}</code>" for key in r.access.host_keys)
+        facts.append(
+            (
+                "VM lease",
+                f'<span id="lease">log in with <code>bes ssh {_e(r.id)}</code> as '
+                f"<code>{_e(r.access.user)}</code>; ports {_e(ports)}; host key{keys}</span>",
+            )
+        )
     if r.parent_id:
         parent = f"{endpoint}{_DETAIL}{r.parent_id}"
         facts.append(

@@ -30,7 +30,7 @@ from bes.vm.job import (
     remove_stale,
     watch,
 )
-from bes.vm.leaseguest import HostKey, lease_user_data, ready_marker
+from bes.vm.leaseguest import HostKey, failed_marker, lease_user_data, ready_marker
 from bes.vm.spec import (
     ContextFile,
     Lease,
@@ -130,6 +130,14 @@ def run_vm_lease(
         log.info("lease %s: VM %s is ready", lease.lease_id, name)
         on_ready(lease.access())
 
+    failed = BootWatch(workdir / "console.log", failed_marker(lease.lease_id))
+    guest_failed = False
+
+    def stop() -> bool:
+        nonlocal guest_failed
+        guest_failed = guest_failed or (not ready and failed.check(clock()))
+        return guest_failed or cancelled()
+
     try:
         vm = driver.create(_prepare(lease, name, workdir), workdir)
         started = clock()
@@ -140,13 +148,18 @@ def run_vm_lease(
             BootWatch(workdir / "console.log", ready_marker(lease.lease_id)),
             wall_time_s=lease.wall_time_s,
             boot_timeout_s=lease.boot_timeout_s,
-            cancelled=cancelled,
+            cancelled=stop,
             paused=paused,
             clock=clock,
             poll_s=poll_s,
             on_started=announce,
         )
-        if not reason and state is VmState.CRASHED:
+        if guest_failed:
+            reason = (
+                "the guest's SSH server did not start with the host key its worker made "
+                "(see the console's last lines)"
+            )
+        elif not reason and state is VmState.CRASHED:
             reason = "the VM crashed"
         return LeaseOutcome(reason, ready, round(clock() - started, 3), console_tail(workdir))
     finally:

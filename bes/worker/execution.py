@@ -24,7 +24,7 @@ from bes.errors import BesError, HypervisorError, LeaseLost
 from bes.states import SubState
 from bes.vm.drivers.base import HypervisorDriver
 from bes.vm.images import Download
-from bes.vm.job import VmOutcome, run_vm_job
+from bes.vm.job import run_vm_job
 from bes.vm.lease import run_vm_lease
 from bes.vm.media import GuestResults
 from bes.vm.repository import ImageRepository
@@ -113,7 +113,7 @@ def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
     assignment.enter(SubState.STAGING_IN)
     lease = lease_of(work.job)
     if lease is not None:
-        run_lease(assignment, node, lease)
+        run_lease(assignment, node, lease, workdir)
         return
     if work.job.job_description.application is None:
         _data_job(assignment, node, inputs_dir, workdir)
@@ -162,7 +162,7 @@ def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
         return
     timing = {"staging_in": staged_in - started, "vm": outcome.vm_seconds}
     if not outcome.completed or outcome.results is None or outcome.exit_code is None:
-        uploaded = _upload_console(assignment, node, outcome, workdir)
+        uploaded = _upload_console(assignment, node, outcome.console_tail, workdir)
         _fail(client, work, outcome.reason, retry=outcome.reason == _CRASHED, files=uploaded)
         return
     timing["vm"] = ran - staged_in
@@ -234,7 +234,7 @@ def _data_job(assignment: Assignment, node: Node, inputs_dir: Path, workdir: Pat
     _stage_out_and_complete(assignment, node, results, exit_code=0, timing=timing, streams=False)
 
 
-def run_lease(assignment: Assignment, node: Node, lease: Lease) -> None:
+def run_lease(assignment: Assignment, node: Node, lease: Lease, workdir: Path) -> None:
     """Run a VM lease until it ends: report its way in once the guest is ready, keep its
     tunnel open meanwhile, pause it while its owner suspends it."""
     work, client = assignment.work, node.client
@@ -301,7 +301,8 @@ def run_lease(assignment: Assignment, node: Node, lease: Lease) -> None:
         )
         log.info("%s: the lease's guest powered itself off", work.activity)
     else:
-        _fail(client, work, outcome.reason, retry=outcome.reason == _CRASHED)
+        uploaded = _upload_console(assignment, node, outcome.console_tail, workdir)
+        _fail(client, work, outcome.reason, retry=outcome.reason == _CRASHED, files=uploaded)
 
 
 def _driver_for(work: Work, node: Node) -> HypervisorDriver:
@@ -327,12 +328,12 @@ def _upload(client: ServiceClient, lease: str, name: str, path: Path) -> None:
 
 
 def _upload_console(
-    assignment: Assignment, node: Node, outcome: VmOutcome, workdir: Path
+    assignment: Assignment, node: Node, console_tail: str, workdir: Path
 ) -> list[str]:
-    if not outcome.console_tail:
+    if not console_tail:
         return []
     console = workdir / "console.log"
-    console.write_text(outcome.console_tail + "\n")
+    console.write_text(console_tail + "\n")
     _upload(node.client, assignment.work.lease, "console.log", console)
     return ["console.log"]
 

@@ -32,6 +32,7 @@ from bes.schemas import schema_file
 from bes.worker.client import ServiceClient, Work
 from bes.worker.tunnel import LeaseTunnel
 from tests.support import soap
+from tests.support.postgres import fresh_database
 from tests.support.server import LiveServer, live_server
 from tests.support.standards import assert_official, assert_valid
 from tests.support.worker import bes_cli
@@ -241,6 +242,14 @@ def test_the_way_in_is_in_the_status_and_its_schema_holds(site: Site) -> None:
         (access,) = soap.xpath(soap.body_of(answer.content), "//besa:Access")
         assert_valid(_activity_schema(), access, "besa:Access")
         assert soap.xpath(access, "besa:Port[@guestPort='22']/@hostPort") == [str(lease.echo.port)]
+        # The owner's status page says how to log in.
+        page = httpx.get(
+            f"{site.server.url}/bes/status/activities/{lease.work.activity}",
+            auth=("alice", "alice-Secret-1"),
+            verify=site.server.tls or True,
+        ).text
+        assert f"bes ssh {lease.work.activity}" in page
+        assert HOST_KEY in page
 
 
 @functools.cache
@@ -394,3 +403,97 @@ def test_a_tunnel_that_drops_comes_back(site: Site) -> None:
             assert echo_through(lambda: open_stream(lease.tunnel_url, 22, options), b"back")
         finally:
             again.close()
+
+
+def test_the_worker_reconnects_when_the_service_restarts(tmp_path: Path) -> None:
+    """The relay goes away (a restart): the worker's tunnel comes back by itself, with
+    backoff, and streams work again; the lease itself never noticed."""
+    data_dir = tmp_path / "data"
+    with live_server(data_dir, extra=["--backend", "desktopgrid"]) as server:
+        with Database(default_url(data_dir)) as db:
+            token = create_worker(db, "volunteer")
+        worker = ServiceClient(server.url, token)
+        echo = EchoServer()
+        with BESClient(server.endpoint) as client:
+            ref = client.submit(jsdl.lease(ssh_keys=[KEY], name="lease"))
+            works: list[Work] = []
+            while not works:
+                works = worker.claim(
+                    slots=1, memory_mib=4096, vcpus=2, disk_mib=100_000, hypervisors=["qemu"],
+                    network=False, wait_s=2.0,
+                )  # fmt: skip
+            (work,) = works
+            worker.report_access(
+                work.lease, Access(user="debian", host_keys=(HOST_KEY,), ports=((22, echo.port),))
+            )
+            tunnel = LeaseTunnel(worker.tunnel(work.lease), {22: echo.port}, name=work.activity)
+            tunnel.start()
+            try:
+                found = wait_for(lambda: _ready(client, ref), "the lease to be ready")
+                wait_for(lambda: tunnel.connections == 1, "the tunnel to open")
+                options = client.tunnel_options()
+                assert echo_through(lambda: open_stream(found["tunnel"], 22, options), b"1")
+                server.stop()
+                server.start()
+                wait_for(lambda: tunnel.connections == 2, "the tunnel to reopen", timeout_s=60)
+                assert echo_through(lambda: open_stream(found["tunnel"], 22, options), b"2")
+                assert client.status([ref])[0].state.value == "Running"
+            finally:
+                client.cancel([ref])
+                tunnel.close()
+                echo.close()
+
+
+# ------------------------------------------------------------------------------ replicas
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_stream_reaching_another_replica_is_forwarded_to_the_tunnel(
+    tmp_path: Path, postgres_admin_url: str
+) -> None:
+    """Two replicas on one PostgreSQL: the worker's tunnel reaches one, the user's stream the
+    other, which forwards it (the user never needs the right replica)."""
+    url = fresh_database(postgres_admin_url, "lease_replicas")
+    key = tmp_path / "secret.key"
+    options = ["--backend", "desktopgrid", "--database-url", url, "--secret-key-file", str(key)]
+    with (
+        live_server(tmp_path / "a", extra=options) as a,
+        live_server(tmp_path / "b", extra=options) as b,
+    ):
+        with Database(url) as db:
+            token = create_worker(db, "volunteer")
+        worker = ServiceClient(a.url, token)
+        echo = EchoServer()
+        with BESClient(a.endpoint) as on_a, BESClient(b.endpoint) as on_b:
+            ref = on_a.submit(jsdl.lease(ssh_keys=[KEY], name="lease"))
+            works: list[Work] = []
+            deadline = time.monotonic() + 30
+            while not works and time.monotonic() < deadline:
+                works = worker.claim(
+                    slots=1, memory_mib=4096, vcpus=2, disk_mib=100_000, hypervisors=["qemu"],
+                    network=False, wait_s=2.0,
+                )  # fmt: skip
+            (work,) = works
+            access = Access(user="debian", host_keys=(HOST_KEY,), ports=((22, echo.port),))
+            worker.report_access(work.lease, access)
+            tunnel = LeaseTunnel(worker.tunnel(work.lease), {22: echo.port}, name=work.activity)
+            tunnel.start()
+            try:
+                wait_for(lambda: tunnel.connections == 1, "the tunnel to open on replica a")
+                found = wait_for(
+                    lambda: _ready(on_b, on_b.ref(work.activity)), "replica b to see it ready"
+                )
+                assert found["tunnel"].startswith(f"ws://127.0.0.1:{b.port}/")
+                payload = bytes(range(256)) * 1024
+                back = echo_through(
+                    lambda: open_stream(found["tunnel"], 22, on_b.tunnel_options()), payload
+                )
+                assert back == payload
+                metrics = httpx.get(a.url + "/metrics").text  # the replica holding it counts
+                opened = f'bes_tunnel_streams_opened{{activity="{work.activity}",outcome="opened"}}'
+                assert f"{opened} 1.0" in metrics
+            finally:
+                on_a.cancel([ref])
+                tunnel.close()
+                echo.close()

@@ -316,6 +316,8 @@ async def test_the_openapi_document_is_served_and_names_every_route(grid: Grid) 
         "/worker/v1/leases/{lease}/complete",
         "/worker/v1/leases/{lease}/fail",
         "/worker/v1/leases/{lease}/release",
+        "/worker/v1/leases/{lease}/access",
+        "/worker/v1/leases/{lease}/tunnel",
     }
 
 

@@ -30,7 +30,7 @@ FUZZ_EXAMPLES = int(os.environ.get("BES_FUZZ_EXAMPLES", "200"))
 PROTOCOL = worker_protocol()
 DOCUMENT: dict[str, Any] = dict(PROTOCOL.document)
 CLAIM = {"memory_mib": 4096, "vcpus": 4, "disk_mib": 100_000, "hypervisors": ["qemu"]}
-JSON_OPERATIONS = ["register", "claim", "heartbeat", "complete", "fail", "release"]
+JSON_OPERATIONS = ["register", "claim", "heartbeat", "complete", "fail", "release", "access"]
 VERBS = ("complete", "fail", "release")
 
 
@@ -202,6 +202,7 @@ def test_every_operation_is_served_and_checked_by_compiled_predicates() -> None:
     """The document is the single source: each operation has its handler, each schema is valid
     JSON Schema 2020-12, and each check runs compiled (no slow jsonschema-only fallback)."""
     raw = {"upload", "fetchStored", "deliverStored"}  # bodies and answers are files
+    raw.add("tunnel")  # a WebSocket: no body, no JSON answer
     assert set(PROTOCOL.operations) == {"openapi", *JSON_OPERATIONS, *raw}
     for schema in DOCUMENT["components"]["schemas"].values():
         jsonschema.Draft202012Validator.check_schema(schema)

@@ -37,8 +37,11 @@ class LiveServer:
         verbose: int = 0,
         ca_file: Path | None = None,
         env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
     ):
         self.data_dir = data_dir
+        self.host = host
+        """Where it listens (another address than loopback needs TLS, or --insecure)."""
         # With a CA file the server speaks HTTPS (give it --tls-cert and --tls-key in extra).
         self.tls = ssl.create_default_context(cafile=ca_file) if ca_file is not None else None
         self.verbose = verbose
@@ -53,7 +56,7 @@ class LiveServer:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def endpoint(self) -> str:
@@ -77,7 +80,7 @@ class LiveServer:
             *(["-" + "v" * self.verbose] if self.verbose else []),
             "serve",
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),
             "--data-dir",
