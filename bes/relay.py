@@ -65,7 +65,7 @@ class RelayLimits:
     """Bandwidth per lease, both directions together."""
 
 
-class _Bucket:
+class TokenBucket:
     """A token bucket: :meth:`take` waits until ``size`` bytes may pass (one second of burst)."""
 
     def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -91,7 +91,7 @@ class _Tunnel:
 
     activity_id: str
     mux: Mux
-    bucket: _Bucket
+    bucket: TokenBucket
     secret: str
     streams: int = 0
     opened: int = 0
@@ -197,7 +197,7 @@ class Relay:
         tunnel = _Tunnel(
             activity_id=activity_id,
             mux=Mux(channel),
-            bucket=_Bucket(self.limits.bytes_per_second),
+            bucket=TokenBucket(self.limits.bytes_per_second),
             secret=secrets.token_urlsafe(32),
         )
         replaced = self._tunnels.get(activity_id)

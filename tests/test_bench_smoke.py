@@ -83,3 +83,25 @@ def test_cloud_bench_runs_every_job_and_leaves_no_instance() -> None:
     assert "every job done after" in done.stdout
     assert "every instance deleted after" in done.stdout
     assert "pool empty again after" in done.stdout
+
+
+TUNNEL_BENCH = BENCH.parent / "tunnel_bench.py"
+
+
+@pytest.mark.slow
+def test_tunnel_bench_carries_every_byte_through_the_relay(tmp_path: Path) -> None:
+    figures = tmp_path / "figures.json"
+    done = subprocess.run(
+        [sys.executable, str(TUNNEL_BENCH), "--mib", "8", "--pings", "50", "--json", str(figures)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    measured = json.loads(figures.read_text())
+    for path in ("direct", "relay"):
+        assert measured[path]["up_mb_s"] > 0
+        assert measured[path]["down_mb_s"] > 0
+        assert measured[path]["rtt_p50_ms"] > 0
+    assert "relay/direct" in done.stdout

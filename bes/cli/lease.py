@@ -177,19 +177,7 @@ def ssh(
     with tempfile.TemporaryDirectory(prefix="bes-ssh-") as scratch:
         known_hosts = Path(scratch) / "known_hosts"
         known_hosts.write_text("".join(f"{alias} {key}\n" for key in found["host_keys"]))
-        proxy = shlex.join([sys.executable, "-m", "bes", "tunnel", found["tunnel"], "22"])
-        argv = [
-            "ssh",
-            "-o", f"ProxyCommand={proxy}",
-            "-o", f"HostKeyAlias={alias}",
-            "-o", f"UserKnownHostsFile={known_hosts}",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "CheckHostIP=no",
-            "-l", login or found["user"],
-            *ssh_args[:_options_end(ssh_args)],
-            alias,
-            *ssh_args[_options_end(ssh_args):],
-        ]  # fmt: skip
+        argv = ssh_argv(found, alias, known_hosts, login, ssh_args)
         try:
             done = subprocess.run(argv, env=_credentials_env(ctx), check=False)
         except FileNotFoundError as exc:
@@ -248,6 +236,35 @@ def tunnel(tunnel_url: str, port: int, **flags: Any) -> None:
 
     ctx = context(**flags)
     stdio(open_stream(tunnel_url, port, ctx.client().tunnel_options()))
+
+
+def ssh_argv(
+    found: dict[str, Any],
+    alias: str,
+    known_hosts: Path,
+    login: str | None,
+    ssh_args: tuple[str, ...],
+) -> list[str]:
+    """The system ssh's command line for a lease (``found``: its JSON, from the service):
+    the tunnel as ProxyCommand, the host key checked strictly under ``alias``, then the
+    user's own options, the host, and the remote command if any."""
+    proxy = shlex.join([sys.executable, "-m", "bes", "tunnel", found["tunnel"], "22"])
+    split = _options_end(ssh_args)
+    command = ssh_args[split:]
+    if command[:1] == ("--",):  # the end of ssh's options, not part of the command
+        command = command[1:]
+    return [
+        "ssh",
+        "-o", f"ProxyCommand={proxy}",
+        "-o", f"HostKeyAlias={alias}",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "CheckHostIP=no",
+        "-l", login or found["user"],
+        *ssh_args[:split],
+        alias,
+        *command,
+    ]  # fmt: skip
 
 
 def _one(activity: str, flags: dict[str, Any]) -> tuple[Context, BESClient, ActivityRef]:
