@@ -57,7 +57,7 @@ from bes.clouds.pools import CloudPools
 from bes.config import ServiceConfig
 from bes.db import tunnel_rows
 from bes.db.store import Database
-from bes.errors import ConfigError, LeaseLost, NotAuthorized
+from bes.errors import BesError, ConfigError, LeaseLost, NotAuthorized
 from bes.factory import Factory
 from bes.fileapi import serve_files
 from bes.filerefs import FILES
@@ -206,7 +206,6 @@ class BesApp:
                 streams=config.tunnel_streams, bytes_per_second=config.tunnel_bytes_per_second
             ),
         )
-        await db.write(tunnel_rows.release_replica, self._replica)
         self.clouds = None
         if config.clouds_file is not None:
             if grid is None:
@@ -252,6 +251,9 @@ class BesApp:
         self._stop.set()
         if self.relay is not None:
             await self.relay.close_all()
+            if self.db is not None:  # the other replicas stop forwarding streams here
+                with contextlib.suppress(BesError):
+                    await self.db.write(tunnel_rows.release_replica, self._replica)
         for task in (self._loop_task, self._housekeeping, self._clouds_task):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):

@@ -266,9 +266,17 @@ def lease_problems(job: JobDefinition, lease: Lease) -> list[str]:
         or application.spmd is not None
     ):
         return ["vm:Lease with an application (a lease runs none; drop one or the other)"]
+    problems = []
     if job.job_description.data_staging:
-        return ["DataStaging in a VM lease (copy files with scp through bes port-forward)"]
-    return []
+        problems.append("DataStaging in a VM lease (copy files with scp through bes port-forward)")
+    machine = job.job_description.virtual_machine
+    for forward in machine.network.port_forwards if machine is not None else ():
+        if forward.host_address not in ("127.0.0.1", "::1", "localhost"):
+            problems.append(
+                f"vm:PortForward hostAddress {forward.host_address!r} in a VM lease (its ports "
+                "stay on the worker's loopback and are reached through the service)"
+            )
+    return problems
 
 
 def plan_lease(

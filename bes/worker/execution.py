@@ -141,11 +141,10 @@ def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
     staged_in = time.monotonic()
     assignment.enter(SubState.EXECUTING)
 
-    def cancelled() -> bool:
-        return assignment.cancel.is_set() or assignment.lost.is_set() or node.stopping.is_set()
-
     try:
-        outcome = run_vm_job(vm_job, driver, results_dir, cancelled=cancelled, paused=node.busy)
+        outcome = run_vm_job(
+            vm_job, driver, results_dir, cancelled=_cancelled(assignment, node), paused=node.busy
+        )
     except HypervisorError as exc:
         log.warning("%s: the hypervisor failed: %s", work.activity, exc)
         _fail(client, work, f"hypervisor: {exc}", retry=True)
@@ -270,15 +269,12 @@ def run_lease(assignment: Assignment, node: Node, lease: Lease, workdir: Path) -
             daemon=True,
         ).start()
 
-    def cancelled() -> bool:
-        return assignment.cancel.is_set() or assignment.lost.is_set() or node.stopping.is_set()
-
     try:
         outcome = run_vm_lease(
             vm_lease,
             driver,
             on_ready=ready,
-            cancelled=cancelled,
+            cancelled=_cancelled(assignment, node),
             paused=lambda: assignment.suspend.is_set() or node.busy(),
         )
     except HypervisorError as exc:
@@ -303,6 +299,12 @@ def run_lease(assignment: Assignment, node: Node, lease: Lease, workdir: Path) -
     else:
         uploaded = _upload_console(assignment, node, outcome.console_tail, workdir)
         _fail(client, work, outcome.reason, retry=outcome.reason == _CRASHED, files=uploaded)
+
+
+def _cancelled(assignment: Assignment, node: Node) -> Callable[[], bool]:
+    """Whether a running VM must stop: the activity is terminated, the lease was lost, or the
+    worker shuts down."""
+    return lambda: assignment.cancel.is_set() or assignment.lost.is_set() or node.stopping.is_set()
 
 
 def _driver_for(work: Work, node: Node) -> HypervisorDriver:

@@ -114,3 +114,17 @@ def test_a_lease_network_forwards_ssh_and_fixes_every_host_port() -> None:
     )))  # fmt: skip
     assert [(f.guest_port, f.host_port) for f in pinned.port_forwards] == [(22, 2222)]
     assert pinned.outbound
+
+
+def test_a_lease_port_is_never_exposed_on_the_volunteers_network() -> None:
+    data = document(
+        '<vm:Network mode="nat"><vm:PortForward guestPort="22" hostAddress="0.0.0.0"/>'
+        "</vm:Network><vm:Lease/>"
+    )
+    problems = unsupported(
+        load_job_definition(data), VmDefaults(), Catalog(list(BUILT_IN_TEMPLATES)), []
+    )
+    assert problems == [
+        "vm:PortForward hostAddress '0.0.0.0' in a VM lease (its ports stay on the worker's "
+        "loopback and are reached through the service)"
+    ]

@@ -211,6 +211,17 @@ def _run(tmp: Path, ns: Namespace) -> None:
         after = bes("ssh", activity, "--", *ssh_options, "true", env=alice, timeout_s=60)
         assert after.returncode != 0
         assert "Cancelled" in after.stderr, after.stderr
+
+        # A guest that powers itself off ends its lease Finished.
+        again = bes("lease", "start", "--ssh-key", f"{key}.pub", "--wait", env=alice)
+        assert again.returncode == 0, again.stderr + _tail(tmp / "worker.log")
+        second = again.stdout.strip()
+        bes("ssh", second, "--", *ssh_options, "sudo", "poweroff", env=alice, timeout_s=120)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and _lease_json(second, alice)["state"] == "Running":
+            time.sleep(1)
+        assert _lease_json(second, alice)["state"] == "Finished"
+        assert qemu_processes(second) == []
     finally:
         if forward is not None:
             forward.send_signal(signal.SIGINT)
