@@ -57,7 +57,7 @@ from bes.clouds.pools import CloudPools
 from bes.config import ServiceConfig
 from bes.db import tunnel_rows
 from bes.db.store import Database
-from bes.errors import BesError, ConfigError, LeaseLost, NotAuthorized
+from bes.errors import BesError, ConfigError, InvalidRequest, LeaseLost, NotAuthorized
 from bes.factory import Factory
 from bes.fileapi import serve_files
 from bes.filerefs import FILES
@@ -403,6 +403,8 @@ class BesApp:
             await refuse(scope, send, 401, str(exc))
         except LeaseLost as exc:
             await refuse(scope, send, 409, str(exc))
+        except InvalidRequest as exc:
+            await refuse(scope, send, 400, str(exc))
         except Exception:
             reference = secrets.token_hex(4)
             log.exception("internal error %s on WebSocket %s", reference, path)

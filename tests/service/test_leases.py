@@ -19,6 +19,8 @@ from typing import TypeVar
 import httpx
 import pytest
 from lxml import etree
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from bes.access import Access
 from bes.backends.desktopgrid.tokens import create_worker
@@ -403,6 +405,26 @@ def test_a_tunnel_that_drops_comes_back(site: Site) -> None:
             assert echo_through(lambda: open_stream(lease.tunnel_url, 22, options), b"back")
         finally:
             again.close()
+
+
+def test_only_the_worker_holding_the_lease_opens_its_tunnel(site: Site) -> None:
+    def status_of(lease: str, token: str | None) -> int:
+        endpoint = site.worker.tunnel(lease)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with pytest.raises(InvalidStatus) as refused:
+            connect(endpoint.url, additional_headers=headers, ssl=endpoint.ssl, legacy=True)
+        return refused.value.response.status_code
+
+    with running_lease(site) as lease:
+        token = dict(site.worker.tunnel(lease.work.lease).headers)["Authorization"][7:]
+        assert status_of(lease.work.lease, None) == 401
+        assert status_of(lease.work.lease, "not-a-token") == 401
+        assert status_of("not a lease", token) == 400
+        job, _, epoch = lease.work.lease.rpartition(".")
+        assert status_of(f"{job}.{int(epoch) + 1}", token) == 409  # not (or no longer) its own
+        with Database(default_url(site.server.data_dir)) as db:
+            other = create_worker(db, "another")
+        assert status_of(lease.work.lease, other) == 409
 
 
 def test_the_worker_reconnects_when_the_service_restarts(tmp_path: Path) -> None:
