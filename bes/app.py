@@ -80,7 +80,7 @@ from bes.metrics import CONTENT_TYPE as METRICS_TYPE
 from bes.metrics import Metrics
 from bes.overview import Overview
 from bes.principal import Principal
-from bes.relay import RELAY_PATH, SECRET_HEADER, Relay, RelayLimits, refuse
+from bes.relay import RELAY_PATH, SECRET_HEADER, Relay, RelayLimits, peer_context, refuse
 from bes.results import serve_outputs, serve_why
 from bes.schemas import schema_file
 from bes.sealing import Sealer
@@ -205,6 +205,7 @@ class BesApp:
             limits=RelayLimits(
                 streams=config.tunnel_streams, bytes_per_second=config.tunnel_bytes_per_second
             ),
+            peer_ssl=peer_context(str(config.tls_cert)) if config.tls_cert else None,
         )
         self.clouds = None
         if config.clouds_file is not None:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -173,6 +174,10 @@ class Relay:
         replica: This replica's id.
         relay_url: How other replicas reach this one (its base URL, e.g. ``http://10.0.0.5:8080``).
         limits: Per-lease limits.
+        peer_ssl: How to check another replica's HTTPS certificate when forwarding to it:
+            chained to the replicas' own certificate file (every certificate in it is an
+            anchor). Host names are not checked: replicas behind a load balancer share the
+            public name's certificate, and the tunnel's secret authenticates the call.
     """
 
     def __init__(
@@ -182,8 +187,10 @@ class Relay:
         replica: str,
         relay_url: str,
         limits: RelayLimits | None = None,
+        peer_ssl: ssl.SSLContext | None = None,
     ) -> None:
         self._db = db
+        self._peer_ssl = peer_ssl
         self.replica = replica
         self.relay_url = relay_url.rstrip("/")
         self.limits = limits or RelayLimits()
@@ -315,6 +322,8 @@ class Relay:
             async with connect(
                 f"{url}?port={port}",
                 additional_headers={SECRET_HEADER: held.secret},
+                ssl=self._peer_ssl if url.startswith("wss:") else None,
+                proxy=None,
                 open_timeout=_OPEN_TIMEOUT_S,
                 max_size=MAX_MESSAGE,
                 compression=None,
@@ -434,3 +443,12 @@ async def _first_of(*coroutines: Awaitable[Any]) -> None:
         for task in tasks:
             if task.done() and not task.cancelled():
                 task.exception()
+
+
+def peer_context(certificate_file: str) -> ssl.SSLContext:
+    """TLS to another replica: its certificate must chain to one in ``certificate_file`` (the
+    replicas' own certificate and its chain); host names are not checked (see :class:`Relay`)."""
+    context = ssl.create_default_context(cafile=certificate_file)
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    context.check_hostname = False
+    return context

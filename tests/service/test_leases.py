@@ -474,20 +474,25 @@ def test_the_worker_reconnects_when_the_service_restarts(tmp_path: Path) -> None
 def test_a_stream_reaching_another_replica_is_forwarded_to_the_tunnel(
     tmp_path: Path, postgres_admin_url: str
 ) -> None:
-    """Two replicas on one PostgreSQL: the worker's tunnel reaches one, the user's stream the
-    other, which forwards it (the user never needs the right replica)."""
+    """Two replicas on one PostgreSQL, over TLS: the worker's tunnel reaches one, the user's
+    stream the other, which forwards it, checking the first one's certificate (the user never
+    needs the right replica)."""
     url = fresh_database(postgres_admin_url, "lease_replicas")
-    key = tmp_path / "secret.key"
+    key, ca = tmp_path / "secret.key", tmp_path / "ca"
+    for args in (("ca", "init", str(ca)), ("ca", "server", str(ca), "127.0.0.1")):
+        assert bes_cli(*args).returncode == 0
     options = ["--backend", "desktopgrid", "--database-url", url, "--secret-key-file", str(key)]
+    options += ["--tls-cert", str(ca / "127.0.0.1.pem"), "--tls-key", str(ca / "127.0.0.1.key")]
+    trust = {"ca_file": ca / "ca.pem"}
     with (
-        live_server(tmp_path / "a", extra=options) as a,
-        live_server(tmp_path / "b", extra=options) as b,
+        live_server(tmp_path / "a", extra=options, **trust) as a,
+        live_server(tmp_path / "b", extra=options, **trust) as b,
     ):
         with Database(url) as db:
             token = create_worker(db, "volunteer")
-        worker = ServiceClient(a.url, token)
+        worker = ServiceClient(a.url, token, **trust)
         echo = EchoServer()
-        with BESClient(a.endpoint) as on_a, BESClient(b.endpoint) as on_b:
+        with BESClient(a.endpoint, **trust) as on_a, BESClient(b.endpoint, **trust) as on_b:
             ref = on_a.submit(jsdl.lease(ssh_keys=[KEY], name="lease"))
             works: list[Work] = []
             deadline = time.monotonic() + 30
@@ -506,13 +511,14 @@ def test_a_stream_reaching_another_replica_is_forwarded_to_the_tunnel(
                 found = wait_for(
                     lambda: _ready(on_b, on_b.ref(work.activity)), "replica b to see it ready"
                 )
-                assert found["tunnel"].startswith(f"ws://127.0.0.1:{b.port}/")
+                assert found["tunnel"].startswith(f"wss://127.0.0.1:{b.port}/")
                 payload = bytes(range(256)) * 1024
                 back = echo_through(
                     lambda: open_stream(found["tunnel"], 22, on_b.tunnel_options()), payload
                 )
                 assert back == payload
-                metrics = httpx.get(a.url + "/metrics").text  # the replica holding it counts
+                # The replica holding the tunnel counts the stream.
+                metrics = httpx.get(a.url + "/metrics", verify=a.tls or True).text
                 opened = f'bes_tunnel_streams_opened{{activity="{work.activity}",outcome="opened"}}'
                 assert f"{opened} 1.0" in metrics
             finally:
