@@ -18,6 +18,7 @@ from typing import Final
 
 from bes.cli.activities import cancel, forget, get, status, wait, why
 from bes.cli.attributes import attrs
+from bes.cli.check import check
 from bes.cli.images import images
 from bes.cli.jsdl import jsdl
 from bes.cli.lease import lease, port_forward, ssh, tunnel
@@ -25,5 +26,5 @@ from bes.cli.submit import submit
 
 CLIENT_COMMANDS: Final = (
     submit, status, why, wait, cancel, get, forget, attrs, images, jsdl,
-    lease, ssh, port_forward, tunnel,
+    lease, ssh, port_forward, tunnel, check,
 )  # fmt: skip
