@@ -147,3 +147,33 @@ def test_the_embedded_default_passes_everything_with_its_local_worker(tmp_path: 
     assert by_id["create-staging"]["reason"] == "staged in and out"  # it really ran
     assert by_id["terminate"]["reason"].startswith("while Running")
     assert found["cleanup"].startswith("terminated the")
+
+
+def test_a_secured_site_is_checked_with_the_users_credentials(tmp_path: Path) -> None:
+    """Over HTTPS with a password (WS-Security in the SOAP, HTTP Basic for the WSDL), as a
+    user who is not an administrator: the management checks SKIP, nothing fails."""
+    ca, data_dir = tmp_path / "ca", tmp_path / "data"
+    for args in (("ca", "init", str(ca)), ("ca", "server", str(ca), "127.0.0.1")):
+        assert bes(*args).returncode == 0
+    (tmp_path / "alice.pw").write_text("alice-Secret-1\n")
+    added = bes(
+        "user", "add", "alice", "--password-file", str(tmp_path / "alice.pw"),
+        "--data-dir", str(data_dir),
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    tls = ["--tls-cert", str(ca / "127.0.0.1.pem"), "--tls-key", str(ca / "127.0.0.1.key")]
+    with live_server(data_dir, extra=["--backend", "none", *tls], ca_file=ca / "ca.pem") as site:
+        done = bes(
+            "check", site.endpoint, "--wait", "2", "--json",
+            "--username", "alice", "--password-file", str(tmp_path / "alice.pw"),
+            "--ca-file", str(ca / "ca.pem"),
+        )  # fmt: skip
+        anonymous = bes("check", site.endpoint, "--wait", "1", "--ca-file", str(ca / "ca.pem"))
+    found = json.loads(done.stdout)
+    verdicts = {r["id"]: r["verdict"] for r in found["results"]}
+    assert done.returncode == 0, done.stdout
+    assert "FAIL" not in verdicts.values()
+    assert verdicts["management-stop"] == "SKIP"
+    # Without credentials the site refuses: the suite says so, as failures, and ends.
+    assert anonymous.returncode == 1
+    assert "not authorized" in anonymous.stdout
