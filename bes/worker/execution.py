@@ -262,9 +262,9 @@ def run_lease(assignment: Assignment, node: Node, lease: Lease, workdir: Path) -
         tunnel = LeaseTunnel(client.tunnel(work.lease), dict(access.ports), name=work.activity)
         tunnel.start()
         tunnels.append(tunnel)
-        threading.Thread(
+        threading.Thread(  # retried while the service is unavailable (a restart)
             target=_try,
-            args=(lambda: client.report_access(work.lease, access),),
+            args=(lambda: _report(lambda: client.report_access(work.lease, access)),),
             name=f"access-{work.activity}",
             daemon=True,
         ).start()
