@@ -9,8 +9,13 @@ from typing import Final
 from xml.etree import ElementTree as ET
 
 from bes.check.model import Exchange, Report, Result, Verdict
+from bes.check.session import DRAFT
 
 _EXCERPT: Final = 1200
+_BY_SHAPE: Final = (
+    "answers judged by shape (element names, order, counts): there is no schema of the 2007 "
+    "draft's messages here; GFD.108's schemas judge the final dialect"
+)
 
 
 def text(report: Report, *, evidence: bool = True) -> str:
@@ -19,8 +24,10 @@ def text(report: Report, *, evidence: bool = True) -> str:
         f"bes check {report.endpoint}",
         f"dialect: {report.dialect}; {len(report.results)} checks in {report.seconds:.1f} s: "
         + ", ".join(f"{n} {v}" for v, n in counts.items() if n),
-        "",
     ]
+    if report.dialect.startswith(DRAFT):
+        lines.append(_BY_SHAPE)
+    lines.append("")
     width = max((len(r.id) for r in report.results), default=10)
     for result in report.results:
         detail = result.reason
@@ -151,7 +158,8 @@ def as_html(report: Report) -> str:
         f"<title>bes check {e(report.endpoint)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>bes check <code>{e(report.endpoint)}</code></h1>"
         f'<p id="summary">{e(counts)}; dialect {e(report.dialect)}; '
-        f"{report.seconds:.1f} s; started {e(report.started.isoformat(timespec='seconds'))}</p>"
+        f"{report.seconds:.1f} s; started {e(report.started.isoformat(timespec='seconds'))}"
+        f"{'; ' + e(_BY_SHAPE) if report.dialect.startswith(DRAFT) else ''}</p>"
         '<table id="results"><thead><tr><th>Verdict</th><th>Check</th><th>Why</th>'
         f"<th>Rule</th></tr></thead><tbody>{rows}</tbody></table>"
         f"<h2>JSDL features</h2><ul>{features}</ul>"

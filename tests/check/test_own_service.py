@@ -55,6 +55,7 @@ def test_the_draft_2007_endpoint_is_recognised(service: LiveServer) -> None:
     assert by_id["terminate"].verdict is Verdict.PASS
     assert by_id["status-vector"].verdict is Verdict.PASS
     assert "InvalidActivityIdentifierFault" in by_id["status-vector"].reason
+    assert "judged by shape" in report.text(found)  # and it says how it judged
 
 
 def bes(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
