@@ -44,6 +44,9 @@ WSDL_SOAP: Final = "http://schemas.xmlsoap.org/wsdl/soap/"
 BES_FACTORY: Final = "http://schemas.ggf.org/bes/2006/08/bes-factory"
 BES_MANAGEMENT: Final = "http://schemas.ggf.org/bes/2006/08/bes-management"
 BES_NAMING_BASIC_WSA: Final = "http://schemas.ggf.org/bes/2006/08/bes/naming/BasicWSAddressing"
+# WS-Naming (GFD.109) EndpointIdentifiers; Genesis II sends the namespace of the 2006/03 draft.
+WS_NAMING: Final = "http://schemas.ogf.org/naming/2006/08/naming"
+WS_NAMING_2006_03: Final = "http://schemas.ggf.org/naming/2006/03/naming"
 
 JSDL: Final = "http://schemas.ggf.org/jsdl/2005/11/jsdl"
 JSDL_POSIX: Final = "http://schemas.ggf.org/jsdl/2005/11/jsdl-posix"

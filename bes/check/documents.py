@@ -106,13 +106,13 @@ def probe_ranges(name: str) -> bytes:
 
 
 def probe_posix_limits(name: str) -> bytes:
-    """POSIX limits (JSDL 1.0 §8.1): wall time, CPU time, open files."""
+    """POSIX limits (JSDL 1.0 §8.1): wall time, open files, CPU time (in schema order)."""
     return _wrap(
         name,
         "<posix:POSIXApplication><posix:Executable>/bin/true</posix:Executable>"
         "<posix:WallTimeLimit>600</posix:WallTimeLimit>"
-        "<posix:CPUTimeLimit>300</posix:CPUTimeLimit>"
         "<posix:OpenDescriptorsLimit>256</posix:OpenDescriptorsLimit>"
+        "<posix:CPUTimeLimit>300</posix:CPUTimeLimit>"
         "</posix:POSIXApplication>",
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 from lxml import etree
 
@@ -55,10 +56,19 @@ def kept(epr: etree._Element) -> bytes:
     return etree.tostring(epr)
 
 
+def create_activity_without_document() -> etree._Element:
+    """A CreateActivity whose ActivityDocument holds no JobDefinition (schema-invalid)."""
+    payload = factory("CreateActivity")
+    etree.SubElement(payload, _F + "ActivityDocument")
+    return payload
+
+
 def foreign_epr(url: str) -> bytes:
-    """An identifier this endpoint never minted (its own address, an unknown path)."""
+    """An identifier this endpoint never minted (its own address, an unknown path; without
+    the factory URL's query, such as UNICORE's ``?res=``)."""
     epr = etree.Element(EPR_TAG, nsmap={"wsa": WSA, "bes-factory": BES_FACTORY})
-    address = url.rstrip("/") + "/activities/bes-check-no-such-activity"
+    base = urlunsplit(urlsplit(url)._replace(query="", fragment=""))
+    address = base.rstrip("/") + "/activities/bes-check-no-such-activity"
     etree.SubElement(epr, f"{{{WSA}}}Address").text = address
     return etree.tostring(epr)
 

@@ -105,7 +105,12 @@ class Session:
         here), which the caller says."""
         if reply.envelope is None or self.dialect == DRAFT:
             return []
-        return [f"{p.path}: {p.message}" for p in validate(reply.envelope)]
+        return self.envelope_problems(reply.envelope)
+
+    def envelope_problems(self, envelope: etree._Element) -> list[str]:
+        """An envelope (an answer, or a copy of one with a known deviation taken out)
+        against the project's schemas."""
+        return [f"{p.path}: {p.message}" for p in validate(envelope)]
 
     def saw_dialect(self, dialect: str) -> None:
         if not self.dialect_seen or dialect == DRAFT:
