@@ -297,18 +297,9 @@ def status_vector(s: Session) -> list[Result]:
     asked = [good[0], payloads.foreign_epr(s.endpoint.url), good[1]]
     reply = s.statuses("status-vector", asked)
     v.keep(reply)
-    if reply.envelope is None:
-        return [v.no_soap(reply, "GetActivityStatuses")]
-    if reply.fault is not None:
-        return [
-            v.failed(
-                f"a whole-call fault for one unknown identifier: {reply.fault_detail()}: "
-                f"{reply.fault_string()}"
-            )
-        ]
-    found = payloads.responses(reply.body)
-    if len(found) != 3:
-        return [v.failed(f"{len(found)} Responses for 3 identifiers")]
+    found = _vector(v, reply, "GetActivityStatuses", 3)
+    if isinstance(found, Result):
+        return [found]
     for index in (0, 2):
         state = payloads.state_of(found[index])
         if state is None:
@@ -356,6 +347,22 @@ def status_vector(s: Session) -> list[Result]:
     return [
         v.passed(f"fault {fault[0]}" + (" (the 2007 draft's name)" if s.dialect == DRAFT else ""))
     ]
+
+
+def _vector(v: Verdicts, reply: Reply, operation: str, count: int) -> Result | list[etree._Element]:
+    """The Responses of a vector answer naming one unknown identifier among ``count``, or
+    the FAIL that says why there are none to judge."""
+    if reply.envelope is None:
+        return v.no_soap(reply, operation)
+    if reply.fault is not None:
+        return v.failed(
+            f"a whole-call fault for one unknown identifier: {reply.fault_detail()}: "
+            f"{reply.fault_string()}"
+        )
+    found = payloads.responses(reply.body)
+    if len(found) != count:
+        return v.failed(f"{len(found)} Responses for {count} identifiers")
+    return found
 
 
 def _schema(s: Session, v: Verdicts, reply: Reply) -> Result | None:
@@ -534,18 +541,9 @@ def terminate_unknown(s: Session) -> list[Result]:
     )
     reply = s.terminate("terminate-unknown", [payloads.foreign_epr(s.endpoint.url)])
     v.keep(reply)
-    if reply.envelope is None:
-        return [v.no_soap(reply, "TerminateActivities")]
-    if reply.fault is not None:
-        return [
-            v.failed(
-                f"a whole-call fault for one unknown identifier: {reply.fault_detail()}: "
-                f"{reply.fault_string()}"
-            )
-        ]
-    found = payloads.responses(reply.body)
-    if len(found) != 1:
-        return [v.failed(f"{len(found)} Responses for 1 identifier")]
+    found = _vector(v, reply, "TerminateActivities", 1)
+    if isinstance(found, Result):
+        return [found]
     verdict = deviations.terminated(found[0])
     if verdict.fault == "InvalidActivityIdentifierFault":
         s.saw_dialect(DRAFT)
