@@ -16,6 +16,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Final
 
@@ -101,9 +102,12 @@ class LocalWorker:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
+        log.info("stopping the local worker: it hands its running jobs back first")
+        started = time.monotonic()
         process.terminate()
         try:
             process.wait(timeout_s)
+            log.info("the local worker stopped in %.1f s", time.monotonic() - started)
         except subprocess.TimeoutExpired:
             log.warning("the local worker did not stop in %.0f s; killing it", timeout_s)
             process.kill()

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import importlib.util
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -167,6 +168,9 @@ class TlsWebSocketProtocol(WebSocketsSansIOProtocol):
             self.app = _with_tls(self.app, tls)
 
 
+_GRACEFUL_S: Final = 2
+
+
 def server_config(
     app: ASGIApp,
     *,
@@ -197,6 +201,9 @@ def server_config(
         access_log=False,
         log_config=None,
         timeout_keep_alive=30,
+        # Requests still open this long after a stop was asked for are cancelled: CreateActivity
+        # commits in milliseconds, and claim long-polls are answered at once (BesServer).
+        timeout_graceful_shutdown=_GRACEFUL_S,
         server_header=False,
         proxy_headers=False,
     )
@@ -206,10 +213,49 @@ def server_config(
     return config
 
 
-def run(app: ASGIApp, *, host: str, port: int, context: ssl.SSLContext | None) -> bool:
+class BesServer(uvicorn.Server):
+    """uvicorn's server, telling ``on_ready`` once it listens (after the application started
+    and the socket is bound: a port that is taken never gets there) and ``on_stop`` as soon
+    as it begins to stop, before it waits for the open requests."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        on_ready: Callable[[], None],
+        on_stop: Callable[[], None],
+    ) -> None:
+        super().__init__(config)
+        self._on_ready = on_ready
+        self._on_stop = on_stop
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._on_ready()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_stop()
+        await super().shutdown(sockets)
+
+
+def run(
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    on_ready: Callable[[], None] = lambda: None,
+    on_stop: Callable[[], None] = lambda: None,
+) -> bool:
     """Serve ``app`` until a signal stops it (HTTPS with ``context``); False if it could not
-    start (e.g. the port is taken)."""
-    server = uvicorn.Server(server_config(app, host=host, port=port, context=context))
+    start (e.g. the port is taken). ``on_ready`` runs once it listens, ``on_stop`` when it
+    begins to stop."""
+    server = BesServer(
+        server_config(app, host=host, port=port, context=context),
+        on_ready=on_ready,
+        on_stop=on_stop,
+    )
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     return bool(server.started)

@@ -344,17 +344,28 @@ def serve(
                 server_cert=config.tls_cert,
                 extra=list(worker_options),
             )
-            worker.start()
     except BesError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(
-        f"bes {__version__}: BES endpoint {scheme}://{host}:{port}/bes "
-        f"(WSDL: {scheme}://{host}:{port}/bes?wsdl); backend {config.backend or 'none'}"
-        + ("; with a local worker" if worker else ""),
-        err=True,
-    )
+
+    def ready() -> None:
+        """It listens: say so, and only now start the local worker."""
+        if worker is not None:
+            try:
+                worker.start()
+            except BesError as exc:
+                click.echo(f"bes serve: the local worker could not start: {exc}", err=True)
+        click.echo(
+            f"bes {__version__}: BES endpoint {scheme}://{host}:{port}/bes "
+            f"(WSDL: {scheme}://{host}:{port}/bes?wsdl); backend {config.backend or 'none'}"
+            + ("; with a local worker" if worker else "")
+            + "; ready",
+            err=True,
+        )
+
     try:
-        started = tls.run(app, host=host, port=port, context=context)
+        started = tls.run(
+            app, host=host, port=port, context=context, on_ready=ready, on_stop=app.begin_shutdown
+        )
     finally:
         if worker is not None:
             worker.stop()

@@ -118,6 +118,7 @@ class WorkerGateway:
         self._clock = clock
         self._changed = changed
         self._work = asyncio.Event()
+        self._stopping = False
         self._identities: dict[str, WorkerIdentity] = {}
         self._metrics = metrics or Metrics()
 
@@ -182,9 +183,15 @@ class WorkerGateway:
         self._work.set()
         self._work = asyncio.Event()
 
+    def stop_waiting(self) -> None:
+        """The service is stopping: answer every claim at once, with no work (call in the
+        loop). Workers ask again, of this replica once it is back or of another."""
+        self._stopping = True
+        self.work_added()
+
     async def claim(self, worker: WorkerIdentity, request: ClaimRequest) -> list[Lease]:
         """Lease up to ``request.slots`` jobs that fit; wait up to ``wait_s`` for some."""
-        if request.slots < 1:
+        if request.slots < 1 or self._stopping:
             return []
         deadline = time.monotonic() + max(0.0, min(request.wait_s, self.config.claim_wait_s))
         first = True
@@ -232,7 +239,7 @@ class WorkerGateway:
                 first = False
                 await self.refuse_if_revoked(worker)  # nothing was leased: revoked, or no work?
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._stopping:
                 return []
             # Wake on new work here, and look again every second for work that another
             # replica queued or that came back from an expired lease.
