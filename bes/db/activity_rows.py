@@ -652,10 +652,14 @@ def count_by_state(
 
 
 def active_ids(conn: Connection, owner: str | None, limit: int) -> list[ActivityId]:
-    """Ids of non-terminal activities, oldest first (of one owner, or of everyone)."""
+    """Ids of non-terminal activities, oldest first (of one owner, or of everyone); a
+    parameter sweep by its points (its own row stands for them and never ends)."""
     query = (
         select(activity.c.id)
-        .where(activity.c.state.in_([s.value for s in ActivityState if not s.terminal]))
+        .where(
+            activity.c.state.in_([s.value for s in ActivityState if not s.terminal]),
+            activity.c.children == 0,
+        )
         .order_by(activity.c.created_at)
         .limit(limit)
     )
@@ -668,7 +672,11 @@ def factory_summary(
     conn: Connection, owner: str | None, limit: int
 ) -> tuple[bool, dict[ActivityState, int], list[ActivityId]]:
     """Accepting flag, counts per state and active ids, read in one go."""
-    return is_accepting(conn), count_by_state(conn, owner), active_ids(conn, owner, limit)
+    return (
+        is_accepting(conn),
+        count_by_state(conn, owner, points=True),
+        active_ids(conn, owner, limit),
+    )
 
 
 def backend_jobs_to_watch(

@@ -400,6 +400,35 @@ async def test_factory_attributes_in_schema_order_with_live_counts(
     assert counts == {"Pending": 1, "Running": 0, "Finished": 0, "Cancelled": 1, "Failed": 0}
 
 
+SWEEP_JSDL = b"""<jsdl:JobDefinition xmlns:jsdl="http://schemas.ggf.org/jsdl/2005/11/jsdl"
+    xmlns:posix="http://schemas.ggf.org/jsdl/2005/11/jsdl-posix"
+    xmlns:sweep="http://schemas.ogf.org/jsdl/2009/03/sweep"
+    xmlns:sf="http://schemas.ogf.org/jsdl/2009/03/sweep/functions">
+  <jsdl:JobDescription><jsdl:Application><posix:POSIXApplication>
+    <posix:Executable>/bin/echo</posix:Executable><posix:Argument>x</posix:Argument>
+  </posix:POSIXApplication></jsdl:Application></jsdl:JobDescription>
+  <sweep:Sweep><sweep:Assignment><sweep:DocumentNode>
+    <sweep:NamespaceBinding prefix="p" ns="http://schemas.ggf.org/jsdl/2005/11/jsdl-posix"/>
+    <sweep:Match>//p:Argument[1]</sweep:Match></sweep:DocumentNode>
+    <sf:Values><sf:Value>a</sf:Value><sf:Value>b</sf:Value><sf:Value>c</sf:Value></sf:Values>
+  </sweep:Assignment></sweep:Sweep>
+</jsdl:JobDefinition>"""
+
+
+async def test_a_sweep_counts_by_its_points_and_not_once_they_ended(
+    client: httpx.AsyncClient,
+) -> None:
+    """Its own row stands for its points: counted, it would never end (bes check found it)."""
+    sweep = await create(client, SWEEP_JSDL)
+    doc = await attributes(client)
+    assert soap.xpath(doc, "string(bes:TotalNumberOfActivities)") == "3"
+    assert len(soap.xpath(doc, "bes:ActivityReference")) == 3
+    await call(client, soap.vector("TerminateActivities", [as_request_epr(sweep)]))
+    doc = await attributes(client)
+    assert soap.xpath(doc, "string(bes:TotalNumberOfActivities)") == "0"
+    assert soap.xpath(doc, "bes:ActivityReference") == []
+
+
 async def test_stop_and_start_accepting(client: httpx.AsyncClient) -> None:
     r = await call(
         client,
