@@ -98,7 +98,7 @@ def test_the_secure_deployment_section_works_as_written(tmp_path: Path) -> None:
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
         assert "Finished" in done.stdout, done.stdout  # the local worker ran it, over HTTPS
         assert 'Signed in as <strong id="caller">alice' in done.stdout
-        submitted = re.findall(r"^([A-Za-z0-9_-]{24})\b", done.stdout, re.M)
+        submitted = re.findall(r"^([A-Za-z0-9_-]{24})(?=\s|$)", done.stdout, re.M)
         assert len(set(submitted)) == 2, done.stdout
         served = (tmp_path / "serve.log").read_text()
         assert (site / "alice.pw").read_text().strip() not in served
