@@ -14,7 +14,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -187,43 +187,22 @@ class Endpoint:
         return read_reply(self._post(label, self.url, data, dict(headers)))
 
     def get(self, label: str, url: str) -> Exchange:
-        started = time.perf_counter()
-        try:
-            response = self._session.get(
-                url, timeout=self.timeout_s, verify=self._session.verify, auth=self._auth(url)
-            )
-        except requests.RequestException as exc:
-            return self._kept(
-                Exchange(
-                    label=label,
-                    method="GET",
-                    url=url,
-                    request_headers={},
-                    request=b"",
-                    seconds=time.perf_counter() - started,
-                    error=_reason(exc),
-                )
-            )
-        return self._kept(
-            Exchange(
-                label=label,
-                method="GET",
-                url=url,
-                request_headers={},
-                request=b"",
-                status=response.status_code,
-                response_headers=dict(response.headers),
-                response=response.content,
-                seconds=time.perf_counter() - started,
-            )
-        )
+        return self._send(label, "GET", url, b"", {})
 
     def _post(self, label: str, url: str, data: bytes, headers: dict[str, str]) -> Exchange:
+        return self._send(label, "POST", url, data, headers)
+
+    def _send(
+        self, label: str, method: str, url: str, data: bytes, headers: dict[str, str]
+    ) -> Exchange:
+        """One HTTP request, kept (and saved) whatever came of it."""
         started = time.perf_counter()
+        sent = Exchange(label=label, method=method, url=url, request_headers=headers, request=data)
         try:
-            response = self._session.post(
+            response = self._session.request(
+                method,
                 url,
-                data=data,
+                data=data or None,
                 headers=headers,
                 timeout=self.timeout_s,
                 verify=self._session.verify,
@@ -231,23 +210,11 @@ class Endpoint:
             )
         except requests.RequestException as exc:
             return self._kept(
-                Exchange(
-                    label=label,
-                    method="POST",
-                    url=url,
-                    request_headers=headers,
-                    request=data,
-                    seconds=time.perf_counter() - started,
-                    error=_reason(exc),
-                )
+                replace(sent, seconds=time.perf_counter() - started, error=_reason(exc))
             )
         return self._kept(
-            Exchange(
-                label=label,
-                method="POST",
-                url=url,
-                request_headers=headers,
-                request=data,
+            replace(
+                sent,
                 status=response.status_code,
                 response_headers=dict(response.headers),
                 response=response.content,
