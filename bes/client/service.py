@@ -262,14 +262,7 @@ class BESClient:
     def suspend(self, ref: ActivityRef, *, suspended: bool = True) -> None:
         """Suspend a VM lease's VM (``suspended=False``: resume it); its worker applies it at
         its next heartbeat, and its wall time stops meanwhile."""
-        url = self._activity_url(ref) + ("/suspend" if suspended else "/resume")
-        try:
-            response = self._session.post(
-                url, timeout=self.timeout_s, verify=self._session.verify, auth=self._auth_for(url)
-            )
-        except requests.RequestException as exc:
-            raise describe_failure(exc, url, self.timeout_s) from exc
-        raise_for_http(response, url, soap=False)
+        self._http("POST", self._activity_url(ref) + ("/suspend" if suspended else "/resume"))
 
     def tunnel_options(self) -> TunnelOptions:
         """How to open a lease's WebSocket streams with this client's credentials and TLS
@@ -549,14 +542,28 @@ class BESClient:
         for start in range(0, len(refs), self.batch_size):
             yield refs[start : start + self.batch_size]
 
-    def _get_json(self, url: str) -> Any:
+    def _http(self, method: str, url: str) -> requests.Response:
+        """A plain HTTP request to one of the service's own resources; a 2xx answer.
+
+        Raises:
+            ConnectionProblem: No answer.
+            HttpProblem: Any other status.
+        """
         try:
-            response = self._session.get(
-                url, timeout=self.timeout_s, verify=self._session.verify, auth=self._auth_for(url)
+            response = self._session.request(
+                method,
+                url,
+                timeout=self.timeout_s,
+                verify=self._session.verify,
+                auth=self._auth_for(url),
             )
         except requests.RequestException as exc:
             raise describe_failure(exc, url, self.timeout_s) from exc
         raise_for_http(response, url, soap=False)
+        return response
+
+    def _get_json(self, url: str) -> Any:
+        response = self._http("GET", url)
         try:
             return response.json()
         except ValueError as exc:
