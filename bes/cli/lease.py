@@ -133,9 +133,7 @@ def start(
 @reported
 def suspend(activity: str, **flags: Any) -> None:
     """Pause a lease's VM (its wall time stops until bes lease resume)."""
-    _ctx, client, ref = _one(activity, flags)
-    client.suspend(ref, suspended=True)
-    note(f"{ref.name}: suspending (its worker applies it at its next heartbeat)")
+    _suspend(activity, flags, suspended=True)
 
 
 @lease.command("resume")
@@ -144,9 +142,14 @@ def suspend(activity: str, **flags: Any) -> None:
 @reported
 def resume(activity: str, **flags: Any) -> None:
     """Let a suspended lease's VM go on."""
+    _suspend(activity, flags, suspended=False)
+
+
+def _suspend(activity: str, flags: dict[str, Any], *, suspended: bool) -> None:
     _ctx, client, ref = _one(activity, flags)
-    client.suspend(ref, suspended=False)
-    note(f"{ref.name}: resuming")
+    client.suspend(ref, suspended=suspended)
+    doing = "suspending" if suspended else "resuming"
+    note(f"{ref.name}: {doing} (its worker applies it at its next heartbeat)")
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
