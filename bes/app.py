@@ -42,7 +42,7 @@ import secrets
 import socket
 import time
 from typing import Any, Final
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 from bes import __version__
 from bes.accounts import Accounts
@@ -75,7 +75,7 @@ from bes.http import (
 )
 from bes.identity import AnonymousPolicy, IdentityPolicy, bearer_token, request_scheme, transport_of
 from bes.imageapi import IMAGES, serve_images
-from bes.leaseapi import TUNNEL, lease_route, serve_lease, serve_tunnel
+from bes.leaseapi import TUNNEL, lease_route, serve_lease, serve_tunnel, stream_port
 from bes.metrics import CONTENT_TYPE as METRICS_TYPE
 from bes.metrics import Metrics
 from bes.overview import Overview
@@ -315,7 +315,7 @@ class BesApp:
             else:
                 await self.workers(scope, receive, send)
             return "worker", _worker_operation(path)
-        elif lease_route(path)[1]:
+        elif resource := lease_route(path)[1]:
             caller = await self._http_caller(scope, send)
             if caller is not None and self.activities is not None:
                 await serve_lease(
@@ -325,7 +325,7 @@ class BesApp:
                     activities=self.activities,
                     endpoint=self._endpoint(scope),
                 )
-            return "lease", lease_route(path)[1]
+            return "lease", resource
         elif (
             path.startswith(ACTIVITY_PATH)
             and method in ("GET", "HEAD")
@@ -390,12 +390,12 @@ class BesApp:
                 await relay.serve_tunnel(activity_id, receive, send)
             elif path.startswith(RELAY_PATH):
                 secret = headers_of(scope).get(SECRET_HEADER, "")
-                port = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("port")
-                if not port or not port[0].isdigit():
+                port = stream_port(scope)
+                if port is None:
                     await refuse(scope, send, 400, "no port")
                     return
                 await relay.serve_forwarded(
-                    path[len(RELAY_PATH) :], int(port[0]), scope, receive, send, secret=secret
+                    path[len(RELAY_PATH) :], port, scope, receive, send, secret=secret
                 )
             elif lease_route(path)[1] == TUNNEL:
                 transport = transport_of(

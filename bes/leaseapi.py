@@ -114,7 +114,7 @@ async def serve_tunnel(
     """``…/ID/tunnel?port=N`` (WebSocket): one stream to a forwarded port of a running lease
     the caller may see."""
     activity_id, resource = lease_route(scope["path"])
-    port = _port(scope)
+    port = stream_port(scope)
     if activity_id is None or resource != TUNNEL or port is None:
         await refuse(scope, send, 404, "no such tunnel: use /bes/activities/ID/tunnel?port=N")
         return
@@ -143,7 +143,8 @@ async def serve_tunnel(
     await relay.serve_stream(activity_id, port, scope, receive, send)
 
 
-def _port(scope: Scope) -> int | None:
+def stream_port(scope: Scope) -> int | None:
+    """The ``port`` a stream asks for (``?port=N``, one TCP port), or None."""
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     values = query.get("port", [])
     if len(values) != 1 or not values[0].isdigit() or not 0 < int(values[0]) < 65536:

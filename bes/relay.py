@@ -50,10 +50,8 @@ RELAY_PATH: Final = "/bes/relay/"
 SECRET_HEADER: Final = "x-bes-relay-secret"  # noqa: S105 (a header name)
 _CLOSE_TIMEOUT_S: Final = 5.0
 _OPEN_TIMEOUT_S: Final = 30.0
-# WebSocket close codes (RFC 6455 §7.4.1) with which a user's stream is refused or ends.
-POLICY: Final = 1008  # not allowed (limits)
-UNAVAILABLE: Final = 1013  # try again later: no tunnel (yet)
-GONE: Final = 1001  # the lease ended
+POLICY: Final = 1008
+"""The WebSocket close code of a refusal where no HTTP answer can be sent (RFC 6455 §7.4.1)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,11 +128,11 @@ class AsgiChannel:
                 self._closed = True
         raise ChannelClosed("the WebSocket closed")
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self) -> None:
         if not self._closed:
             self._closed = True
             with contextlib.suppress(OSError, RuntimeError):
-                await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+                await self._send({"type": "websocket.close", "code": 1000})
 
 
 async def refuse(scope: Scope, send: Send, status: int, message: str) -> None:
@@ -231,15 +229,11 @@ class Relay:
             await channel.close()
             log.info("%s: tunnel of its worker closed", activity_id)
 
-    async def close(self, activity_id: str) -> None:
-        """End a lease's tunnel and its streams here (the lease is over)."""
-        tunnel = self._tunnels.pop(activity_id, None)
-        if tunnel is not None:
-            await tunnel.mux.close()
-
     async def close_all(self) -> None:
-        for activity_id in list(self._tunnels):
-            await self.close(activity_id)
+        """End every tunnel held here, and their streams (the service stops)."""
+        tunnels, self._tunnels = list(self._tunnels.values()), {}
+        for tunnel in tunnels:
+            await tunnel.mux.close()
 
     # ------------------------------------------------------------------ user side
 
