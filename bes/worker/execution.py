@@ -24,8 +24,8 @@ from bes.errors import BesError, HypervisorError, LeaseLost
 from bes.states import SubState
 from bes.vm.drivers.base import HypervisorDriver
 from bes.vm.images import Download
-from bes.vm.job import run_vm_job
-from bes.vm.lease import run_vm_lease
+from bes.vm.job import VmJob, run_vm_job
+from bes.vm.lease import VmLease, run_vm_lease
 from bes.vm.media import GuestResults
 from bes.vm.repository import ImageRepository
 from bes.vm.spec import Hypervisor, Lease
@@ -118,11 +118,12 @@ def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
     if work.job.job_description.application is None:
         _data_job(assignment, node, inputs_dir, workdir)
         return
-    try:
+
+    def prepare() -> tuple[HypervisorDriver, VmJob]:
         driver = _driver_for(work, node)
         store = _store(node, work)
         inputs = fetch_inputs(work.job, inputs_dir, file_roots=node.config.file_roots, store=store)
-        vm_job = plan(
+        return driver, plan(
             work.job,
             work.activity,
             repository=node.repository(store.fetch),
@@ -131,13 +132,11 @@ def _execute(assignment: Assignment, node: Node, workdir: Path) -> None:
             defaults=node.defaults,
             cpu_cap_percent=node.config.cpu_cap_percent,
         )
-    except HypervisorError as exc:
-        _fail(client, work, f"{exc}", retry=True)
+
+    prepared = _prepared(work, client, prepare)
+    if prepared is None:
         return
-    except BesError as exc:  # staging, checksum, template, unsupported feature
-        log.warning("%s: cannot run: %s", work.activity, exc)
-        _fail(client, work, f"{exc}", retry=False)
-        return
+    driver, vm_job = prepared
     staged_in = time.monotonic()
     assignment.enter(SubState.EXECUTING)
 
@@ -237,9 +236,10 @@ def run_lease(assignment: Assignment, node: Node, lease: Lease, workdir: Path) -
     """Run a VM lease until it ends: report its way in once the guest is ready, keep its
     tunnel open meanwhile, pause it while its owner suspends it."""
     work, client = assignment.work, node.client
-    try:
+
+    def prepare() -> tuple[HypervisorDriver, VmLease]:
         driver = _driver_for(work, node)
-        vm_lease = plan_lease(
+        return driver, plan_lease(
             work.job,
             work.activity,
             lease,
@@ -248,13 +248,11 @@ def run_lease(assignment: Assignment, node: Node, lease: Lease, workdir: Path) -
             defaults=node.defaults,
             cpu_cap_percent=node.config.cpu_cap_percent,
         )
-    except HypervisorError as exc:
-        _fail(client, work, f"{exc}", retry=True)
+
+    prepared = _prepared(work, client, prepare)
+    if prepared is None:
         return
-    except BesError as exc:
-        log.warning("%s: cannot run the lease: %s", work.activity, exc)
-        _fail(client, work, f"{exc}", retry=False)
-        return
+    driver, vm_lease = prepared
     assignment.enter(SubState.EXECUTING)
     tunnels: list[LeaseTunnel] = []
 
@@ -299,6 +297,20 @@ def run_lease(assignment: Assignment, node: Node, lease: Lease, workdir: Path) -
     else:
         uploaded = _upload_console(assignment, node, outcome.console_tail, workdir)
         _fail(client, work, outcome.reason, retry=outcome.reason == _CRASHED, files=uploaded)
+
+
+def _prepared(work: Work, client: ServiceClient, prepare: Callable[[], T]) -> T | None:
+    """What ``prepare`` makes (the driver and the planned VM), or None once the failure was
+    reported: a hypervisor's is retried elsewhere, the job's own (staging, checksum,
+    template, unsupported feature) is final."""
+    try:
+        return prepare()
+    except HypervisorError as exc:
+        _fail(client, work, f"{exc}", retry=True)
+    except BesError as exc:
+        log.warning("%s: cannot run: %s", work.activity, exc)
+        _fail(client, work, f"{exc}", retry=False)
+    return None
 
 
 def _cancelled(assignment: Assignment, node: Node) -> Callable[[], bool]:
