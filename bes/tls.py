@@ -137,35 +137,31 @@ def _with_tls(app: ASGIApp, tls: Mapping[str, Any]) -> ASGIApp:
     return with_tls
 
 
-class TlsHttpToolsProtocol(HttpToolsProtocol):
+class _WithTlsScope(asyncio.Protocol):
+    """Mixed into uvicorn's protocols: the ASGI TLS extension in each scope they make, from
+    the connection's TLS state (asyncio calls ``connection_made`` once the handshake is done;
+    for a WebSocket, with the connection it was upgraded on)."""
+
+    app: ASGIApp
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        tls = tls_extension(transport)
+        if tls is not None:
+            self.app = _with_tls(self.app, tls)
+
+
+class TlsHttpToolsProtocol(_WithTlsScope, HttpToolsProtocol):
     """uvicorn's httptools protocol, with the ASGI TLS extension in each request's scope."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        tls = tls_extension(transport)  # asyncio calls this once the handshake is done
-        if tls is not None:
-            self.app = _with_tls(self.app, tls)
 
-
-class TlsH11Protocol(H11Protocol):
+class TlsH11Protocol(_WithTlsScope, H11Protocol):
     """uvicorn's h11 protocol, with the ASGI TLS extension in each request's scope."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        tls = tls_extension(transport)
-        if tls is not None:
-            self.app = _with_tls(self.app, tls)
 
-
-class TlsWebSocketProtocol(WebSocketsSansIOProtocol):
+class TlsWebSocketProtocol(_WithTlsScope, WebSocketsSansIOProtocol):
     """uvicorn's WebSocket protocol (websockets' sans-I/O core), with the ASGI TLS extension
     in each connection's scope: a client certificate authenticates a tunnel as a request."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        tls = tls_extension(transport)
-        if tls is not None:
-            self.app = _with_tls(self.app, tls)
 
 
 _GRACEFUL_S: Final = 2
