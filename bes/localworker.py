@@ -61,10 +61,10 @@ class LocalWorker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Register the worker's token and start the process."""
+        """Register the worker's token and start the process (once the service listens:
+        its database is migrated by then)."""
         token_file = self.data_dir / TOKEN_FILE
         with Database(self.database_url) as db:
-            db.migrate()
             local_worker_token(db, NAME, token_file)
         argv = [
             sys.executable,
