@@ -493,16 +493,15 @@ class WorkerGateway:
             LeaseLost: The lease is not the worker's (any more).
         """
         ref = self._required(worker, reported)
-        activity_id = await self._db.write(
-            grid.report_access, (ref, self._clock(), access.to_json())
-        )
+        reported_json = access.to_json()
+        activity_id = await self._db.write(grid.report_access, (ref, self._clock(), reported_json))
         if activity_id is None:
             await self.refuse_if_revoked(worker)
             raise LeaseLost(f"lease {reported} is not yours any more")
         status = leased_status(
             substate=SubState.EXECUTING.value,
             ran=True,
-            extra={"worker": worker.name, "access": access.to_json()},
+            extra={"worker": worker.name, "access": reported_json},
         )
         self._changed([StatusChange(activity_id=activity_id, job_id=ref.job_id, status=status)])
 
