@@ -41,7 +41,7 @@ from bes.db.store import Database
 from bes.errors import BesError
 from bes.http import Receive, Scope, Send
 from bes.tunnel.mux import Channel, ChannelClosed, Mux, Stream, StreamRefused
-from bes.tunnel.websocket import MAX_MESSAGE, WebSocketChannel
+from bes.tunnel.websocket import MAX_MESSAGE, WebSocketChannel, websocket_url
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ class Relay:
     async def _forward(
         self, held: tunnel_rows.Held, port: int, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        url = held.relay_url.replace("http", "ws", 1) + f"{RELAY_PATH}{held.activity_id}"
+        url = websocket_url(f"{held.relay_url}{RELAY_PATH}{held.activity_id}")
         try:
             async with connect(
                 f"{url}?port={port}",

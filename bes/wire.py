@@ -30,6 +30,7 @@ from bes.ns import (
 )
 from bes.soap import CLIENT, SERVER, SoapFault, fault_element
 from bes.states import ActivityState, SubState
+from bes.tunnel.websocket import websocket_url
 
 ACTIVITY_PATH: Final = "/bes/activities/"
 """Path prefix of every activity's own URL (its EPR Address)."""
@@ -219,8 +220,7 @@ def _access(status: etree._Element, record: ActivityRecord, endpoint: str | None
 
 def tunnel_url(endpoint: str, activity_id: str) -> str:
     """The WebSocket URL of a VM lease's streams (add ``?port=N``)."""
-    scheme, _, rest = endpoint.partition("://")
-    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{ACTIVITY_PATH}{activity_id}/tunnel"
+    return websocket_url(f"{endpoint}{ACTIVITY_PATH}{activity_id}/tunnel")
 
 
 def _xsd_datetime(value: dt.datetime) -> str:

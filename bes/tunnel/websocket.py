@@ -14,6 +14,12 @@ MAX_MESSAGE: Final = 1024 * 1024
 """The largest WebSocket message either end accepts (a mux message is far smaller)."""
 
 
+def websocket_url(url: str) -> str:
+    """An http(s) URL as the ws(s) URL of the same place (TLS stays TLS)."""
+    scheme, _, rest = url.partition("://")
+    return f"{'wss' if scheme.lower() == 'https' else 'ws'}://{rest}"
+
+
 class WebSocketChannel:
     """Binary messages over a WebSocket; the end of the connection is :class:`ChannelClosed`."""
 

@@ -27,6 +27,7 @@ from bes.errors import BesError, LeaseLost
 from bes.filerefs import SCHEME
 from bes.jsdl import codec
 from bes.jsdl.model import JobDefinition
+from bes.tunnel.websocket import websocket_url
 from bes.vm.images import ImageError
 from bes.vm.repository import Catalog
 
@@ -191,11 +192,10 @@ class ServiceClient:
 
     def tunnel(self, lease: str) -> TunnelEndpoint:
         """Where and how to open the WebSocket that carries a lease's streams."""
-        scheme = "wss" if self.base_url.startswith("https") else "ws"
-        url = f"{scheme}{self.base_url[self.base_url.index(':') :]}"
-        context = _tls_context(self._ca_file) if scheme == "wss" else None
+        url = websocket_url(f"{self.base_url}/worker/v1/leases/{_quote(lease)}/tunnel")
+        context = _tls_context(self._ca_file) if url.startswith("wss:") else None
         return TunnelEndpoint(
-            url=f"{url}/worker/v1/leases/{_quote(lease)}/tunnel",
+            url=url,
             headers={"Authorization": f"Bearer {self._token}"},
             ssl=context,
             server_name=self._server_name,
