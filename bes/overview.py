@@ -114,7 +114,7 @@ class Overview:
         lines = await self._db.read(
             overview.activity_lines, owner=owner, state=state, limit=limit + 1, after=after
         )
-        counts = await self._db.read(rows.count_by_state, owner, points=True)
+        counts = await self._db.read(rows.count_by_state, owner)
         accepting = await self._activities.is_accepting()
         return ActivityPage(
             lines=lines[:limit], more=len(lines) > limit, counts=counts, accepting=accepting
@@ -150,7 +150,7 @@ class Overview:
             NotAuthorized: The caller is not an administrator.
         """
         _require_admin(caller, "the metrics")
-        counts = await self._db.read(rows.count_by_state, None, points=True)
+        counts = await self._db.read(rows.count_by_state, None)
         queue = await self._db.read(overview.queue_summary)
         oldest = queue.oldest_queued_at
         stored_bytes, stored_files = await self._db.read(file_rows.store_totals)

@@ -30,6 +30,7 @@ from sqlalchemy import (
 )
 
 from bes.access import Access
+from bes.db import tally_rows
 from bes.db.prepared import Prepared, db_time, from_db_time
 from bes.db.tables import activity, activity_document, activity_event, setting
 from bes.ids import ActivityId, BackendJobId
@@ -634,21 +635,11 @@ def get_documents(
     return out
 
 
-def count_by_state(
-    conn: Connection, owner: str | None, *, points: bool = False
-) -> dict[ActivityState, int]:
-    """How many activities are in each basic state (of one owner, or of everyone); with
-    ``points``, a parameter sweep counts by its points (its own row, which stands for them,
-    is left out)."""
-    query = select(activity.c.state, func.count()).group_by(activity.c.state)
-    if points:
-        query = query.where(activity.c.children == 0)
-    if owner is not None:
-        query = query.where(activity.c.owner == owner)
-    counts = dict.fromkeys(ActivityState, 0)
-    for state, n in conn.execute(query):
-        counts[ActivityState(state)] = n
-    return counts
+def count_by_state(conn: Connection, owner: str | None) -> dict[ActivityState, int]:
+    """How many activities are in each basic state (of one owner, or of everyone), a parameter
+    sweep by its points; read from the counts the database keeps (bes.db.tally_rows), so it
+    costs the same at a million activities as at ten."""
+    return tally_rows.activity_counts(conn, owner)
 
 
 def active_ids(conn: Connection, owner: str | None, limit: int) -> list[ActivityId]:
@@ -674,7 +665,7 @@ def factory_summary(
     """Accepting flag, counts per state and active ids, read in one go."""
     return (
         is_accepting(conn),
-        count_by_state(conn, owner, points=True),
+        count_by_state(conn, owner),
         active_ids(conn, owner, limit),
     )
 

@@ -33,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 
+from bes.db import tally_rows
 from bes.db.prepared import Prepared, db_time, from_db_time
 from bes.db.tables import activity, activity_document, grid_job, worker
 from bes.ids import ActivityId, BackendJobId
@@ -959,9 +960,9 @@ def grid_statuses(
 
 
 def queue_counts(conn: Connection) -> dict[GridState, int]:
-    """How many jobs are in each queue state."""
+    """How many jobs are in each queue state (counts the database keeps, bes.db.tally_rows)."""
     counts = dict.fromkeys(GridState, 0)
-    for state, n in conn.execute(select(grid_job.c.state, func.count()).group_by(grid_job.c.state)):
+    for state, n in tally_rows.counts(conn, tally_rows.GRID_JOB).items():
         counts[GridState(state)] = n
     return counts
 

@@ -1,6 +1,7 @@
 """Read-only SQL for the status page and the metrics: pages of activities with when each
 started and ended and which worker ran it, the workers' load and the queue (counts by state
-are :func:`bes.db.activity_rows.count_by_state`, by points). SQLite and PostgreSQL alike.
+are :func:`bes.db.activity_rows.count_by_state`, by points, and the queue's are kept
+by the database, bes.db.tally_rows). SQLite and PostgreSQL alike.
 
 Parameter sweeps appear as their points: a sweep's own row stands for its children and is
 left out of the pages, so every job is listed once.
@@ -16,6 +17,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, func, select, tuple_
 
+from bes.db import grid_rows
 from bes.db.activity_rows import RECORD_COLUMNS, ActivityRecord, record_of
 from bes.db.grid_rows import GridState
 from bes.db.prepared import from_db_time
@@ -159,9 +161,7 @@ def worker_loads(conn: Connection, limit: int) -> list[WorkerLoad]:
 
 def queue_summary(conn: Connection) -> QueueSummary:
     """Jobs per queue state and when the oldest job still waiting was queued."""
-    counts = dict.fromkeys(GridState, 0)
-    for state, n in conn.execute(select(grid_job.c.state, func.count()).group_by(grid_job.c.state)):
-        counts[GridState(state)] = n
+    counts = grid_rows.queue_counts(conn)
     oldest = conn.execute(
         select(func.min(grid_job.c.queued_at)).where(grid_job.c.state == GridState.QUEUED.value)
     ).scalar_one_or_none()

@@ -345,3 +345,31 @@ tunnel = Table(
     Column("secret", String(128), nullable=False),
     Column("connected_at", UtcDateTime(), nullable=False),
 )
+
+# Counts the database keeps up to date itself (bes.db.tally_rows, by triggers): activities per
+# owner and state (by points), desktop-grid jobs per queue state (owner ''). Each database
+# session counts into its own slot, so replicas' writers never wait on one row.
+tally = Table(
+    "tally",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("owner", String(256), primary_key=True),
+    Column("state", String(16), primary_key=True),
+    Column("slot", Integer, primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)
+
+# CreateActivity requests already answered, by caller and WS-Addressing MessageID (hashed
+# together): a client that retries a request whose answer it lost, on this replica or another,
+# gets the activity that request created instead of a second one.
+create_request = Table(
+    "create_request",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column(
+        "activity_id", String(32), ForeignKey("activity.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("at", UtcDateTime(), nullable=False),
+    Index(None, "at"),
+    Index(None, "activity_id"),
+)

@@ -100,9 +100,9 @@ def test_counts_leave_out_the_sweep_that_stands_for_its_points(db: Database) -> 
     points = [create(db, "alice", T0, parent=sweep) for _ in range(2)]
     create(db, "bob", T0)
     move(db, points[0], ActivityState.CANCELLED, T0 + SECOND)
-    counts = db.read_sync(rows.count_by_state, None, points=True)
+    counts = db.read_sync(rows.count_by_state, None)
     assert counts[ActivityState.PENDING] == 2 and counts[ActivityState.CANCELLED] == 1
-    mine = db.read_sync(rows.count_by_state, "alice", points=True)
+    mine = db.read_sync(rows.count_by_state, "alice")
     assert sum(mine.values()) == 2
     assert sweep not in {line.record.id for line in lines(db)}
 
