@@ -6,9 +6,10 @@ Usage::
     .venv/bin/python bench/bes_bench.py [--seconds 8] [--clients 1,8,32]
 
 It starts ``bes serve`` (SQLite in a temporary directory, synchronous=FULL: every acknowledged
-CreateActivity is on disk; ``--backend`` none by default: the factory alone, activities stay
-queued; desktopgrid to dispatch them into the grid's queue too, with no worker) and the floor
-server (bench/floor.py) one after the other, each on one
+CreateActivity is on disk) once per backend of ``--backends`` (default both, in the same run:
+``none``, the factory alone, activities stay queued; ``desktopgrid``, each activity also queued
+for the grid's workers, none of which runs) and the floor server (bench/floor.py) one after the
+other, each on one
 CPU when ``taskset`` is available, and drives them from this process (on the other CPU) with
 keep-alive HTTP/1.1 connections. Results are printed as a table; nothing is asserted.
 """
@@ -159,15 +160,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--status-ids", type=int, default=1000)
-    parser.add_argument("--backend", default="none", choices=["none", "desktopgrid"])
+    parser.add_argument("--backends", default="none,desktopgrid")
     args = parser.parse_args()
+    backends = args.backends.split(",")
     levels = [int(c) for c in args.clients.split(",")]
     python = sys.executable
     bench_dir = Path(__file__).resolve().parent
     print(
         f"bes benchmark: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-        f"{args.seconds:.0f} s per level, server pinned: {bool(_pin(0))}, "
-        f"backend {args.backend}"
+        f"{args.seconds:.0f} s per level, server pinned: {bool(_pin(0))}"
     )
     if _pin(1):
         os.sched_setaffinity(0, {1})
@@ -195,28 +196,32 @@ def main() -> None:
     with running(floor_argv, port, "/"):
         results["floor"] = {c: asyncio.run(load(port, CREATE, c, args.seconds)) for c in levels}
 
-    with tempfile.TemporaryDirectory(prefix="bes-bench-") as data:
-        port = free_port()
-        argv = serve_argv(port, data, "--backend", args.backend, "--no-local-worker", python=python)
-        with running(argv, port, "/healthz"):
-            results["create"] = {
-                c: asyncio.run(load(port, CREATE, c, args.seconds)) for c in levels
-            }
-            status_times = asyncio.run(statuses(port, args.status_ids, 30))
+    status_times: list[float] = []
+    for backend in backends:
+        with tempfile.TemporaryDirectory(prefix="bes-bench-") as data:
+            port = free_port()
+            argv = serve_argv(port, data, "--backend", backend, "--no-local-worker", python=python)
+            with running(argv, port, "/healthz"):
+                results[backend] = {
+                    c: asyncio.run(load(port, CREATE, c, args.seconds)) for c in levels
+                }
+                if not status_times:
+                    status_times = asyncio.run(statuses(port, args.status_ids, 30))
 
     print()
     print(
-        f"{'clients':>7} | {'CreateActivity/s':>16} | {'p50 ms':>7} | {'p99 ms':>7} | "
-        f"{'floor req/s':>11} | {'floor p99':>9} | {'ratio':>5} | errors"
+        f"{'backend':>11} | {'clients':>7} | {'CreateActivity/s':>16} | {'p50 ms':>7} | "
+        f"{'p99 ms':>7} | {'floor req/s':>11} | {'floor p99':>9} | {'ratio':>5} | errors"
     )
-    for c in levels:
-        rate, lat, errors = results["create"][c]
-        floor_rate, floor_lat, _ = results["floor"][c]
-        print(
-            f"{c:>7} | {rate:>16,.0f} | {_pct(lat, 0.5):>7.2f} | {_pct(lat, 0.99):>7.2f} | "
-            f"{floor_rate:>11,.0f} | {_pct(floor_lat, 0.99):>9.2f} | "
-            f"{rate / floor_rate:>5.2f} | {errors}"
-        )
+    for backend in backends:
+        for c in levels:
+            rate, lat, errors = results[backend][c]
+            floor_rate, floor_lat, _ = results["floor"][c]
+            print(
+                f"{backend:>11} | {c:>7} | {rate:>16,.0f} | {_pct(lat, 0.5):>7.2f} | "
+                f"{_pct(lat, 0.99):>7.2f} | {floor_rate:>11,.0f} | "
+                f"{_pct(floor_lat, 0.99):>9.2f} | {rate / floor_rate:>5.2f} | {errors}"
+            )
     print()
     print(
         f"GetActivityStatuses, {args.status_ids} ids, 30 calls: "

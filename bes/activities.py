@@ -29,6 +29,7 @@ from bes.db.activity_rows import ActivityRecord, NewActivity, Transition
 from bes.db.store import Database
 from bes.errors import (
     BackendError,
+    BesError,
     ConfigError,
     InvalidRequest,
     NotAcceptingNewActivities,
@@ -158,6 +159,7 @@ class Activities:
         *,
         warnings: Sequence[str] = (),
         endpoint: str | None = None,
+        request: str | None = None,
     ) -> ActivityId:
         """Store a new activity; return only once it is durably committed.
 
@@ -169,6 +171,9 @@ class Activities:
             warnings: What was rewritten in it before it was parsed (shown in its status).
             endpoint: The base URL the request came to: staging URLs of the file store
                 there are the caller's stored files.
+            request: The request's WS-Addressing MessageID. A caller that sends a MessageID
+                and document it sent before (a retry whose answer was lost, to this replica or
+                another) gets the activity the first one created, and no second one is made.
 
         Raises:
             UnsupportedFeature: The backend it would go to cannot run this job.
@@ -180,6 +185,7 @@ class Activities:
         job, used = await self._with_stored_files(caller, job, endpoint)
         self._check_runnable(job)
         activity_id = new_activity_id()
+        taker = self._backends.get(backend) if backend is not None else None
         new = NewActivity(
             id=activity_id,
             owner=caller.name,
@@ -189,14 +195,35 @@ class Activities:
             backend=backend,
             at=self._clock(),
             warnings=tuple(warnings),
+            enqueued=await self._enqueued(taker, activity_id, job),
+            request_key=rows.request_key(caller.name, request, document) if request else None,
         )
-        if not await self._db.write(rows.create_activities, new):
+        created = await self._db.write(rows.create_activities, new)
+        if created is None:
             raise NotAcceptingNewActivities("this factory is not accepting new activities")
+        if created != activity_id:
+            log.info("%s repeated request %s: it created %s", caller.name, request, created)
+            return created
         await self._use(activity_id, used)
         self.metrics.submissions.inc()
-        if backend is not None:
+        if new.enqueued is not None and taker is not None:
+            taker.enqueued()
+        elif backend is not None:
             self.tracker.wakeup.set()
         return activity_id
+
+    async def _enqueued(
+        self, backend: Backend | None, activity_id: ActivityId, job: JobDefinition
+    ) -> rows.Enqueued | None:
+        """The backend's rows to write with the activity, if it keeps its queue here; None
+        leaves the job to the dispatcher (which also reports a refusal the usual way)."""
+        if backend is None:
+            return None
+        try:
+            return await backend.enqueue(activity_id, job)
+        except BesError as exc:
+            log.debug("%s goes through the dispatcher: %s", activity_id, exc)
+            return None
 
     async def _with_stored_files(
         self, caller: Principal, job: JobDefinition, endpoint: str | None
@@ -245,10 +272,12 @@ class Activities:
         *,
         warnings: Sequence[str] = (),
         endpoint: str | None = None,
+        request: str | None = None,
     ) -> ActivityId:
         """Store a parameter sweep: one activity standing for one child activity per point
         (``(job, document)``), all committed together. The sweep's own state is its
-        children's (see :class:`~bes.db.activity_rows.SweepSummary`).
+        children's (see :class:`~bes.db.activity_rows.SweepSummary`). A repeated ``request``
+        is answered as :meth:`create` does.
 
         Raises:
             UnsupportedFeature: A point's job cannot run on the backend (the first such).
@@ -286,9 +315,14 @@ class Activities:
             at=at,
             warnings=tuple(warnings),
             children=len(children),
+            request_key=rows.request_key(caller.name, request, document) if request else None,
         )
-        if not await self._db.write(rows.create_sweeps, [sweep, *children]):
+        created = await self._db.write(rows.create_sweeps, [sweep, *children])
+        if created is None:
             raise NotAcceptingNewActivities("this factory is not accepting new activities")
+        if created != parent:
+            log.info("%s repeated request %s: it created %s", caller.name, request, created)
+            return created
         # Together: one group commit for the whole sweep, not one per child.
         await asyncio.gather(*(self._use(child_id, used) for child_id, used in uses))
         self.metrics.submissions.inc()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -82,10 +83,12 @@ from bes.overview import Overview
 from bes.principal import Principal
 from bes.relay import RELAY_PATH, SECRET_HEADER, Relay, RelayLimits, peer_context, refuse
 from bes.results import serve_outputs, serve_why
+from bes.retention import Retention
 from bes.schemas import schema_file
 from bes.sealing import Sealer
 from bes.soap import CLIENT, SoapFault, render_fault
 from bes.statuspage import STATUS_PATH, serve_status
+from bes.storage import DirectoryStorage, Storage
 from bes.userimages import UserImages
 from bes.vm.images import ImageError
 from bes.vm.repository import CATALOG_FILE
@@ -131,9 +134,12 @@ class BesApp:
         self._loop_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.files: FileStore | None = None
+        self.storage: Storage | None = None
+        """What every replica must reach (--storage-dir): files/ and the kept outputs/."""
         self.clouds: CloudPools | None = None
         """The cloud pools (bes serve --clouds), if any."""
         self._clouds_task: asyncio.Task[None] | None = None
+        self._retention_task: asyncio.Task[None] | None = None
         self.images: UserImages | None = None
         self.relay: Relay | None = None
 
@@ -151,6 +157,8 @@ class BesApp:
             Sealer.from_file, config.effective_secret_key_file, create=True
         )
         self.sealer = sealer
+        storage = DirectoryStorage(config.effective_storage_dir)
+        self.storage = storage
         backends = self._backends
         if backends is None:
             backends = {}
@@ -162,6 +170,7 @@ class BesApp:
                     options=config.backend_options,
                     metrics=self.metrics,
                     sealer=sealer,
+                    storage=storage,
                 )
                 backends[config.backend] = backend_class(config.backend).build(context)
         self.db = db
@@ -169,7 +178,8 @@ class BesApp:
             self.identity = await asyncio.to_thread(self._site_policy, db)
         self.files = FileStore(
             db,
-            config.files_dir or config.data_dir / "files",
+            config.files_dir or storage,
+            prefix="" if config.files_dir else "files",
             max_file_bytes=config.file_max_bytes,
             quota_bytes=config.file_quota_bytes,
             expire_after_s=config.file_expiry_s,
@@ -216,6 +226,12 @@ class BesApp:
         self._stop.clear()
         self._loop_task = asyncio.create_task(self.activities.run(self._stop), name="bes-backends")
         self._housekeeping = asyncio.create_task(self.files.run(self._stop), name="bes-files")
+        if config.keep_ended_s is not None:  # bes serve --keep-ended
+            retention = Retention(db, backends.get, holder=self._replica)
+            keep = dt.timedelta(seconds=config.keep_ended_s)
+            self._retention_task = asyncio.create_task(
+                retention.run(self._stop, keep_ended=keep), name="bes-retention"
+            )
         self._clouds_task = (
             asyncio.create_task(self.clouds.run(self._stop), name="bes-clouds")
             if self.clouds is not None
@@ -262,7 +278,12 @@ class BesApp:
             if self.db is not None:  # the other replicas stop forwarding streams here
                 with contextlib.suppress(BesError):
                     await self.db.write(tunnel_rows.release_replica, self._replica)
-        for task in (self._loop_task, self._housekeeping, self._clouds_task):
+        for task in (
+            self._loop_task,
+            self._housekeeping,
+            self._clouds_task,
+            self._retention_task,
+        ):
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -45,11 +45,16 @@ class ServiceConfig:
             and the RSA-SHA1 deployed clients still send.
         clouds_file: The cloud pools' configuration (bes.clouds.config); None: no clouds.
         notices: Warnings the status page shows (e.g. that the local worker cannot start).
-        files_dir: Where the file store keeps its files (the same directory on every
-            replica); None: ``data_dir/files``.
+        storage_dir: The directory holding what every replica must reach, the file store's
+            ``files/`` and the desktop grid's kept ``outputs/`` (one network file system
+            mounted on every replica); None: ``data_dir``.
+        files_dir: Where the file store keeps its files instead of ``STORAGE_DIR/files``
+            (the same directory on every replica).
         file_max_bytes: Largest file one upload may store.
         file_quota_bytes: Each user's file store quota (``bes user quota`` sets others).
         file_expiry_s: Stored files that no unended activity uses are removed after this.
+        keep_ended_s: Ended activities and their kept outputs are removed once they ended
+            this long ago (bes.retention); None: kept forever.
         relay_url: How other replicas reach this one, to forward users' streams to the VM
             lease tunnels it holds (bes.relay); None: ``http(s)://HOST:PORT`` as it listens.
         tunnel_streams: Concurrent streams per VM lease.
@@ -77,12 +82,14 @@ class ServiceConfig:
     file_roots: tuple[str, ...] = ()
     auth_window_s: float = 300.0
     signature_algorithms: frozenset[str] | None = None
+    storage_dir: Path | None = None
     files_dir: Path | None = None
     clouds_file: Path | None = None
     notices: tuple[str, ...] = ()
     file_max_bytes: int = 16 * 1024**3
     file_quota_bytes: int = 50 * 1024**3
     file_expiry_s: float = 7 * 86400.0
+    keep_ended_s: float | None = None
     relay_url: str | None = None
     tunnel_streams: int = 16
     tunnel_bytes_per_second: int = 64 * 1024 * 1024
@@ -96,6 +103,11 @@ class ServiceConfig:
     def effective_secret_key_file(self) -> Path:
         """The key file in use."""
         return self.secret_key_file or self.data_dir / "secret.key"
+
+    @property
+    def effective_storage_dir(self) -> Path:
+        """The shared storage directory in use."""
+        return self.storage_dir or self.data_dir
 
     @property
     def effective_database_url(self) -> str:

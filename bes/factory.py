@@ -221,18 +221,31 @@ class Factory:
         if unsupported:
             raise UnsupportedFeature(unsupported)
         document = call.submitted or etree.tostring(job_element, encoding="unicode")
+        # A retried request (same caller, same wsa:MessageID) gets the activity it created.
+        addressing = call.request.addressing
+        request = addressing.message_id if addressing is not None else None
         if has_sweep(job_element):
             points = [
                 (_point(i, point), etree.tostring(point, encoding="unicode"))
                 for i, point in enumerate(expand(job_element, limit=self.sweep_limit), 1)
             ]
             activity_id = await self.activities.create_sweep(
-                call.caller, document, points, warnings=call.warnings, endpoint=call.endpoint
+                call.caller,
+                document,
+                points,
+                warnings=call.warnings,
+                endpoint=call.endpoint,
+                request=request,
             )
         else:
             job = parse_job_definition(job_element, validated=True)
             activity_id = await self.activities.create(
-                call.caller, job, document, warnings=call.warnings, endpoint=call.endpoint
+                call.caller,
+                job,
+                document,
+                warnings=call.warnings,
+                endpoint=call.endpoint,
+                request=request,
             )
         log.debug("%s created activity %s", call.caller.name, activity_id)
         response = element("CreateActivityResponse")

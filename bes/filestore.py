@@ -6,11 +6,13 @@ copies (sharing them would let anyone probe for, or claim, another user's file b
 Users may also bind names to their files (``…/files/name/PATH``), which is how one job's
 output becomes the next one's input without leaving the service.
 
-Blobs live under ``ROOT/<owner key>/<sha256>``; uploads grow ``ROOT/<owner key>/partial/``
-until their last byte is in and the checksum matches, then are renamed into place, so a job
-never sees half a file. Which files exist, their names, the activities that use them, each
-owner's usage and quota and the uploads under way are in the database (bes.db.file_rows), so
-quotas hold across replicas sharing the database and the directory.
+Blobs are the objects ``files/<owner key>/<sha256>`` of the service's storage
+(:mod:`bes.storage`, shared by every replica; or ``<owner key>/<sha256>`` in a directory of
+their own, ``bes serve --files-dir``); uploads grow ``…/<owner key>/partial/<key>`` until
+their last byte is in and the checksum matches, then are renamed into place, so a job never
+sees half a file. Which files exist, their names, the activities that use them, each owner's
+usage and quota and the uploads under way are in the database (bes.db.file_rows), so quotas
+hold across replicas sharing the database and the storage.
 
 A file that no unended activity uses, and that nobody uploaded, named or used for
 ``expire_after_s``, expires: its blob goes, its row stays, so a job that still names it fails
@@ -27,10 +29,8 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import fcntl
 import hashlib
 import logging
-import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -55,6 +55,7 @@ from bes.filerefs import (
     store_uri,
 )
 from bes.jsdl.model import JobDefinition
+from bes.storage import DirectoryStorage, Storage, StorageBusy, StorageError, join_key
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,14 @@ def owner_key(owner: str) -> str:
 
 
 class FileStore:
-    """Files of every owner under ``root``, with their rows in ``db``.
+    """Files of every owner in a storage, with their rows in ``db``.
 
     Args:
         db: The service's database.
-        root: Directory of the blobs (shared by replicas that share the database).
+        root: The storage of the blobs (shared by replicas that share the database), or a
+            directory of their own (a :class:`~bes.storage.DirectoryStorage` of it).
+        prefix: Where in the storage the blobs are (``files`` in the service's storage;
+            empty: at its top).
         max_file_bytes: Largest file accepted.
         quota_bytes: Each owner's quota unless an administrator set another.
         expire_after_s: Unused files are removed after this long.
@@ -95,15 +99,19 @@ class FileStore:
     def __init__(
         self,
         db: Database,
-        root: Path,
+        root: Path | Storage,
         *,
+        prefix: str = "",
         max_file_bytes: int,
         quota_bytes: int,
         expire_after_s: float,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._db = db
-        self.root = root
+        self.storage = root if isinstance(root, Storage) else DirectoryStorage(root)
+        self._prefix = join_key(prefix)
+        self.root = self.storage.local_path(self._prefix)
+        """The directory of the blobs when the storage is a directory (None: not local)."""
         self.max_file_bytes = max_file_bytes
         self.quota_bytes = quota_bytes
         self.expire_after_s = expire_after_s
@@ -113,10 +121,24 @@ class FileStore:
     # ------------------------------------------------------------------ paths
 
     def blob(self, owner: str, sha256: str) -> Path:
-        return self.root / owner_key(owner) / sha256
+        """The local file of the owner's blob, to hand to an HTTP response or a tool.
 
-    def _partial(self, owner: str, key: str) -> Path:
-        return self.root / owner_key(owner) / "partial" / key
+        Raises:
+            StorageError: The storage keeps no local files (an object store).
+        """
+        path = self.storage.local_path(self._blob(owner, sha256))
+        if path is None:
+            raise StorageError(f"{self.storage!r} has no local files")
+        return path
+
+    def _blob(self, owner: str, sha256: str) -> str:
+        return join_key(self._prefix, owner_key(owner), sha256)
+
+    def _stored(self, owner: str, sha256: str) -> bool:
+        return self.storage.size(self._blob(owner, sha256)) is not None
+
+    def _partial(self, owner: str, key: str) -> str:
+        return join_key(self._prefix, owner_key(owner), "partial", key)
 
     # ------------------------------------------------------------------ reads
 
@@ -135,7 +157,7 @@ class FileStore:
         found = await self._db.read(rows.stored, owner, sha256)
         if found is None:
             raise NoSuchFile(f"there is no file with sha256 {sha256} in your file store")
-        if found.expired_at is not None or not self.blob(owner, sha256).is_file():
+        if found.expired_at is not None or not self._stored(owner, sha256):
             when = found.expired_at or found.last_used_at
             raise FileExpired(
                 f"the uploaded file with sha256 {sha256} expired or was removed on "
@@ -147,11 +169,11 @@ class FileStore:
     async def upload_state(self, owner: str, sha256: str) -> Upload:
         """Whether the owner holds the file, or how much of an upload of it."""
         found = await self._db.read(rows.stored, owner, sha256)
-        if found is not None and found.expired_at is None and self.blob(owner, sha256).is_file():
+        if found is not None and found.expired_at is None and self._stored(owner, sha256):
             return Upload(complete=True, offset=found.bytes, total=found.bytes)
         total = await self._db.read(rows.upload_total, owner, sha256)
-        partial = self._partial(owner, sha256)
-        offset = partial.stat().st_size if total is not None and partial.is_file() else 0
+        held = self.storage.size(self._partial(owner, sha256)) if total is not None else None
+        offset = held or 0
         return Upload(complete=False, offset=offset, total=total or 0)
 
     async def listing(self, owner: str, limit: int = 10_000) -> list[StoredFile]:
@@ -184,7 +206,7 @@ class FileStore:
             return dataclasses.replace(state, existed=True)
         await self._reserve(owner, sha256, total)
         with self._exclusive(owner, sha256) as partial:
-            offset = partial.stat().st_size if partial.exists() else 0
+            offset = self.storage.size(partial) or 0
             if start != offset:
                 await self._drain(body)
                 raise OffsetMismatch(
@@ -194,14 +216,14 @@ class FileStore:
                 )
             digest = hashlib.sha256()
             if offset:
-                await asyncio.to_thread(_hash_into, digest, partial)
+                await asyncio.to_thread(self._hash_into, digest, partial)
             received = await self._append(
                 partial, body, offset=offset, total=total, upload=(owner, sha256), digest=digest
             )
             if received < total:
                 return Upload(complete=False, offset=received, total=total)
             if digest.hexdigest() != sha256:
-                partial.unlink(missing_ok=True)
+                self.storage.delete(partial)
                 await self._db.write(rows.abandon_upload, (owner, sha256))
                 raise ChecksumMismatch(
                     f"the {total} bytes received have sha256 {digest.hexdigest()}, "
@@ -222,7 +244,6 @@ class FileStore:
         key = "upload-" + secrets.token_hex(16)
         await self._reserve(owner, key, total)
         partial = self._partial(owner, key)
-        partial.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         try:
             received = await self._append(
@@ -231,7 +252,7 @@ class FileStore:
             if received != total:
                 raise ChecksumMismatch(f"{received} bytes received of {total} announced")
         except BaseException:
-            partial.unlink(missing_ok=True)
+            self.storage.delete(partial)
             await self._db.write(rows.abandon_upload, (owner, key))
             raise
         sha256 = digest.hexdigest()
@@ -263,7 +284,7 @@ class FileStore:
 
     async def _append(
         self,
-        partial: Path,
+        partial: str,
         body: AsyncIterator[bytes],
         *,
         offset: int,
@@ -275,24 +296,20 @@ class FileStore:
         received = offset
         touched = offset
         out: IO[bytes]
-        with partial.open("ab", buffering=_WRITE_BUFFER) as out:
-            try:
-                async for chunk in body:
-                    received += len(chunk)
-                    if received > total:
-                        raise ChecksumMismatch(f"more than the {total} bytes announced")
-                    out.write(chunk)
-                    digest.update(chunk)
-                    if received - touched > 256 * _WRITE_BUFFER:
-                        touched = received
-                        await self._db.write(rows.touch_upload, (*upload, self._clock()))
-            finally:
-                out.flush()
+        with self.storage.appender(partial) as out:
+            async for chunk in body:
+                received += len(chunk)
+                if received > total:
+                    raise ChecksumMismatch(f"more than the {total} bytes announced")
+                out.write(chunk)
+                digest.update(chunk)
+                if received - touched > 256 * _WRITE_BUFFER:
+                    touched = received
+                    await self._db.write(rows.touch_upload, (*upload, self._clock()))
         return received
 
-    async def _commit(self, partial: Path, owner: str, key: str, sha256: str) -> None:
-        blob = self.blob(owner, sha256)
-        await asyncio.to_thread(_durable_rename, partial, blob)
+    async def _commit(self, partial: str, owner: str, key: str, sha256: str) -> None:
+        await asyncio.to_thread(self.storage.rename, partial, self._blob(owner, sha256))
         await self._db.write(rows.finish_upload, (owner, key, sha256, self._clock()))
 
     @staticmethod
@@ -301,29 +318,28 @@ class FileStore:
             pass
 
     @contextlib.contextmanager
-    def _exclusive(self, owner: str, key: str) -> Iterator[Path]:
-        """The partial file of an upload, held against other uploads of it (in this
-        process, and through a lock file in others sharing the directory)."""
+    def _exclusive(self, owner: str, key: str) -> Iterator[str]:
+        """The partial object of an upload, held against other uploads of it (in this
+        process, and through the storage's lock in others sharing it)."""
         if (owner, key) in self._busy:
             raise UploadBusy("another upload of this file is under way")
         partial = self._partial(owner, key)
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = partial.with_name(key + ".lock")
-        with lock_path.open("a") as lock:
+        with contextlib.ExitStack() as held:
             try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                held.enter_context(self.storage.lock(partial))
+            except StorageBusy:
                 raise UploadBusy("another upload of this file is under way") from None
-            # The holder removes the lock file before it lets go: one locked after that
-            # holds a file nobody else will find, so it counts as busy too.
-            if not _same_file(lock_path, lock.fileno()):
-                raise UploadBusy("another upload of this file is under way")
             self._busy.add((owner, key))
             try:
                 yield partial
             finally:
                 self._busy.discard((owner, key))
-                lock_path.unlink(missing_ok=True)
+
+    def _hash_into(self, digest: hashlib._Hash, partial: str) -> None:
+        """Go on hashing with the bytes of ``partial`` (a resumed upload's stored part)."""
+        with self.storage.open(partial) as source:
+            while chunk := source.read(_WRITE_BUFFER):
+                digest.update(chunk)
 
     # ------------------------------------------------------------------ names, removal, use
 
@@ -349,13 +365,13 @@ class FileStore:
         if image is not None:
             raise FileInUse(f"it is your image {image!r}; remove the image first")
         if await self._db.write(rows.remove_file, (owner, sha256, self._clock())) is not None:
-            self.blob(owner, sha256).unlink(missing_ok=True)
+            self.storage.delete(self._blob(owner, sha256))
             return
         # An upload given up on: its part goes and its reservation is given back.
         if await self._db.read(rows.upload_total, owner, sha256) is None:
             raise NoSuchFile(f"there is no file with sha256 {sha256} in your file store")
         with self._exclusive(owner, sha256) as partial:
-            partial.unlink(missing_ok=True)
+            self.storage.delete(partial)
             await self._db.write(rows.abandon_upload, (owner, sha256))
 
     async def localize(
@@ -421,14 +437,14 @@ class FileStore:
         before = now - dt.timedelta(seconds=self.expire_after_s)
         expired = await self._db.write(rows.expire_files, (before, now, _EXPIRE_BATCH))
         for owner, sha256 in expired:
-            self.blob(owner, sha256).unlink(missing_ok=True)
+            self.storage.delete(self._blob(owner, sha256))
         if expired:
             log.info("file store: %d unused files expired", len(expired))
         stale = await self._db.write(
             rows.stale_uploads, now - dt.timedelta(seconds=_UPLOAD_STALE_S)
         )
         for owner, key in stale:
-            self._partial(owner, key).unlink(missing_ok=True)
+            self.storage.delete(self._partial(owner, key))
         return len(expired)
 
     async def run(self, stop: asyncio.Event, every_s: float = 60.0) -> None:
@@ -440,31 +456,3 @@ class FileStore:
                 log.exception("file store housekeeping failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
-
-
-def _hash_into(digest: hashlib._Hash, path: Path) -> None:
-    """Go on hashing with the bytes of ``path`` (a resumed upload's stored part)."""
-    with path.open("rb") as source:
-        hashlib.file_digest(source, lambda: digest)
-
-
-def _same_file(path: Path, descriptor: int) -> bool:
-    """Whether ``path`` still names the open file ``descriptor``."""
-    try:
-        named = path.stat()
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(descriptor)
-    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
-
-
-def _durable_rename(partial: Path, blob: Path) -> None:
-    with partial.open("rb+") as written:
-        os.fsync(written.fileno())
-    os.replace(partial, blob)
-    with contextlib.suppress(OSError):
-        directory = os.open(blob.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)

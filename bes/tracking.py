@@ -8,7 +8,7 @@
   ``poll_interval_s`` (round-robin, oldest-changed first). This alone is correct; pushes only
   make activities follow within milliseconds instead of a poll period.
 * **Upkeep**: each backend's :meth:`~bes.backends.base.Backend.housekeeping` runs every
-  ``housekeeping_interval_s``.
+  ``housekeeping_interval_s``, on one replica at a time (:mod:`bes.upkeep`).
 
 Every change goes through :meth:`Tracker.apply`, the one place where a backend's report
 becomes a transition of the state machine.
@@ -34,6 +34,7 @@ from bes.ids import ActivityId, BackendJobId
 from bes.jsdl import codec
 from bes.jsdl.model import JobDefinition
 from bes.states import ActivityState, SubState, substate_fits
+from bes.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,31 @@ PUSH_GATHER_S: Final = 0.1
 
 
 class Tracker:
-    """The backend loop of one service process (see the module docstring)."""
+    """The backend loop of one service process (see the module docstring).
 
-    def __init__(self, db: Database, backends: dict[str, Backend], *, clock: Clock) -> None:
+    Args:
+        db: The database.
+        backends: The configured backends by name.
+        clock: The current time (aware, UTC).
+        holder: This replica's name, for the upkeep duty (default: a new random one).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        backends: dict[str, Backend],
+        *,
+        clock: Clock,
+        holder: str | None = None,
+    ) -> None:
         self._db = db
         self._backends = backends
         self._clock = clock
         self._dispatcher_name = "d-" + secrets.token_hex(6)
+        self.upkeep = Upkeep(
+            db, backends, holder=holder or "bes-" + secrets.token_hex(4), clock=clock
+        )
+        """Housekeeping and the tally's folds, on the replica holding the duty."""
         self.wakeup = asyncio.Event()
         """Set to dispatch at once (a new activity arrived)."""
         self._pushed: list[StatusChange] = []
@@ -62,6 +81,15 @@ class Tracker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch, poll, apply pushes and run upkeep until ``stop`` is set."""
+        upkeep = asyncio.create_task(self.upkeep.run(stop), name="bes-upkeep")
+        try:
+            await self._track(stop)
+        finally:
+            if not stop.is_set():  # cancelled: the upkeep goes too
+                upkeep.cancel()
+            await asyncio.gather(upkeep, return_exceptions=True)
+
+    async def _track(self, stop: asyncio.Event) -> None:
         if not self._backends:
             await stop.wait()
             return
@@ -84,7 +112,6 @@ class Tracker:
 
     async def _rounds(self, stop: asyncio.Event) -> None:
         polled = dict.fromkeys(self._backends, 0.0)
-        upkept = dict.fromkeys(self._backends, 0.0)
         while not stop.is_set():
             self.wakeup.clear()  # before dispatching: a create arriving meanwhile sets it again
             now = time.monotonic()
@@ -94,10 +121,6 @@ class Tracker:
                     if now - polled[name] >= backend.poll_interval_s:
                         polled[name] = now
                         await self.poll_backend(backend)
-                    interval = backend.housekeeping_interval_s
-                    if interval is not None and now - upkept[name] >= interval:
-                        upkept[name] = now
-                        await asyncio.to_thread(backend.housekeeping)
             except BesError as exc:
                 log.warning("backend round failed: %s", exc)
             except Exception:
@@ -113,6 +136,7 @@ class Tracker:
                 w.cancel()
 
     def _next_round_s(self) -> float:
+        # Also at the housekeeping period (now bes.upkeep's): a dispatch to retry waits no longer.
         periods = [b.poll_interval_s for b in self._backends.values()]
         periods += [
             b.housekeeping_interval_s

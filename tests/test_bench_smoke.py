@@ -105,3 +105,36 @@ def test_tunnel_bench_carries_every_byte_through_the_relay(tmp_path: Path) -> No
         assert measured[path]["down_mb_s"] > 0
         assert measured[path]["rtt_p50_ms"] > 0
     assert "relay/direct" in done.stdout
+
+
+PURGE_BENCH = Path(__file__).resolve().parents[1] / "bench" / "purge_bench.py"
+
+
+def test_purge_bench_removes_every_ended_activity_and_keeps_the_others(tmp_path: Path) -> None:
+    figures = tmp_path / "figures.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(PURGE_BENCH),
+            "--activities",
+            "3000",
+            "--batch",
+            "500",
+            "--baseline-s",
+            "0.5",
+            "--json",
+            str(figures),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    results = json.loads(figures.read_text())
+    assert results["purged"] == 3000
+    trickled = results["trickle_alone"]["n"] + results["trickle_during_purge"]["n"]
+    assert results["left"] == results["kept"] + trickled  # the kept ones and the new ones
+    assert results["trickle_during_purge"]["n"] > 0 and results["activities_per_s"] > 0
+    assert results["database_bytes_after"] < results["database_bytes_before"] / 2
+    assert "purged 3,000 ended activities" in done.stdout

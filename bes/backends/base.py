@@ -45,6 +45,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
+from bes.db.activity_rows import Enqueued
 from bes.db.store import Database
 from bes.errors import BackendError, SubmitError
 from bes.ids import ActivityId, BackendJobId
@@ -52,6 +53,7 @@ from bes.jsdl.model import JobDefinition
 from bes.metrics import Metrics
 from bes.sealing import Sealer
 from bes.states import ActivityState, SubState
+from bes.storage import Storage
 
 
 class JobState(StrEnum):
@@ -159,6 +161,9 @@ class BackendContext:
         metrics: The service's counters (a backend counts what happens only inside it).
         sealer: Opens the staging secrets sealed in stored jobs (:mod:`bes.jsdl.secrets`),
             for a backend that hands jobs to their executors; None where nothing is sealed.
+        storage: Where a backend keeps files that every replica must reach (kept outputs),
+            under a prefix of its own (:mod:`bes.storage`); None: a directory storage at
+            ``data_dir``.
     """
 
     db: Database
@@ -167,6 +172,7 @@ class BackendContext:
     options: Mapping[str, str] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
     sealer: Sealer | None = None
+    storage: Storage | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -249,6 +255,21 @@ class Backend(abc.ABC):
                 out[activity_id] = exc
         return out
 
+    async def enqueue(self, activity_id: ActivityId, job: JobDefinition) -> Enqueued | None:
+        """The rows that queue ``job`` in the service's own database, to be written in the
+        transaction that creates its activity (called in the event loop, so it must not
+        block); None (the default) leaves the job to the dispatcher, which calls
+        :meth:`submit_batch`. Only a backend whose queue is the service's database can.
+
+        Raises:
+            BesError: The job cannot be queued so; the dispatcher will submit it instead.
+        """
+        del activity_id, job
+        return None
+
+    def enqueued(self) -> None:  # noqa: B027 - optional hook with an empty default
+        """Jobs from :meth:`enqueue` were committed (called in the event loop)."""
+
     def watch(self, listener: StatusListener) -> None:
         """Push changes to ``listener`` from now on (if this backend can; default: no-op)."""
         del listener
@@ -279,6 +300,14 @@ class Backend(abc.ABC):
         still being written in it end with :data:`PARTIAL`; see :func:`kept_files`)."""
         del job_id
         return None
+
+    def discard(self, ids: Sequence[BackendJobId]) -> int:
+        """Remove what the backend still keeps of ended jobs whose activities are being
+        purged (:mod:`bes.retention`), kept outputs first; return the bytes freed. Called
+        from a worker thread before the activities' rows go; unknown ids are skipped. The
+        default keeps nothing: 0."""
+        del ids
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook with a sensible empty default
         """Release connections and threads. The backend is not used afterwards."""

@@ -4,6 +4,7 @@ workers in :mod:`bes.cli.workers`, the client commands in :mod:`bes.cli.jobs`.""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import sys
 from pathlib import Path
@@ -13,10 +14,12 @@ import click
 
 from bes import __version__
 from bes.cli._db import database as _database
+from bes.cli._durations import Duration
 from bes.cli._sizes import ByteSize
 from bes.cli.ca import ca
 from bes.cli.clouds import cloud
 from bes.cli.jobs import CLIENT_COMMANDS
+from bes.cli.purge import purge
 from bes.cli.users import user
 from bes.cli.workers import worker_command, worker_token
 from bes.errors import BesError
@@ -187,10 +190,16 @@ bes.xmlsignature.ALGORITHMS_BY_NAME; named here so that ``bes --help`` loads no 
     "RSA and ECDSA SHA-2 ones and the rsa-sha1 deployed clients send). HMAC and MD5 never.",
 )
 @click.option(
+    "--storage-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The directory every replica must reach (one network file system mounted on each): "
+    "uploaded files in files/, jobs' kept outputs in outputs/ (default: DATA_DIR).",
+)
+@click.option(
     "--files-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where the file store keeps uploaded files (the same directory on every replica; "
-    "default: DATA_DIR/files).",
+    help="Where the file store keeps uploaded files instead of STORAGE_DIR/files (the same "
+    "directory on every replica).",
 )
 @click.option(
     "--file-max-size",
@@ -214,6 +223,13 @@ bes.xmlsignature.ALGORITHMS_BY_NAME; named here so that ``bes --help`` loads no 
     show_default=True,
     type=click.FloatRange(min=0.0, min_open=True),
     help="Stored files that no unfinished activity uses are removed after this many days.",
+)
+@click.option(
+    "--keep-ended",
+    type=Duration(),
+    metavar="DURATION",
+    help="Remove ended activities, with their kept outputs, once they ended this long ago "
+    "(e.g. 30d; checked every tenth of it, at most every 5 min; default: keep them).",
 )
 @click.option(
     "--clouds",
@@ -265,10 +281,12 @@ def serve(
     file_roots: tuple[str, ...],
     auth_window_s: float,
     signature_algorithms: tuple[str, ...],
+    storage_dir: Path | None,
     files_dir: Path | None,
     file_max_bytes: int,
     file_quota_bytes: int,
     file_expiry_days: float,
+    keep_ended: dt.timedelta | None,
     clouds_file: Path | None,
     relay_url: str | None,
     tunnel_streams: int,
@@ -309,10 +327,12 @@ def serve(
         file_roots=file_roots,
         auth_window_s=auth_window_s,
         signature_algorithms=_signature_methods(signature_algorithms),
+        storage_dir=storage_dir,
         files_dir=files_dir,
         file_max_bytes=file_max_bytes,
         file_quota_bytes=file_quota_bytes,
         file_expiry_s=file_expiry_days * 86400.0,
+        keep_ended_s=keep_ended.total_seconds() if keep_ended else None,
         clouds_file=clouds_file,
         relay_url=relay_url,
         tunnel_streams=tunnel_streams,
@@ -527,3 +547,4 @@ main.add_command(ca)
 main.add_command(worker_command)
 main.add_command(worker_token)
 main.add_command(cloud)
+main.add_command(purge)

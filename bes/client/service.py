@@ -25,6 +25,7 @@ import re
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -51,10 +52,13 @@ from bes.client.auth import (
 )
 from bes.client.faults import (
     ClientError,
+    ConnectionProblem,
+    HttpProblem,
     InvalidJsdl,
     NoOutputs,
     ProtocolProblem,
     SoapFault,
+    TlsProblem,
     WaitTimeout,
 )
 from bes.client.model import (
@@ -68,13 +72,16 @@ from bes.client.tunnel import TunnelOptions
 from bes.errors import MalformedXml
 from bes.ids import parse_activity_id
 from bes.jsdl.xml import parse_untrusted
-from bes.ns import BES_ACTIVITY, BES_FACTORY, WSA, qname
+from bes.ns import BES_ACTIVITY, BES_FACTORY, SOAP_ENV, WSA, qname
 from bes.schemas import schema_file
 
 log = logging.getLogger(__name__)
 
 _BINDING: Final = qname(BES_FACTORY, "BESFactoryBinding")
 _SLOT: Final = "urn:bes-client:slot:"
+_CREATE_ATTEMPTS: Final = 3
+_RETRY_STATUSES: Final = frozenset({502, 503, 504})
+"""What a load balancer answers when the replica behind it is gone or overloaded."""
 _DOWNLOAD_CHUNK: Final = 4 * 1024 * 1024  # measured: 1 MiB reads are half as fast over loopback
 _ACTIVITY_PATH: Final = "/activities/"
 
@@ -153,10 +160,34 @@ class BESClient:
         data = _document_bytes(document)
         if check:
             jsdl.check(data)
-        payload = self._call(
-            "CreateActivity", {"ActivityDocument": {"JobDefinition": xsd.SkipValue}}, _root(data)
-        )
-        return _envelope.created(payload)
+        # One MessageID for every attempt: a service that created the activity before the
+        # answer was lost (a replica killed, a proxy timing out) answers a retry with it.
+        message_id = f"urn:uuid:{uuid.uuid4()}"
+        deadline = time.monotonic() + self.timeout_s
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                payload = self._call(
+                    "CreateActivity",
+                    {"ActivityDocument": {"JobDefinition": xsd.SkipValue}},
+                    _root(data),
+                    message_id=message_id,
+                )
+                return _envelope.created(payload)
+            except (ConnectionProblem, HttpProblem) as exc:
+                if isinstance(exc, HttpProblem):
+                    retry = exc.status in _RETRY_STATUSES
+                else:  # no answer (a TLS failure would fail again)
+                    retry = not isinstance(exc, TlsProblem)
+                pause = 0.5 * 2**attempt
+                if (
+                    not retry
+                    or attempt + 1 == _CREATE_ATTEMPTS
+                    or (time.monotonic() + pause > deadline)
+                ):
+                    raise
+                log.info("CreateActivity to %s: %s; trying again in %.1f s", self.url, exc, pause)
+                time.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def status(self, refs: ActivityRef | Iterable[ActivityRef]) -> list[ActivityStatus]:
         """GetActivityStatuses, in batches; one status per reference, in order. Unknown ones
@@ -507,16 +538,18 @@ class BESClient:
         arguments: dict[str, Any],
         job: bytes | None,
         refs: Sequence[ActivityRef] = (),
+        *,
+        message_id: str | None = None,
     ) -> etree._Element:
         service = self._zeep()
-        self._slots.fill(job, refs)
+        self._slots.fill(job, refs, message_id)
         try:
             with self._client.settings(raw_response=True):
                 response = getattr(service, operation)(**arguments)
         except requests.RequestException as exc:
             raise describe_failure(exc, self.url, self.timeout_s) from exc
         finally:
-            self._slots.fill(None, ())
+            self._slots.fill(None, (), None)
         raise_for_http(response, self.url)
         try:
             envelope = parse_untrusted(response.content)
@@ -631,9 +664,10 @@ class _Slots:
     def __init__(self) -> None:
         self._local = threading.local()
 
-    def fill(self, job: bytes | None, refs: Sequence[ActivityRef]) -> None:
+    def fill(self, job: bytes | None, refs: Sequence[ActivityRef], message_id: str | None) -> None:
         self._local.job = job
         self._local.refs = list(refs)
+        self._local.message_id = message_id
 
     def ingress(self, envelope: Any, http_headers: Any, operation: Any) -> Any:
         return envelope, http_headers
@@ -641,6 +675,9 @@ class _Slots:
     def egress(self, envelope: Any, http_headers: Any, operation: Any, options: Any) -> Any:
         job: bytes | None = getattr(self._local, "job", None)
         refs: list[ActivityRef] = getattr(self._local, "refs", [])
+        message_id: str | None = getattr(self._local, "message_id", None)
+        if message_id is not None:
+            _address(envelope, operation, options, message_id)
         parts: dict[bytes, bytes] = {}
         if job is not None:
             for holder in envelope.iter(qname(BES_FACTORY, "ActivityDocument")):
@@ -662,6 +699,18 @@ class _Slots:
             return envelope, http_headers
         text = _MARKER.sub(lambda m: parts[m[1]], etree.tostring(envelope))
         return etree.fromstring(text, _PARSER), http_headers
+
+
+def _address(envelope: Any, operation: Any, options: Any, message_id: str) -> None:
+    """WS-Addressing headers (GFD.108 asks for them): the operation's Action, the request's
+    MessageID and the endpoint it goes To."""
+    header = envelope.find(qname(SOAP_ENV, "Header"))
+    if header is None:
+        header = etree.Element(qname(SOAP_ENV, "Header"))
+        envelope.insert(0, header)
+    action = operation.abstract.wsa_action or operation.soapaction
+    for name, value in (("Action", action), ("MessageID", message_id), ("To", options["address"])):
+        etree.SubElement(header, qname(WSA, name), nsmap={"wsa": WSA}).text = value
 
 
 _MARKER: Final = re.compile(rb"<\?bes-slot ([0-9a-z]+)\?>")

@@ -9,8 +9,9 @@ with several service replicas writing at once.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -32,7 +33,7 @@ from sqlalchemy import (
 from bes.access import Access
 from bes.db import tally_rows
 from bes.db.prepared import Prepared, db_time, from_db_time
-from bes.db.tables import activity, activity_document, activity_event, setting
+from bes.db.tables import activity, activity_document, activity_event, create_request, setting
 from bes.ids import ActivityId, BackendJobId
 from bes.states import ActivityState, SubState, can_transition
 
@@ -98,6 +99,28 @@ class SweepSummary:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Enqueued:
+    """A backend's own rows for a new activity, written in the transaction that creates it: a
+    backend whose queue is this database (the desktop grid) takes the job at once, without a
+    dispatch round, and the activity starts Pending/Submitted with the job's id.
+
+    Attributes:
+        job_id: The backend's job id.
+        pool: The pool it was routed to (None: the backend has none).
+        message: Why it waits, for people.
+        write: Inserts the backend's rows of several activities (a module-level function:
+            creates committed together write theirs with one call).
+        row: This activity's rows, as ``write`` takes them.
+    """
+
+    job_id: BackendJobId
+    pool: str | None
+    message: str | None
+    write: Callable[[Connection, Sequence[Any]], None]
+    row: Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NewActivity:
     """What CreateActivity stores."""
 
@@ -111,6 +134,10 @@ class NewActivity:
     warnings: tuple[str, ...] = ()
     parent_id: ActivityId | None = None
     children: int = 0
+    enqueued: Enqueued | None = None
+    """Its backend's rows, written with it (None: the dispatcher submits it later)."""
+    request_key: str | None = None
+    """The caller's request that created it (:func:`request_key`), so a retry finds it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -258,8 +285,11 @@ _INSERT_ACTIVITY: Final = Prepared(
         "owner",
         "state",
         "substate",
+        "message",
         "job_name",
         "backend",
+        "backend_job_id",
+        "pool",
         "cancel_requested",
         "created_at",
         "changed_at",
@@ -277,41 +307,93 @@ _SELECT_SETTING: Final = Prepared(
 )
 
 
-def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[bool]:
-    """Insert new Pending activities if the factory accepts them; one flag per item.
+def create_activities(conn: Connection, items: Sequence[NewActivity]) -> list[ActivityId | None]:
+    """Insert new Pending activities if the factory accepts them. Per item: its id; for a
+    request already answered (the same :attr:`NewActivity.request_key`), the id of the
+    activity that request created, and nothing is inserted; None where the factory is not
+    accepting.
 
     The accepting flag is read in the same transaction as the inserts, so no activity is
-    created after a StopAcceptingNewActivities has committed. This is the hottest write of the
+    created after a StopAcceptingNewActivities has committed. Two replicas inserting one
+    request at once: the second insert violates the key, the committer retries that call
+    alone, and the retry finds the first one's activity. This is the hottest write of the
     service, hence the prepared statements.
     """
-    if not is_accepting(conn):
-        return [False] * len(items)
-    _insert(conn, items)
-    return [True] * len(items)
+    return _create(conn, [(a, (a,)) for a in items])
 
 
-def create_sweeps(conn: Connection, items: Sequence[Sequence[NewActivity]]) -> list[bool]:
+def create_sweeps(
+    conn: Connection, items: Sequence[Sequence[NewActivity]]
+) -> list[ActivityId | None]:
     """Insert parameter sweeps, each (its parent first, then its points) in full or not at
-    all; False where the factory is not accepting."""
-    if not is_accepting(conn):
-        return [False] * len(items)
-    _insert(conn, [a for sweep in items for a in sweep])
-    return [True] * len(items)
+    all; per sweep its parent's id, as :func:`create_activities` says."""
+    return _create(conn, [(sweep[0], sweep) for sweep in items])
+
+
+def _create(
+    conn: Connection, items: Sequence[tuple[NewActivity, Sequence[NewActivity]]]
+) -> list[ActivityId | None]:
+    keys = [first.request_key for first, _ in items if first.request_key is not None]
+    answered = _answered(conn, keys) if keys else {}
+    out: list[ActivityId | None] = []
+    fresh: list[NewActivity] = []
+    accepting: bool | None = None
+    for first, rows in items:
+        earlier = answered.get(first.request_key) if first.request_key else None
+        if earlier is not None:
+            out.append(earlier)
+            continue
+        if accepting is None:
+            accepting = is_accepting(conn)
+        if not accepting:
+            out.append(None)
+            continue
+        fresh.extend(rows)
+        out.append(first.id)
+    if fresh:
+        _insert(conn, fresh)
+    return out
+
+
+def _answered(conn: Connection, keys: Sequence[str]) -> dict[str, ActivityId]:
+    found = conn.execute(
+        select(create_request.c.key, create_request.c.activity_id).where(
+            create_request.c.key.in_(keys)
+        )
+    )
+    return {key: ActivityId(activity_id) for key, activity_id in found}
+
+
+def request_key(owner: str, message_id: str, document: str) -> str:
+    """The key of a caller's request: its WS-Addressing MessageID and the document it sent.
+    One owner's MessageID never matches another's; and a client that (against WS-Addressing)
+    sends one MessageID with different documents gets an activity for each."""
+    digest = hashlib.sha256()
+    for part in (owner, message_id, document):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _insert(conn: Connection, items: Sequence[NewActivity]) -> None:
     pending, queued = ActivityState.PENDING.value, SubState.QUEUED.value
-    activities, documents, events = [], [], []
+    submitted = SubState.SUBMITTED.value
+    activities, documents, events, requests = [], [], [], []
+    queues: dict[Callable[[Connection, Sequence[Any]], None], list[Any]] = {}
     for a in items:
         at = db_time(conn, a.at)
+        taken = a.enqueued
         activities.append(
             {
                 "id": a.id,
                 "owner": a.owner,
                 "state": pending,
-                "substate": queued,
+                "substate": submitted if taken else queued,
+                "message": taken.message if taken else None,
                 "job_name": a.job_name,
                 "backend": a.backend,
+                "backend_job_id": taken.job_id if taken else None,
+                "pool": taken.pool if taken else None,
                 "cancel_requested": False,
                 "created_at": at,
                 "changed_at": at,
@@ -330,9 +412,34 @@ def _insert(conn: Connection, items: Sequence[NewActivity]) -> None:
                 "message": "accepted",
             }
         )
+        if taken is not None:
+            events.append(
+                {
+                    "activity_id": a.id,
+                    "at": at,
+                    "state": pending,
+                    "substate": submitted,
+                    "message": _submitted_message(taken.job_id, taken.pool, taken.message),
+                }
+            )
+            queues.setdefault(taken.write, []).append(taken.row)
+        if a.request_key is not None:
+            requests.append({"key": a.request_key, "activity_id": a.id, "at": a.at})
     _INSERT_ACTIVITY.executemany(conn, activities)
     _INSERT_DOCUMENT.executemany(conn, documents)
     _INSERT_EVENT.executemany(conn, events)
+    for write, queued_rows in queues.items():
+        write(conn, queued_rows)
+    if requests:
+        conn.execute(insert(create_request), requests)
+
+
+def _submitted_message(job_id: str, pool: str | None, message: str | None) -> str:
+    return (
+        f"submitted as {job_id}"
+        + (f" to pool {pool}" if pool else "")
+        + (f": {message}" if message else "")
+    )
 
 
 def _transition_statement(target: ActivityState, *, via_running: bool = False) -> Prepared:
@@ -513,9 +620,7 @@ def set_backend_job(
                     "at": when,
                     "state": ActivityState.PENDING.value,
                     "substate": SubState.SUBMITTED.value,
-                    "message": f"submitted as {job_id}"
-                    + (f" to pool {pool}" if pool else "")
-                    + (f": {message}" if message else ""),
+                    "message": _submitted_message(job_id, pool, message),
                 }
             )
         out.append(bool(updated))
@@ -644,19 +749,24 @@ def count_by_state(conn: Connection, owner: str | None) -> dict[ActivityState, i
 
 def active_ids(conn: Connection, owner: str | None, limit: int) -> list[ActivityId]:
     """Ids of non-terminal activities, oldest first (of one owner, or of everyone); a
-    parameter sweep by its points (its own row stands for them and never ends)."""
-    query = (
-        select(activity.c.id)
-        .where(
-            activity.c.state.in_([s.value for s in ActivityState if not s.terminal]),
-            activity.c.children == 0,
+    parameter sweep by its points (its own row stands for them and never ends).
+
+    One ordered index range per state, merged here: a single query over both states would
+    sort every active activity to return the first ``limit`` (a million queued ones, at a
+    busy site)."""
+    found: list[tuple[Any, str]] = []
+    for state in (s for s in ActivityState if not s.terminal):
+        query = (
+            select(activity.c.created_at, activity.c.id)
+            .where(activity.c.state == state.value, activity.c.children == 0)
+            .order_by(activity.c.created_at, activity.c.id)
+            .limit(limit)
         )
-        .order_by(activity.c.created_at)
-        .limit(limit)
-    )
-    if owner is not None:
-        query = query.where(activity.c.owner == owner)
-    return [ActivityId(i) for i in conn.execute(query).scalars()]
+        if owner is not None:
+            query = query.where(activity.c.owner == owner)
+        found.extend((at, i) for at, i in conn.execute(query))
+    found.sort()
+    return [ActivityId(i) for _, i in found[:limit]]
 
 
 def factory_summary(

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine, Transaction
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from bes.errors import BesError, StoreError
 
@@ -69,8 +69,11 @@ class _Writer:
         try:
             results = self._transaction(batch)
         except Exception as exc:  # noqa: BLE001 - isolate the failing call(s) below
-            if len(batch) == 1:
-                _fail(batch[0], exc)
+            if len(batch) == 1 or not self._connected():
+                # Without a connection (the database is down or unreachable) each call alone
+                # would only wait for it again: they all fail, at once.
+                for call in batch:
+                    _fail(call, exc)
                 return
             for call in batch:
                 try:
@@ -83,14 +86,44 @@ class _Writer:
         for call, result in zip(batch, results, strict=True):
             _resolve(call.future, result)
 
+    def _connected(self) -> bool:
+        conn = self._conn
+        return conn is not None and not conn.closed and not conn.invalidated
+
     def _connection(self) -> Connection:
         # One long-lived connection: a pool checkout and reset per transaction would cost more
         # than the inserts of a typical batch.
-        if self._conn is None or self._conn.closed or self._conn.invalidated:
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = self._engine.connect()
-        return self._conn
+        conn = self._conn
+        if conn is None or conn.closed or conn.invalidated:
+            self._close_connection()
+            conn = self._conn = self._engine.connect()
+        return conn
+
+    def _execute(self, batch: list[_Call[Any, Any]]) -> tuple[Transaction, list[Any]]:
+        """Begin a transaction and run a batch's statements in it; the caller commits.
+
+        The connection may have been dropped while it was idle (PostgreSQL restarted, a
+        proxy timed it out): then the batch runs again once on a new connection. Nothing of a
+        transaction whose connection broke before its COMMIT was written, so that is safe.
+        """
+        reused = self._connected()
+        try:
+            return self._begin(self._connection(), batch)
+        except DBAPIError as exc:
+            if not (reused and exc.connection_invalidated):
+                raise
+            log.warning("the database connection was lost (%s); reconnecting", exc.orig)
+        return self._begin(self._connection(), batch)
+
+    def _begin(
+        self, conn: Connection, batch: list[_Call[Any, Any]]
+    ) -> tuple[Transaction, list[Any]]:
+        transaction = conn.begin()
+        try:
+            return transaction, self._statements(conn, batch)
+        except BaseException:
+            transaction.rollback()
+            raise
 
     @staticmethod
     def _statements(conn: Connection, batch: list[_Call[Any, Any]]) -> list[Any]:
@@ -111,9 +144,8 @@ class _Writer:
 
     def _transaction(self, batch: list[_Call[Any, Any]]) -> list[Any]:
         started = time.perf_counter()
-        conn = self._connection()
-        with conn.begin():
-            results = self._statements(conn, batch)
+        transaction, results = self._execute(batch)
+        transaction.commit()
         self.transactions += 1
         if log.isEnabledFor(logging.DEBUG):
             took_ms = (time.perf_counter() - started) * 1e3
@@ -166,7 +198,8 @@ class ThreadCommitter(_Writer):
             first = self._queue.get()
             if first is _STOP:
                 break
-            batch: list[_Call[Any, Any]] = [first]  # type: ignore[list-item]
+            batch: list[_Call[Any, Any]] = []
+            _take(batch, first)
             while len(batch) < self._max_batch:
                 try:
                     nxt = self._queue.get_nowait()
@@ -175,8 +208,9 @@ class ThreadCommitter(_Writer):
                 if nxt is _STOP:
                     stop = True
                     break
-                batch.append(nxt)  # type: ignore[arg-type]
-            self._commit(batch)
+                _take(batch, nxt)
+            if batch:
+                self._commit(batch)
         self._close_connection()
 
 
@@ -233,15 +267,6 @@ class LoopCommitter(_Writer):
             lambda done: loop.call_soon_threadsafe(self._committed, done, batch, results)
         )
 
-    def _execute(self, batch: list[_Call[Any, Any]]) -> tuple[Transaction, list[Any]]:
-        conn = self._connection()
-        transaction = conn.begin()
-        try:
-            return transaction, self._statements(conn, batch)
-        except BaseException:
-            transaction.rollback()
-            raise
-
     def _committed(
         self, done: Future[None], batch: list[_Call[Any, Any]], results: list[Any]
     ) -> None:
@@ -281,6 +306,15 @@ class LoopCommitter(_Writer):
         self._closed = True
         self._syncer.shutdown(wait=True)
         self._close_connection()
+
+
+def _take(batch: list[_Call[Any, Any]], call: Any) -> None:
+    """Add a queued call to the batch, unless its caller gave up waiting (cancelled it): a
+    write nobody waits for any more is dropped, not written behind the caller's back."""
+    future = call.future
+    if isinstance(future, Future) and not future.set_running_or_notify_cancel():
+        return
+    batch.append(call)
 
 
 def _fail(call: _Call[Any, Any], exc: BaseException) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -23,6 +23,10 @@ from bes.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SQLITE_PRAGMAS = (
+    # First, before any table exists: space freed by deletes (bes.retention) can then be given
+    # back with PRAGMA incremental_vacuum. On a database that already has tables it changes
+    # nothing until a VACUUM (bes purge --vacuum) rebuilds the file.
+    "auto_vacuum=INCREMENTAL",
     "journal_mode=WAL",
     "synchronous=FULL",
     # The service writes from its event loop: never wait long for another process's lock.
@@ -52,13 +56,57 @@ def create_engines(url: str) -> tuple[Engine, Engine]:
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         writer = create_engine(
-            parsed, poolclass=QueuePool, pool_size=2, max_overflow=0, pool_pre_ping=True
+            parsed,
+            poolclass=QueuePool,
+            pool_size=2,
+            max_overflow=0,
+            connect_args=_pg_connect_args(),
+            **_PG_POOL,
         )
-        reader = create_engine(parsed, pool_size=4, max_overflow=4, pool_pre_ping=True)
+        reader = create_engine(
+            parsed,
+            pool_size=4,
+            max_overflow=4,
+            connect_args=_pg_connect_args(statement_timeout_ms=_READ_TIMEOUT_MS),
+            **_PG_POOL,
+        )
         return writer, reader
     raise ConfigError(
         f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
     )
+
+
+# PostgreSQL is reached over the network, and may be restarted, be unreachable or hang: no
+# wait on it is open-ended. Connections are checked before use (a restarted server dropped
+# them), a connection attempt gives up after a few seconds (a host that does not answer would
+# otherwise take the kernel's two minutes), TCP keepalives and tcp_user_timeout notice a
+# peer that vanished under an open connection, and a session left idle inside a transaction
+# (its replica frozen or cut off) is ended by the server, so its row locks cannot stall the
+# other replicas. A server that accepts but never answers is bounded by the service's own
+# wait (bes.db.store).
+_PG_POOL: Final[dict[str, Any]] = {"pool_pre_ping": True, "pool_timeout": 10}
+_READ_TIMEOUT_MS: Final = 30_000
+
+
+def _pg_connect_args(*, statement_timeout_ms: int = 0) -> dict[str, Any]:
+    """libpq connection parameters of the service's PostgreSQL sessions.
+
+    Args:
+        statement_timeout_ms: Cancel a statement the server runs longer (0: never). Readers
+            get one; the writer does not, as migrations and purges may take long.
+    """
+    options = "-c idle_in_transaction_session_timeout=60000"
+    if statement_timeout_ms:
+        options += f" -c statement_timeout={statement_timeout_ms}"
+    return {
+        "connect_timeout": 5,
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 3,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 15_000,
+        "options": options,
+    }
 
 
 def _sqlite_engine(url: str, *, writer: bool) -> Engine:

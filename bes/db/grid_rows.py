@@ -386,35 +386,68 @@ def live_workers(conn: Connection, since: dt.datetime) -> list[WorkerRecord]:
 # ------------------------------------------------------------------------------ the queue
 
 
+_INSERT_GRID_JOB: Final = Prepared(
+    insert(grid_job),
+    column_keys=[
+        "id",
+        "activity_id",
+        "state",
+        "memory_mib",
+        "vcpus",
+        "disk_mib",
+        "needs_network",
+        "hypervisors",
+        "lease_epoch",
+        "attempts",
+        "max_attempts",
+        "ran",
+        "cancel_requested",
+        "queued_at",
+        "changed_at",
+        "pool",
+        "pinned",
+        "reason",
+    ],
+)
+
+
 def add_grid_jobs(conn: Connection, items: Sequence[Sequence[NewGridJob]]) -> list[None]:
-    """Queue new jobs (each item a batch of them)."""
-    rows = [
-        {
-            "id": j.id,
-            "activity_id": j.activity_id,
-            "state": GridState.QUEUED.value,
-            "memory_mib": j.memory_mib,
-            "vcpus": j.vcpus,
-            "disk_mib": j.disk_mib,
-            "needs_network": j.needs_network,
-            "hypervisors": _hypervisor_list(j.hypervisors),
-            "lease_epoch": 0,
-            "attempts": 0,
-            "max_attempts": j.max_attempts,
-            "ran": False,
-            "cancel_requested": False,
-            "queued_at": j.at,
-            "changed_at": j.at,
-            "pool": j.pool,
-            "pinned": j.pinned,
-            "reason": j.reason,
-        }
-        for batch in items
-        for j in batch
-    ]
-    if rows:
-        conn.execute(insert(grid_job), rows)
+    """Queue new jobs (each item a batch of them); prepared, as they are queued with every
+    CreateActivity."""
+    rows = []
+    for batch in items:
+        for j in batch:
+            at = db_time(conn, j.at)
+            rows.append(
+                {
+                    "id": j.id,
+                    "activity_id": j.activity_id,
+                    "state": GridState.QUEUED.value,
+                    "memory_mib": j.memory_mib,
+                    "vcpus": j.vcpus,
+                    "disk_mib": j.disk_mib,
+                    "needs_network": j.needs_network,
+                    "hypervisors": _hypervisor_list(j.hypervisors),
+                    "lease_epoch": 0,
+                    "attempts": 0,
+                    "max_attempts": j.max_attempts,
+                    "ran": False,
+                    "cancel_requested": False,
+                    "queued_at": at,
+                    "changed_at": at,
+                    "pool": j.pool,
+                    "pinned": j.pinned,
+                    "reason": j.reason,
+                }
+            )
+    _INSERT_GRID_JOB.executemany(conn, rows)
     return [None] * len(items)
+
+
+def queue_jobs(conn: Connection, jobs: Sequence[NewGridJob]) -> None:
+    """Queue new jobs, in the caller's transaction (with the activities they are for:
+    :class:`bes.db.activity_rows.Enqueued`)."""
+    add_grid_jobs(conn, [jobs])
 
 
 def _hypervisor_list(names: Sequence[str]) -> str:

@@ -6,6 +6,15 @@ would spend more on handing the GIL back and forth than on the query. On Postgre
 over the network, they run on threads so that the loop never waits for a round trip. Every
 operation has a blocking twin for command-line tools and tests. SQLAlchemy errors are wrapped
 into :class:`~bes.errors.StoreError` here.
+
+A server that does not answer (stopped, frozen, cut off) must not hold requests for ever: on
+PostgreSQL the service waits at most ``wait_s`` for a read or a write, then raises
+:class:`~bes.errors.StoreError` (a SOAP client sees a soap:Server fault saying to try again
+later). A write that was still queued when its caller gave up is dropped, never written
+behind its back; one the database had already begun may still commit (its outcome is
+unknown to the caller, as with any lost answer: CreateActivity retried with the same
+``wsa:MessageID`` finds it). When the server is back, the next calls succeed: the pools check
+connections before use and the committer reconnects.
 """
 
 from __future__ import annotations
@@ -13,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,6 +40,9 @@ A = TypeVar("A")
 R = TypeVar("R")
 P = ParamSpec("P")
 
+WAIT_S: Final = 8.0
+"""The longest the service waits for PostgreSQL to answer a read or a write."""
+
 
 class Database:
     """One database: a writer (group commit) and a pool of readers.
@@ -38,10 +50,13 @@ class Database:
     Args:
         url: SQLAlchemy URL, ``sqlite:///path`` or ``postgresql://...``.
         read_threads: Threads serving concurrent reads.
+        wait_s: The longest :meth:`read` and :meth:`write` wait for a database reached over
+            the network (not SQLite, whose calls run in the loop).
     """
 
-    def __init__(self, url: str, *, read_threads: int = 4) -> None:
+    def __init__(self, url: str, *, read_threads: int = 4, wait_s: float = WAIT_S) -> None:
         self.url = url
+        self.wait_s = wait_s
         self._writer, self._reader = create_engines(url)
         self.dialect = self._writer.dialect.name
         self._inline = self.dialect == "sqlite"
@@ -74,7 +89,8 @@ class Database:
             if self._loop_committer is None:
                 self._loop_committer = LoopCommitter(self._writer)
             return await self._loop_committer.submit(fn, arg)
-        return await asyncio.wrap_future(self.committer.submit(fn, arg))
+        # On a time-out the call is cancelled: if the committer has not begun it, it is dropped.
+        return await self._bounded(asyncio.wrap_future(self.committer.submit(fn, arg)), "write", fn)
 
     def write_sync(self, fn: BatchFunction[A, R], arg: A) -> R:
         """Blocking :meth:`write`."""
@@ -87,7 +103,22 @@ class Database:
         if self._inline:
             return self._read_in_loop(fn, *args, **kwargs)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: self.read_sync(fn, *args, **kwargs))
+        return await self._bounded(
+            loop.run_in_executor(self._pool, lambda: self.read_sync(fn, *args, **kwargs)),
+            "read",
+            fn,
+        )
+
+    async def _bounded(self, waited: Awaitable[R], what: str, fn: Callable[..., Any]) -> R:
+        """Wait at most :attr:`wait_s` for a read or a write on a networked database."""
+        try:
+            return await asyncio.wait_for(waited, self.wait_s)
+        except TimeoutError:
+            name = getattr(fn, "__name__", fn)
+            log.error("database %s %s: no answer within %.0f s", what, name, self.wait_s)
+            raise StoreError(
+                f"the database did not answer within {self.wait_s:.0f} s ({what})"
+            ) from None
 
     def read_sync(
         self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs

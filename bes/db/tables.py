@@ -85,6 +85,7 @@ activity = Table(
     Column("changed_at", UtcDateTime(), nullable=False),
     Index(None, "owner", "created_at"),
     Index(None, "state", "created_at", "id"),  # also: one state's activities newest first
+    Index(None, "owner", "state", "created_at", "id"),  # one owner's in one state, in order
     Index(None, "parent_id"),
     Index(None, "created_at", "id"),  # everyone's activities newest first (administrators)
 )

@@ -35,6 +35,7 @@ from bes.backends.desktopgrid.gateway import WorkerGateway
 from bes.backends.desktopgrid.outputs import OutputStore
 from bes.backends.desktopgrid.pools import Pools
 from bes.db import grid_rows as grid
+from bes.db.activity_rows import Enqueued
 from bes.db.committer import BatchFunction
 from bes.db.grid_rows import GridState
 from bes.db.store import Database
@@ -43,6 +44,7 @@ from bes.ids import ActivityId, BackendJobId
 from bes.jsdl.model import JobDefinition
 from bes.metrics import Metrics
 from bes.sealing import Sealer
+from bes.storage import DirectoryStorage, Storage
 from bes.vm.images import ImageError
 from bes.vm.repository import BUILT_IN_TEMPLATES, Catalog
 from bes.vmjob import virtual_machine
@@ -80,6 +82,8 @@ class DesktopGridBackend(Backend):
         metrics: Where claims, lease expiries, VM starts and failed runs are counted.
         sealer: Opens the sealed staging secrets of a job for the worker that leases it.
         holder: This replica's name, for the duties it may hold (the reasons pass).
+        storage: Where kept outputs go (under ``outputs/``), shared by every replica; the
+            config's ``outputs_dir``, if set, is used instead.
     """
 
     name = "desktopgrid"
@@ -107,6 +111,7 @@ class DesktopGridBackend(Backend):
         metrics: Metrics | None = None,
         sealer: Sealer | None = None,
         holder: str | None = None,
+        storage: Storage | None = None,
     ) -> None:
         if config.heartbeat_s >= config.lease_s:
             raise ConfigError("the heartbeat period must be shorter than the lease")
@@ -119,7 +124,13 @@ class DesktopGridBackend(Backend):
         self._sweep_lock = threading.Lock()
         self._listener: StatusListener | None = None
         self._catalog: tuple[float, Catalog] | None = None
-        self.outputs = OutputStore(config.outputs_dir, max_bytes=config.max_output_bytes)
+        if config.outputs_dir is not None:
+            storage, prefix = DirectoryStorage(config.outputs_dir), ""
+        elif storage is not None:
+            prefix = "outputs"
+        else:
+            raise ConfigError("the desktop grid needs a storage or a directory for its outputs")
+        self.outputs = OutputStore(storage, prefix=prefix, max_bytes=config.max_output_bytes)
         self.metrics = metrics or Metrics()
         # Late-bound: a clock set on the backend later (tests) applies to the gateway too.
         self.pools = Pools(
@@ -152,13 +163,14 @@ class DesktopGridBackend(Backend):
                 numbers[key] = _number(key, options.pop(key), int)
         if options:
             raise ConfigError(f"unknown desktopgrid options: {', '.join(sorted(options))}")
-        config = DesktopGridConfig(
-            outputs_dir=context.data_dir / "outputs",
-            catalog_path=context.data_dir / "templates.json",
-            **numbers,
-        )
+        config = DesktopGridConfig(catalog_path=context.data_dir / "templates.json", **numbers)
         return cls(
-            context.db, config, loop=context.loop, metrics=context.metrics, sealer=context.sealer
+            context.db,
+            config,
+            loop=context.loop,
+            metrics=context.metrics,
+            sealer=context.sealer,
+            storage=context.storage or DirectoryStorage(context.data_dir),
         )
 
     # ------------------------------------------------------------------ Backend verbs
@@ -174,27 +186,7 @@ class DesktopGridBackend(Backend):
     ) -> Mapping[ActivityId, Submission | BackendError]:
         catalog = self.catalog()
         now = self.clock()
-        rows = []
-        for activity_id, job in jobs:
-            machine = virtual_machine(job, self.config.vm_defaults, catalog)
-            needs = _translate.requirements(machine, self.config.vm_defaults, catalog)
-            placed = self.pools.place(needs, machine.pool)
-            rows.append(
-                grid.NewGridJob(
-                    id=BackendJobId("g" + secrets.token_urlsafe(18)),
-                    activity_id=activity_id,
-                    memory_mib=needs.memory_mib,
-                    vcpus=needs.vcpus,
-                    disk_mib=needs.disk_mib,
-                    needs_network=needs.network,
-                    hypervisors=needs.hypervisors,
-                    max_attempts=self.config.max_attempts,
-                    at=now,
-                    pool=placed.pool,
-                    pinned=placed.pinned,
-                    reason=placed.reason,
-                )
-            )
+        rows = [self._queued(activity_id, job, catalog, now) for activity_id, job in jobs]
         try:
             self._write(grid.add_grid_jobs, rows)
         except StoreError as exc:
@@ -207,6 +199,41 @@ class DesktopGridBackend(Backend):
             row.activity_id: Submission(job_id=row.id, pool=row.pool, message=row.reason)
             for row in rows
         }
+
+    async def enqueue(self, activity_id: ActivityId, job: JobDefinition) -> Enqueued | None:
+        """The job's queue row, written with its activity: no dispatch round, and no second
+        transaction competing with the creates for the database (SQLite has one writer)."""
+        if self.pools.offers_stale():  # refreshed off the loop, every two seconds at most
+            await asyncio.to_thread(self.pools.offers)
+        row = self._queued(activity_id, job, self.catalog(), self.clock())
+        return Enqueued(
+            job_id=row.id, pool=row.pool, message=row.reason, write=grid.queue_jobs, row=row
+        )
+
+    def enqueued(self) -> None:
+        self.gateway.work_added()
+
+    def _queued(
+        self, activity_id: ActivityId, job: JobDefinition, catalog: Catalog, now: dt.datetime
+    ) -> grid.NewGridJob:
+        """The queue row of ``job``: what it needs, and the pool it goes to."""
+        machine = virtual_machine(job, self.config.vm_defaults, catalog)
+        needs = _translate.requirements(machine, self.config.vm_defaults, catalog)
+        placed = self.pools.place(needs, machine.pool)
+        return grid.NewGridJob(
+            id=BackendJobId("g" + secrets.token_urlsafe(18)),
+            activity_id=activity_id,
+            memory_mib=needs.memory_mib,
+            vcpus=needs.vcpus,
+            disk_mib=needs.disk_mib,
+            needs_network=needs.network,
+            hypervisors=needs.hypervisors,
+            max_attempts=self.config.max_attempts,
+            at=now,
+            pool=placed.pool,
+            pinned=placed.pinned,
+            reason=placed.reason,
+        )
 
     def watch(self, listener: StatusListener) -> None:
         self._listener = listener
@@ -272,6 +299,20 @@ class DesktopGridBackend(Backend):
         if row is None or not row.result or not row.result.get("files"):
             return None
         return self.outputs.attempt_dir(job_id, int(row.result["epoch"]))
+
+    def discard(self, ids: Sequence[BackendJobId]) -> int:
+        """Remove the kept outputs of every attempt of these jobs (their queue rows go with
+        their activities); the bytes freed."""
+        freed = 0
+        for job_id in dict.fromkeys(ids):
+            try:
+                job_key = self.outputs.attempt_key(job_id, 0).rpartition("/")[0]
+            except BesError:  # not a job id of ours
+                continue
+            listed = self.outputs.storage.listing(job_key, incomplete=True)
+            freed += sum(size for _, size in listed)
+            self.outputs.keep_only(job_id, None)
+        return freed
 
     # ------------------------------------------------------------------ helpers
 

@@ -13,7 +13,9 @@ class DesktopGridConfig:
     """Settings of the desktop-grid backend.
 
     Attributes:
-        outputs_dir: Where files that jobs produced are kept for their owners.
+        outputs_dir: A directory of their own for the files that jobs produced, kept for
+            their owners; None: ``outputs/`` in the storage the backend is given
+            (:attr:`~bes.backends.base.BackendContext.storage`).
         catalog_path: The site's template catalog (``templates.json``); None for only the
             built-in ``tiny``.
         lease_s: How long a claim or a heartbeat keeps a job a worker's. A worker that is
@@ -27,7 +29,7 @@ class DesktopGridConfig:
         vm_defaults: The VM of jobs that name none, and defaults for what a VM leaves out.
     """
 
-    outputs_dir: Path
+    outputs_dir: Path | None = None
     catalog_path: Path | None = None
     lease_s: float = 60.0
     heartbeat_s: float = 15.0

@@ -16,8 +16,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import os
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -482,9 +480,7 @@ class WorkerGateway:
 
     def _drop_attempt(self, ref: LeaseRef) -> None:
         """Remove what one attempt uploaded (it will not be the job's result)."""
-        attempt = self.outputs.attempt_dir(ref.job_id, ref.epoch)
-        if os.path.isdir(attempt):
-            shutil.rmtree(attempt, ignore_errors=True)
+        self.outputs.drop_attempt(ref.job_id, ref.epoch)
 
     async def access(self, worker: WorkerIdentity, reported: str, access: Access) -> None:
         """A VM lease's guest is ready: record how its owner gets in (shown in its status).

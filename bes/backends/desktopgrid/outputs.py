@@ -1,27 +1,23 @@
 """Files that jobs produced, kept by the service for their owners.
 
-Each attempt of a job (each lease) uploads into a directory of its own,
-``<root>/<job id>/<lease epoch>/``, so uploads of a worker whose lease ran out never mix with
-those of the job's new owner. The attempt that completes is recorded in the queue; the
-directories of other attempts are removed. Files are written as ``NAME.partial`` and renamed
-when complete, so a reader never sees half a file.
-
-Replicas of the service must share ``root`` (a network file system) until outputs move to an
-object store.
+Each attempt of a job (each lease) uploads under a prefix of its own,
+``outputs/<job id>/<lease epoch>/``, so uploads of a worker whose lease ran out never mix with
+those of the job's new owner. The attempt that completes is recorded in the queue; the files
+of other attempts are removed. Files go through a :class:`~bes.storage.Storage` (the shared
+directory every replica mounts, or later an object store), which makes each appear whole or
+not at all.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from bes.backends.base import PARTIAL, kept_files
 from bes.errors import BesError, InvalidRequest
 from bes.ids import BackendJobId
+from bes.storage import LOCK, PARTIAL, Storage, StorageError, join_key
 from bes.vm.media import UnsafePath, safe_relative
 
 
@@ -30,21 +26,38 @@ class OutputTooLarge(BesError):
 
 
 class OutputStore:
-    """Kept files on the local disk (see the module docstring).
+    """Kept files in a storage (see the module docstring).
 
     Args:
-        root: The directory holding every job's files.
+        storage: Where the files are (shared by every replica).
+        prefix: Where in the storage (empty: at its top, a directory of their own).
         max_bytes: Most bytes one attempt may store.
     """
 
-    def __init__(self, root: Path, *, max_bytes: int) -> None:
-        self.root = root
+    def __init__(self, storage: Storage, *, prefix: str = "outputs", max_bytes: int) -> None:
+        self.storage = storage
+        self.prefix = join_key(prefix)
         self.max_bytes = max_bytes
-        root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def root(self) -> Path | None:
+        """The directory holding every job's files, when the storage is a directory."""
+        return self.storage.local_path(self.prefix)
+
+    def attempt_key(self, job_id: BackendJobId, epoch: int) -> str:
+        """The storage prefix of one attempt's files."""
+        return join_key(self.prefix, _safe_component(job_id), str(int(epoch)))
 
     def attempt_dir(self, job_id: BackendJobId, epoch: int) -> Path:
-        """The directory of one attempt's files."""
-        return self.root / _safe_component(job_id) / str(int(epoch))
+        """The local directory of one attempt's files (for serving them as files).
+
+        Raises:
+            StorageError: The storage keeps no local files (an object store).
+        """
+        path = self.storage.local_path(self.attempt_key(job_id, epoch))
+        if path is None:
+            raise StorageError(f"{self.storage!r} has no local directories of kept outputs")
+        return path
 
     @contextlib.contextmanager
     def writer(self, job_id: BackendJobId, epoch: int, name: str) -> Iterator[BinaryIO]:
@@ -54,20 +67,13 @@ class OutputStore:
         Raises:
             UnsafePath: ``name`` would leave the attempt's directory.
         """
-        relative = safe_relative(name)
-        target = self.attempt_dir(job_id, epoch) / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + PARTIAL)
-        try:
-            with partial.open("wb") as out:
-                yield out
-            partial.replace(target)
-        finally:
-            partial.unlink(missing_ok=True)
+        with self.storage.writer(self._key(job_id, epoch, name)) as out:
+            yield out
 
     def used_bytes(self, job_id: BackendJobId, epoch: int) -> int:
-        """Bytes stored so far by one attempt (complete and partial files)."""
-        return sum(size for _, size in kept_files(self.attempt_dir(job_id, epoch), partial=True))
+        """Bytes stored so far by one attempt (complete files and those being written)."""
+        listed = self.storage.listing(self.attempt_key(job_id, epoch), incomplete=True)
+        return sum(size for _, size in listed)
 
     def uploaded(self, job_id: BackendJobId, epoch: int, names: Sequence[str]) -> dict[str, int]:
         """The sizes of the files a worker says it uploaded for one attempt.
@@ -77,31 +83,37 @@ class OutputStore:
             UnsafePath: A name leaves the attempt's directory.
         """
         sizes = {}
-        attempt = self.attempt_dir(job_id, epoch)
         for name in names:
-            relative = safe_relative(name)
-            try:
-                sizes[relative] = (attempt / relative).stat().st_size
-            except OSError:
-                raise InvalidRequest(f"file {name!r} was not uploaded for this lease") from None
+            size = self.storage.size(self._key(job_id, epoch, name))
+            if size is None:
+                raise InvalidRequest(f"file {name!r} was not uploaded for this lease")
+            sizes[safe_relative(name)] = size
         return sizes
 
     def files(self, job_id: BackendJobId, epoch: int) -> dict[str, int]:
         """One attempt's complete files: relative name to size in bytes."""
-        if not os.path.isdir(os.path.join(self.root, _safe_component(job_id))):
-            return {}  # the common case of a job without uploads, answered with one stat
-        return dict(kept_files(self.attempt_dir(job_id, epoch)))
+        return dict(self.storage.listing(self.attempt_key(job_id, epoch)))
+
+    def drop_attempt(self, job_id: BackendJobId, epoch: int) -> None:
+        """Remove what one attempt uploaded (it will not be the job's result)."""
+        self.storage.delete_prefix(self.attempt_key(job_id, epoch))
 
     def keep_only(self, job_id: BackendJobId, epoch: int | None) -> None:
         """Remove every attempt's files but those of ``epoch`` (None: remove them all)."""
-        job_dir = self.root / _safe_component(job_id)
-        if not os.path.isdir(job_dir):
-            return
-        for attempt in job_dir.iterdir():
-            if epoch is None or attempt.name != str(epoch):
-                shutil.rmtree(attempt, ignore_errors=True)
+        job_key = join_key(self.prefix, _safe_component(job_id))
         if epoch is None:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            self.storage.delete_prefix(job_key)
+            return
+        listed = self.storage.listing(job_key, incomplete=True)
+        attempts = {key.split("/", 1)[0] for key, _ in listed}
+        for attempt in sorted(attempts - {str(int(epoch))}):
+            self.storage.delete_prefix(join_key(job_key, attempt))
+
+    def _key(self, job_id: BackendJobId, epoch: int, name: str) -> str:
+        relative = safe_relative(name)
+        if any(part.endswith((PARTIAL, LOCK)) for part in relative.split("/")):
+            raise UnsafePath(f"{name!r}: names ending in {PARTIAL} or {LOCK} are not kept")
+        return join_key(self.attempt_key(job_id, epoch), relative)
 
 
 def _safe_component(job_id: str) -> str:

@@ -110,6 +110,13 @@ class Pools:
             self._offers = (time.monotonic(), offers, statuses)
         return offers, statuses
 
+    def offers_stale(self) -> bool:
+        """Whether :meth:`offers` would read the database (its cache is older than two
+        seconds), so a caller in the event loop calls it from a thread instead."""
+        with self._lock:
+            cached = self._offers
+        return cached is None or time.monotonic() - cached[0] >= _OFFERS_TTL_S
+
     def place(self, needs: Needs, named: str | None) -> Placement:
         """Where a new job goes (the routing policy) and why it will wait there."""
         offers, statuses = self.offers()

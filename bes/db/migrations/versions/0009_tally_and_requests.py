@@ -1,5 +1,6 @@
-"""Counts kept by the database (views that stay fast at a million activities) and the
-CreateActivity requests already answered (a retried request does not create twice).
+"""Counts kept by the database and an index for one owner's active activities (views that stay
+fast at a million activities), and the CreateActivity requests already answered (a retried
+request does not create twice).
 
 Revision ID: 0009
 Revises: 0008
@@ -31,6 +32,10 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("kind", "owner", "state", "slot", name="pk_tally"),
     )
     create_triggers(op.get_bind())
+    # One owner's active activities in order, however many other owners have queued.
+    op.create_index(
+        "ix_activity_owner_state_created_at_id", "activity", ["owner", "state", "created_at", "id"]
+    )
     op.create_table(
         "create_request",
         sa.Column("key", sa.String(64), nullable=False),
@@ -50,5 +55,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("create_request")
+    op.drop_index("ix_activity_owner_state_created_at_id", "activity")
     drop_triggers(op.get_bind())
     op.drop_table("tally")
