@@ -114,6 +114,7 @@ class Activities:
             (:mod:`bes.filestore`); None treats those URLs like any other.
         images: Users' images, which VM extensions name like templates
             (:mod:`bes.userimages`); None leaves those names to the backend.
+        replica: This replica's name, for the duties it may hold (default: a new one).
     """
 
     def __init__(
@@ -129,6 +130,7 @@ class Activities:
         file_roots: Sequence[str] = (),
         store: FileStore | None = None,
         images: UserImages | None = None,
+        replica: str | None = None,
     ) -> None:
         self._db = db
         self._store = store
@@ -142,7 +144,7 @@ class Activities:
         self._clock = clock
         self.reference_limit = reference_limit
         self.metrics = metrics or Metrics()
-        self.tracker = Tracker(db, self._backends, clock=clock)
+        self.tracker = Tracker(db, self._backends, clock=clock, holder=replica)
 
     @property
     def backends(self) -> Mapping[str, Backend]:

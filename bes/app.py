@@ -58,7 +58,14 @@ from bes.clouds.pools import CloudPools
 from bes.config import ServiceConfig
 from bes.db import tunnel_rows
 from bes.db.store import Database
-from bes.errors import BesError, ConfigError, InvalidRequest, LeaseLost, NotAuthorized
+from bes.errors import (
+    BesError,
+    ConfigError,
+    InvalidRequest,
+    LeaseLost,
+    NotAuthorized,
+    StoreError,
+)
 from bes.factory import Factory
 from bes.fileapi import serve_files
 from bes.filerefs import FILES
@@ -194,6 +201,7 @@ class BesApp:
             file_roots=config.file_roots,
             store=self.files,
             images=self.images,
+            replica=self._replica,
         )
         self.overview = Overview(self.activities, db)
         self.factory = Factory(
@@ -573,7 +581,11 @@ class BesApp:
         if activities is None:
             await respond(send, 503, b"starting up\n", TEXT)
             return
-        accepting = await activities.is_accepting()
+        try:
+            accepting = await activities.is_accepting()
+        except StoreError as exc:  # a load balancer takes this replica out until it is back
+            await respond(send, 503, f"the database is unavailable: {exc}\n".encode(), TEXT)
+            return
         await respond(send, 200, f"ok; accepting new activities: {accepting}\n".encode(), TEXT)
 
     def _endpoint(self, scope: Scope) -> str:

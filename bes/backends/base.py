@@ -275,7 +275,8 @@ class Backend(abc.ABC):
         del listener
 
     def housekeeping(self) -> None:  # noqa: B027 - optional hook with an empty default
-        """Periodic upkeep (called from a worker thread every ``housekeeping_interval_s``)."""
+        """Periodic upkeep (called from a worker thread every ``housekeeping_interval_s``, on
+        one replica at a time: the one holding the upkeep duty, :mod:`bes.upkeep`)."""
 
     def explain(self, job_id: BackendJobId) -> Mapping[str, Any]:
         """Why a job is where it is, for ``bes why`` (JSON-ready; empty: nothing to say)."""

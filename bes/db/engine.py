@@ -10,6 +10,7 @@ readers run beside the writer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -60,14 +61,14 @@ def create_engines(url: str) -> tuple[Engine, Engine]:
             poolclass=QueuePool,
             pool_size=2,
             max_overflow=0,
-            connect_args=_pg_connect_args(),
+            connect_args=_pg_connect_args(parsed.query),
             **_PG_POOL,
         )
         reader = create_engine(
             parsed,
             pool_size=4,
             max_overflow=4,
-            connect_args=_pg_connect_args(statement_timeout_ms=_READ_TIMEOUT_MS),
+            connect_args=_pg_connect_args(parsed.query, statement_timeout_ms=_READ_TIMEOUT_MS),
             **_PG_POOL,
         )
         return writer, reader
@@ -83,22 +84,25 @@ def create_engines(url: str) -> tuple[Engine, Engine]:
 # peer that vanished under an open connection, and a session left idle inside a transaction
 # (its replica frozen or cut off) is ended by the server, so its row locks cannot stall the
 # other replicas. A server that accepts but never answers is bounded by the service's own
-# wait (bes.db.store).
+# wait (bes.db.store). A parameter given in the database URL wins (e.g. behind PgBouncer,
+# which refuses the ``options`` startup parameter unless told to ignore it).
 _PG_POOL: Final[dict[str, Any]] = {"pool_pre_ping": True, "pool_timeout": 10}
 _READ_TIMEOUT_MS: Final = 30_000
 
 
-def _pg_connect_args(*, statement_timeout_ms: int = 0) -> dict[str, Any]:
-    """libpq connection parameters of the service's PostgreSQL sessions.
+def _pg_connect_args(given: Mapping[str, Any], *, statement_timeout_ms: int = 0) -> dict[str, Any]:
+    """libpq connection parameters of the service's PostgreSQL sessions, except those the
+    database URL sets itself.
 
     Args:
+        given: The parameters in the database URL.
         statement_timeout_ms: Cancel a statement the server runs longer (0: never). Readers
             get one; the writer does not, as migrations and purges may take long.
     """
     options = "-c idle_in_transaction_session_timeout=60000"
     if statement_timeout_ms:
         options += f" -c statement_timeout={statement_timeout_ms}"
-    return {
+    ours: dict[str, Any] = {
         "connect_timeout": 5,
         "keepalives": 1,
         "keepalives_idle": 10,
@@ -107,6 +111,7 @@ def _pg_connect_args(*, statement_timeout_ms: int = 0) -> dict[str, Any]:
         "tcp_user_timeout": 15_000,
         "options": options,
     }
+    return {key: value for key, value in ours.items() if key not in given}
 
 
 def _sqlite_engine(url: str, *, writer: bool) -> Engine:

@@ -266,7 +266,6 @@ class DesktopGridBackend(Backend):
     def status(self, ids: Sequence[BackendJobId]) -> Mapping[BackendJobId, JobStatus]:
         if not ids:
             return {}
-        self.sweep()
         rows = self._db.read_sync(grid.grid_statuses, ids)
         unknown = JobStatus(state=JobState.UNKNOWN, message="no such job in the desktop grid")
         return {
