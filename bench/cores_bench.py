@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -91,7 +92,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--processes", default="1,2")
     parser.add_argument("--engines", default="sqlite,postgresql")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    figures: dict[str, dict[int, dict[str, float]]] = {}
     counts = [int(n) for n in args.processes.split(",")]
     print(f"cores benchmark: {os.cpu_count()} CPUs, {args.clients} clients, {args.seconds:g} s")
     print(
@@ -113,11 +116,18 @@ def main() -> None:
                 with replicas(count, url, data) as ports:
                     rate, latencies = asyncio.run(spread(ports, args.clients, args.seconds))
             base = base or rate
+            figures.setdefault(engine, {})[count] = {
+                "creates_per_s": rate,
+                "p50_ms": _pct(latencies, 0.5),
+                "p99_ms": _pct(latencies, 0.99),
+            }
             print(
                 f"{engine:>10} | {count:>9} | {rate:>9,.0f} | {_pct(latencies, 0.5):>7.2f} | "
                 f"{_pct(latencies, 0.99):>7.2f} | {rate / base:.2f}",
                 flush=True,
             )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import os
 import statistics
 import subprocess
@@ -157,12 +158,10 @@ def measure(url: str, data: Path, db_size: float) -> dict[str, float]:
 def _size_mb(db: Database, url: str, data: Path) -> float:
     if url.startswith("sqlite"):
         return sum(f.stat().st_size for f in data.glob("bench.sqlite3*")) / 1e6
-    return (
-        db.read_sync(
-            lambda c: c.execute(text("SELECT pg_database_size(current_database())")).scalar()
-        )
-        / 1e6
+    size = db.read_sync(
+        lambda c: c.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
     )
+    return int(size) / 1e6
 
 
 def run_engine(
@@ -195,6 +194,7 @@ def main() -> None:
         default=0.0,
         help="the fraction of activities that ended (0: all Pending)",
     )
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if len(os.sched_getaffinity(0)) > 1:
@@ -205,13 +205,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bes-views-") as tmp:
             data = Path(tmp)
             if engine == "sqlite":
-                table[engine] = run_engine(
-                    engine, sizes, data, f"sqlite:///{data / 'bench.sqlite3'}"
-                )
+                sqlite_url = f"sqlite:///{data / 'bench.sqlite3'}"
+                table[engine] = run_engine(engine, sizes, data, sqlite_url, args.ended)
             else:
                 with postgres_server() as admin:
                     url = fresh_database(admin, "views")
                     table[engine] = run_engine(engine, sizes, data, url, args.ended)
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1))
     for engine, by_size in table.items():
         print()
         first = sizes[0]

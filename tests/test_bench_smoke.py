@@ -138,3 +138,49 @@ def test_purge_bench_removes_every_ended_activity_and_keeps_the_others(tmp_path:
     assert results["trickle_during_purge"]["n"] > 0 and results["activities_per_s"] > 0
     assert results["database_bytes_after"] < results["database_bytes_before"] / 2
     assert "purged 3,000 ended activities" in done.stdout
+
+
+VIEWS_BENCH = Path(__file__).resolve().parents[1] / "bench" / "views_bench.py"
+CORES_BENCH = Path(__file__).resolve().parents[1] / "bench" / "cores_bench.py"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_views_bench_measures_every_view_at_each_size_on_both_engines(tmp_path: Path) -> None:
+    figures = tmp_path / "views.json"
+    done = subprocess.run(
+        [sys.executable, str(VIEWS_BENCH), "--sizes", "300,1500", "--json", str(figures)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    results = json.loads(figures.read_text())
+    assert set(results) == {"sqlite", "postgresql"}
+    for by_size in results.values():
+        assert set(by_size) == {"300", "1500"}
+        for row in by_size.values():
+            assert row["CreateActivity/s, 32 clients"] > 0
+            assert row["status page, first page, p50 ms"] > 0
+            assert row["/metrics scrape, p50 ms"] > 0
+    assert "ratio" in done.stdout
+
+
+@pytest.mark.slow
+def test_cores_bench_drives_one_and_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
+    figures = tmp_path / "cores.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, str(CORES_BENCH), "--seconds", "1", "--clients", "8"),
+            *("--engines", "sqlite", "--json", str(figures)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    results = json.loads(figures.read_text())["sqlite"]
+    assert set(results) == {"1", "2"}
+    assert all(r["creates_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in results.values())
