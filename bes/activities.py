@@ -185,9 +185,11 @@ class Activities:
         """
         backend = self.default_backend
         job, used = await self._with_stored_files(caller, job, endpoint)
-        self._check_runnable(job)
         activity_id = new_activity_id()
         taker = self._backends.get(backend) if backend is not None else None
+        enqueued = await self._enqueued(taker, activity_id, job)
+        if enqueued is None:  # (a backend that enqueues has checked the job itself)
+            self._check_runnable(job)
         new = NewActivity(
             id=activity_id,
             owner=caller.name,
@@ -197,7 +199,7 @@ class Activities:
             backend=backend,
             at=self._clock(),
             warnings=tuple(warnings),
-            enqueued=await self._enqueued(taker, activity_id, job),
+            enqueued=enqueued,
             request_key=rows.request_key(caller.name, request, document) if request else None,
         )
         created = await self._db.write(rows.create_activities, new)
@@ -218,11 +220,17 @@ class Activities:
         self, backend: Backend | None, activity_id: ActivityId, job: JobDefinition
     ) -> rows.Enqueued | None:
         """The backend's rows to write with the activity, if it keeps its queue here; None
-        leaves the job to the dispatcher (which also reports a refusal the usual way)."""
+        leaves the job to the dispatcher (which also reports a refusal the usual way).
+
+        Raises:
+            UnsupportedFeature: The backend cannot run this job.
+        """
         if backend is None:
             return None
         try:
             return await backend.enqueue(activity_id, job)
+        except UnsupportedFeature:
+            raise
         except BesError as exc:
             log.debug("%s goes through the dispatcher: %s", activity_id, exc)
             return None

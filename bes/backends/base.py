@@ -261,7 +261,12 @@ class Backend(abc.ABC):
         block); None (the default) leaves the job to the dispatcher, which calls
         :meth:`submit_batch`. Only a backend whose queue is the service's database can.
 
+        A backend that enqueues checks the job itself (the registry does not call
+        :meth:`unsupported` for a job it enqueued).
+
         Raises:
+            UnsupportedFeature: The backend cannot run this job (said as
+                :meth:`unsupported` would).
             BesError: The job cannot be queued so; the dispatcher will submit it instead.
         """
         del activity_id, job

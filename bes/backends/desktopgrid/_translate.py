@@ -64,6 +64,14 @@ def unsupported(
 ) -> list[str]:
     """What in ``job`` the desktop grid cannot run, as readable feature names (``pools``: the
     pools a job may name)."""
+    return examine(job, defaults, catalog, pools)[0]
+
+
+def examine(
+    job: JobDefinition, defaults: VmDefaults, catalog: Catalog, pools: Sequence[str]
+) -> tuple[list[str], VirtualMachine | None]:
+    """What :func:`unsupported` says, and the job's virtual machine (None if it has none that
+    can run), worked out once for both."""
     features: list[str] = []
     lease = lease_of(job)
     if lease is not None:
@@ -90,7 +98,7 @@ def unsupported(
     try:
         machine = virtual_machine(job, defaults, catalog)
     except UnsupportedFeature as exc:
-        return [*features, *exc.features]
+        return [*features, *exc.features], None
     name = machine.image.template
     if name is not None:
         template = catalog.get(name)
@@ -109,7 +117,7 @@ def unsupported(
             )
     if machine.pool is not None and machine.pool not in pools:
         features.append(f"vm:Pool {machine.pool!r} (this service's pools: {', '.join(pools)})")
-    return features
+    return features, machine
 
 
 def to_job_status(row: GridJobStatus) -> JobStatus:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import secrets
 import threading
 import time
@@ -39,7 +40,7 @@ from bes.db.activity_rows import Enqueued
 from bes.db.committer import BatchFunction
 from bes.db.grid_rows import GridState
 from bes.db.store import Database
-from bes.errors import BackendError, BesError, ConfigError, StoreError
+from bes.errors import BackendError, BesError, ConfigError, StoreError, UnsupportedFeature
 from bes.ids import ActivityId, BackendJobId
 from bes.jsdl.model import JobDefinition
 from bes.metrics import Metrics
@@ -47,6 +48,7 @@ from bes.sealing import Sealer
 from bes.storage import DirectoryStorage, Storage
 from bes.vm.images import ImageError
 from bes.vm.repository import BUILT_IN_TEMPLATES, Catalog
+from bes.vm.spec import VirtualMachine
 from bes.vmjob import virtual_machine
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ _CANCEL: Final = {
     GridState.FAILED: CancelOutcome.ALREADY_TERMINAL,
 }
 _SWEEP_EVERY_S: Final = 1.0
+_CATALOG_LOOK_S: Final = 0.25
 _WRITE_TIMEOUT_S: Final = 60.0
 
 
@@ -124,6 +127,7 @@ class DesktopGridBackend(Backend):
         self._sweep_lock = threading.Lock()
         self._listener: StatusListener | None = None
         self._catalog: tuple[float, Catalog] | None = None
+        self._catalog_looked = -math.inf
         if config.outputs_dir is not None:
             storage, prefix = DirectoryStorage(config.outputs_dir), ""
         elif storage is not None:
@@ -202,10 +206,26 @@ class DesktopGridBackend(Backend):
 
     async def enqueue(self, activity_id: ActivityId, job: JobDefinition) -> Enqueued | None:
         """The job's queue row, written with its activity: no dispatch round, and no second
-        transaction competing with the creates for the database (SQLite has one writer)."""
+        transaction competing with the creates for the database (SQLite has one writer).
+
+        Raises:
+            UnsupportedFeature: The desktop grid cannot run this job (what
+                :meth:`unsupported` says).
+        """
         if self.pools.offers_stale():  # refreshed off the loop, every two seconds at most
             await asyncio.to_thread(self.pools.offers)
-        row = self._queued(activity_id, job, self.catalog(), self.clock())
+        catalog = self.catalog()
+        missing = super().unsupported(job)
+        machine = None
+        if not missing:  # the check and the queue row share the machine, worked out once
+            missing, machine = _translate.examine(
+                job, self.config.vm_defaults, catalog, self.pools.names()
+            )
+        if missing or machine is None:
+            raise UnsupportedFeature(
+                missing, f"backend {self.name!r} cannot run: " + ", ".join(missing)
+            )
+        row = self._queued(activity_id, job, catalog, self.clock(), machine=machine)
         return Enqueued(
             job_id=row.id, pool=row.pool, message=row.reason, write=grid.queue_jobs, row=row
         )
@@ -214,10 +234,17 @@ class DesktopGridBackend(Backend):
         self.gateway.work_added()
 
     def _queued(
-        self, activity_id: ActivityId, job: JobDefinition, catalog: Catalog, now: dt.datetime
+        self,
+        activity_id: ActivityId,
+        job: JobDefinition,
+        catalog: Catalog,
+        now: dt.datetime,
+        *,
+        machine: VirtualMachine | None = None,
     ) -> grid.NewGridJob:
         """The queue row of ``job``: what it needs, and the pool it goes to."""
-        machine = virtual_machine(job, self.config.vm_defaults, catalog)
+        if machine is None:
+            machine = virtual_machine(job, self.config.vm_defaults, catalog)
         needs = _translate.requirements(machine, self.config.vm_defaults, catalog)
         placed = self.pools.place(needs, machine.pool)
         return grid.NewGridJob(
@@ -316,13 +343,18 @@ class DesktopGridBackend(Backend):
     # ------------------------------------------------------------------ helpers
 
     def catalog(self) -> Catalog:
-        """The site's templates and the built-in ones (read again when the file changes)."""
+        """The site's templates and the built-in ones (read again when the file changes; its
+        time is looked at every quarter of a second at most: this is on every create's path)."""
+        cached = self._catalog
+        looked = time.monotonic()
+        if cached is not None and looked - self._catalog_looked < _CATALOG_LOOK_S:
+            return cached[1]
         path = self.config.catalog_path
         try:
             stamp = path.stat().st_mtime if path is not None else 0.0
         except OSError:
             stamp = -1.0
-        cached = self._catalog
+        self._catalog_looked = looked
         if cached is not None and cached[0] == stamp:
             return cached[1]
         try:
