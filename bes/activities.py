@@ -187,9 +187,10 @@ class Activities:
         job, used = await self._with_stored_files(caller, job, endpoint)
         activity_id = new_activity_id()
         taker = self._backends.get(backend) if backend is not None else None
+        self._check_file_roots(job)
         enqueued = await self._enqueued(taker, activity_id, job)
         if enqueued is None:  # (a backend that enqueues has checked the job itself)
-            self._check_runnable(job)
+            self._check_backend(job)
         new = NewActivity(
             id=activity_id,
             owner=caller.name,
@@ -263,9 +264,15 @@ class Activities:
     def _check_runnable(self, job: JobDefinition, *, where: str = "") -> None:
         """Refuse a job the site does not take: ``file:`` URIs outside its roots, features
         its backend lacks (UnsupportedFeatureFault, every feature named)."""
+        self._check_file_roots(job, where=where)
+        self._check_backend(job, where=where)
+
+    def _check_file_roots(self, job: JobDefinition, *, where: str = "") -> None:
         refused = self._file_roots.refused(job)
         if refused:
             raise UnsupportedFeature(refused, where + "unsupported: " + "; ".join(refused))
+
+    def _check_backend(self, job: JobDefinition, *, where: str = "") -> None:
         backend = self.default_backend
         if backend is not None:
             missing = self._backends[backend].unsupported(job)

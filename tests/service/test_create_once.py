@@ -17,7 +17,7 @@ from bes.backends.desktopgrid.config import DesktopGridConfig
 from bes.db import activity_rows as rows
 from bes.db import grid_rows as grid
 from bes.db.store import Database
-from bes.errors import NotAcceptingNewActivities
+from bes.errors import NotAcceptingNewActivities, UnsupportedFeature
 from bes.jsdl import load_job_definition
 from bes.principal import Principal
 from bes.states import ActivityState, SubState
@@ -28,6 +28,14 @@ ALICE = Principal(name="alice")
 BOB = Principal(name="bob")
 JOB = load_job_definition(soap.HELLO_JSDL)
 DOC = soap.HELLO_JSDL.decode()
+UNKNOWN_TEMPLATE = b"""<jsdl:JobDefinition xmlns:jsdl="http://schemas.ggf.org/jsdl/2005/11/jsdl"
+  xmlns:posix="http://schemas.ggf.org/jsdl/2005/11/jsdl-posix" xmlns:vm="urn:bes-grid:vm:1.0">
+  <jsdl:JobDescription><jsdl:Application>
+    <posix:POSIXApplication><posix:Executable>/bin/fit</posix:Executable></posix:POSIXApplication>
+    <vm:VirtualMachine><vm:Image><vm:Template>no-such-template</vm:Template></vm:Image>
+    </vm:VirtualMachine>
+  </jsdl:Application></jsdl:JobDescription>
+</jsdl:JobDefinition>"""
 
 
 @pytest.fixture
@@ -61,6 +69,19 @@ async def test_a_desktop_grid_job_is_queued_in_the_create_itself(
     with pytest.raises(NotAcceptingNewActivities):
         await grid_registry.create(ALICE, JOB, DOC)
     assert db.read_sync(grid.queue_counts)[grid.GridState.QUEUED] == 20  # no orphan row
+
+
+@pytest.mark.anyio
+async def test_a_job_the_grid_cannot_run_is_refused_and_nothing_is_queued(
+    grid_registry: Activities, db: Database
+) -> None:
+    unknown = load_job_definition(UNKNOWN_TEMPLATE)
+    with pytest.raises(UnsupportedFeature) as refused:
+        await grid_registry.create(ALICE, unknown, UNKNOWN_TEMPLATE.decode())
+    assert "vm:Template 'no-such-template'" in str(refused.value)
+    assert "backend 'desktopgrid' cannot run" in str(refused.value)
+    assert sum(db.read_sync(rows.count_by_state, "alice").values()) == 0
+    assert sum(db.read_sync(grid.queue_counts).values()) == 0
 
 
 @pytest.mark.anyio
