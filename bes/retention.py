@@ -16,7 +16,12 @@ the single writer for as long as it takes. For each batch of ended activities it
    system (``PRAGMA incremental_vacuum``), so the file shrinks to what is kept.
 
 Files go before rows: a purge that stops half-way leaves rows whose files are gone (the next
-purge deletes them), never files that nothing points to any more.
+purge deletes them), never files that nothing points to any more. On PostgreSQL the batches
+are written on a connection of their own, beside the service's group commits rather than in
+them. Measured with ``bench/purge_bench.py`` on a 2-core machine, a million ended activities
+went at 4,300/s on SQLite in batches of 1,000 (2,100/s in the service's batches of 200, its
+CreateActivity commits waiting 11 ms at the median meanwhile, 26 ms at p99) and 14,000/s on
+PostgreSQL.
 
 An SQLite database created before incremental auto-vacuum was set reuses freed pages but never
 shrinks; :func:`vacuum` (``bes purge --vacuum``) converts it once. PostgreSQL's autovacuum
@@ -164,8 +169,7 @@ class Retention:
                 if not found:
                     break
                 after = (found[-1].created_at, found[-1].id)
-                await self._purge_batch(found, cutoff, done)
-                if vacuum:
+                if await self._purge_batch(found, cutoff, done, vacuum=vacuum):
                     done.pages += await self._give_back(going)
                 await asyncio.sleep(self._pause_s)
                 if keep_duty is not None and time.monotonic() - renewed > _RENEW_S:
@@ -199,19 +203,24 @@ class Retention:
         return report
 
     async def _purge_batch(
-        self, found: list[rows.Ended], cutoff: dt.datetime, done: _Progress
-    ) -> None:
-        """Files first, then rows (one transaction)."""
+        self, found: list[rows.Ended], cutoff: dt.datetime, done: _Progress, *, vacuum: bool
+    ) -> bool:
+        """Files first, then rows and (``vacuum``) the pages they freed, in one transaction;
+        True if free pages are left over."""
         freed, ids = await self._discard(found)
         done.output_bytes += freed
         done.kept_back += len(found) - len(ids)
-        if ids:
-            purged = await self._writer().write(
-                rows.purge_activities, rows.Purge(ids=tuple(ids), before=cutoff)
-            )
-            done.activities += purged.activities
-            done.sweeps += purged.sweeps
-            done.batches += 1
+        if not ids:
+            return vacuum
+        give_back = 4 * len(ids) if vacuum else 0  # an activity frees 1.5-3 pages of 4 KiB
+        purged = await self._writer().write(
+            rows.purge_activities, rows.Purge(ids=tuple(ids), before=cutoff, give_back=give_back)
+        )
+        done.activities += purged.activities
+        done.sweeps += purged.sweeps
+        done.pages += purged.pages
+        done.batches += 1
+        return vacuum and purged.pages == give_back
 
     async def _give_back(self, going: Callable[[], bool]) -> int:
         """Give every free page of the SQLite file back, in transactions of about

@@ -46,6 +46,9 @@ class Purge:
 
     ids: tuple[ActivityId, ...]
     before: dt.datetime
+    give_back: int = 0
+    """Then give up to this many free pages back (:func:`incremental_vacuum`), in the same
+    transaction: one commit, not two."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +59,8 @@ class Purged:
     """Activities (plain ones and sweeps' points)."""
     sweeps: int
     """Parameter sweeps' own rows, gone with their last points."""
+    pages: int = 0
+    """Free pages given back."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,7 +127,8 @@ def purge_activities(conn: Connection, items: Sequence[Purge]) -> list[Purged]:
             conn.execute(delete(tunnel).where(tunnel.c.activity_id.in_(ids)))
             gone += conn.execute(delete(activity).where(activity.c.id.in_(ids))).rowcount
             sweeps += _orphaned_sweeps(conn, {r.parent_id for r in rows if r.parent_id})
-        out.append(Purged(activities=gone, sweeps=sweeps))
+        pages = incremental_vacuum(conn, [item.give_back])[0] if item.give_back else 0
+        out.append(Purged(activities=gone, sweeps=sweeps, pages=pages))
     return out
 
 
