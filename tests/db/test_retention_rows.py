@@ -6,6 +6,7 @@ file gives the space back; the automatic purge runs only where the duty is held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import sqlite3
 import time
@@ -270,7 +271,10 @@ def _fill(db: Database, n: int, *, ended_at: dt.datetime) -> None:
 
 
 def _file_bytes(path: Path) -> int:
-    with sqlite3.connect(path) as conn:  # a checkpoint folds the WAL into the file
+    with (
+        contextlib.closing(sqlite3.connect(path)) as conn,
+        conn,
+    ):  # a checkpoint folds the WAL into the file
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return path.stat().st_size
 
@@ -297,7 +301,10 @@ def test_a_new_sqlite_database_gives_the_space_back(tmp_path: Path) -> None:
 
 def test_vacuum_converts_a_database_made_before_incremental_auto_vacuum(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    with sqlite3.connect(path) as conn:  # a table before our pragmas: auto_vacuum stays off
+    with (
+        contextlib.closing(sqlite3.connect(path)) as conn,
+        conn,
+    ):  # a table before our pragmas: auto_vacuum stays off
         conn.execute("CREATE TABLE made_before (x)")
     url = f"sqlite:///{path}"
     with Database(url) as db:

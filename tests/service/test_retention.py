@@ -4,6 +4,7 @@ activity is unknown, its kept outputs are gone, the others are untouched, the co
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -137,7 +138,10 @@ def bes(*args: str) -> subprocess.CompletedProcess[str]:
 def test_bes_purge_vacuum_converts_an_old_sqlite_database_once(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    with sqlite3.connect(data / "bes.sqlite3") as conn:  # made before incremental auto-vacuum
+    with (
+        contextlib.closing(sqlite3.connect(data / "bes.sqlite3")) as conn,
+        conn,
+    ):  # made before incremental auto-vacuum
         conn.execute("CREATE TABLE made_before (x)")
     assert bes("purge", "--older-than", "30d", "--data-dir", str(data)).returncode == 0
 
@@ -145,7 +149,7 @@ def test_bes_purge_vacuum_converts_an_old_sqlite_database_once(tmp_path: Path) -
 
     assert converted.returncode == 0, converted.stderr
     assert "incremental auto-vacuum on" in converted.stdout
-    with sqlite3.connect(data / "bes.sqlite3") as conn:
+    with contextlib.closing(sqlite3.connect(data / "bes.sqlite3")) as conn, conn:
         assert conn.execute("PRAGMA auto_vacuum").fetchone() == (2,)
     nothing = bes("purge", "--data-dir", str(data))
     assert nothing.returncode == 2 and "--older-than" in nothing.stderr
