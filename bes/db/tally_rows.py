@@ -15,9 +15,9 @@ left out (``children > 0``), as everywhere else.
 row: every replica's writer would wait on it, and two transactions touching two owners' rows in
 opposite orders would deadlock. So each database session counts into its own *slot* (its
 backend pid): writers never share a row. A row of a session that has ended is folded into slot
-0 by :func:`fold_tally` (one replica does it now and then, see
-the replica holding the ``tally-fold`` duty); reads sum every slot, so a fold
-changes no total. SQLite has one writer at a time and counts into slot 0 only.
+0 by :func:`fold_tally` (every minute, by the replica holding the ``upkeep`` duty,
+:mod:`bes.upkeep`); reads sum every slot, so a fold changes no total. SQLite has one writer
+at a time and counts into slot 0 only.
 
 SQLite drops a table's triggers when a migration rebuilds the table (``batch_alter_table``):
 such a migration must call :func:`create_triggers` again.
