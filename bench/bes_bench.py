@@ -65,10 +65,13 @@ def serve_argv(
 
 
 @contextlib.contextmanager
-def running(argv: list[str], port: int, health: str) -> Iterator[None]:
+def running(
+    argv: list[str], port: int, health: str, *, start_s: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` until the block ends, once ``health`` on ``port`` answers below 500."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_s
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{port}{health}", timeout=1).status_code < 500:
@@ -76,7 +79,7 @@ def running(argv: list[str], port: int, health: str) -> Iterator[None]:
             time.sleep(0.05)
         else:
             raise RuntimeError(f"{argv} did not start")
-        yield
+        yield proc
     finally:
         proc.terminate()
         proc.wait(15)

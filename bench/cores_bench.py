@@ -20,49 +20,31 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bes_bench import ACTION, CREATE, _client, _pct
+from bench.bes_bench import ACTION, CREATE, _client, _pct, running
 from tests.support.postgres import fresh_database, postgres_server
 from tests.support.server import free_port
 
 
 @contextlib.contextmanager
 def replicas(count: int, url: str, data: Path) -> Iterator[list[int]]:
-    procs, ports = [], []
-    try:
+    with contextlib.ExitStack() as stack:
+        ports = []
         for i in range(count):
             port = free_port()
             argv = [sys.executable, "-m", "bes", "serve", "--port", str(port)]
             argv += ["--data-dir", str(data / f"r{i}"), "--database-url", url]
             argv += ["--secret-key-file", str(data / "secret.key"), "--storage-dir", str(data)]
             argv += ["--backend", "desktopgrid", "--no-local-worker"]
-            procs.append(
-                subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
+            stack.enter_context(running(argv, port, "/healthz", start_s=60))
             ports.append(port)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code < 500:
-                        break
-                time.sleep(0.1)
-            else:
-                raise RuntimeError("bes serve did not start")
         yield ports
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(30)
 
 
 async def spread(ports: list[int], clients: int, seconds: float) -> tuple[float, list[float]]:

@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ import httpx
 from sqlalchemy import Connection, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bes_bench import CREATE, _pct, load, serve_argv, statuses
+from bench.bes_bench import CREATE, _pct, load, running, serve_argv, statuses
 from bes.db import activity_rows as rows
 from bes.db.store import Database
 from bes.db.tables import activity
@@ -112,20 +111,8 @@ def _rss_mb(pid: int) -> float:
 def serving(url: str, data: Path) -> Iterator[tuple[int, int]]:
     port = free_port()
     argv = serve_argv(port, data, "--backend", "none", "--no-local-worker", "--database-url", url)
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code < 500:
-                    break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError("bes serve did not start")
+    with running(argv, port, "/healthz", start_s=60) as proc:
         yield port, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def timed(port: int, method: str, path: str, body: bytes | None, repeats: int = 100) -> float:
