@@ -222,38 +222,39 @@ def check_outage(load: Load, servers: list[LiveServer], *, down: float, up: floa
     assert unknown(servers[1], acknowledged) == []
 
 
-def test_postgresql_stopped_for_ten_seconds_under_load(tmp_path: Path, pg: PostgresServer) -> None:
+def outage_under_load(
+    tmp_path: Path,
+    pg: PostgresServer,
+    label: str,
+    *,
+    halt: Callable[[], None],
+    resume: Callable[[], None],
+    seconds: float,
+) -> None:
+    """Two replicas under load while PostgreSQL is halted for ``seconds``; then the checks."""
     with (
-        two_replicas(tmp_path, pg, "stopped") as servers,
+        two_replicas(tmp_path, pg, label) as servers,
         Load(servers, clients=4, failover=False) as load,
     ):
         until(lambda: len(load.since(0.0)) >= 20, 20, "the load runs")
         down = time.monotonic() - load.t0
-        pg.stop()
+        halt()
         try:
-            time.sleep(OUTAGE_S)
+            time.sleep(seconds)
         finally:
-            pg.start()
+            resume()
         up = time.monotonic() - load.t0
         check_outage(load, servers, down=down, up=up)
+
+
+def test_postgresql_stopped_for_ten_seconds_under_load(tmp_path: Path, pg: PostgresServer) -> None:
+    outage_under_load(tmp_path, pg, "stopped", halt=pg.stop, resume=pg.start, seconds=OUTAGE_S)
 
 
 def test_postgresql_that_answers_nothing_for_twelve_seconds(
     tmp_path: Path, pg: PostgresServer
 ) -> None:
-    with (
-        two_replicas(tmp_path, pg, "frozen") as servers,
-        Load(servers, clients=4, failover=False) as load,
-    ):
-        until(lambda: len(load.since(0.0)) >= 20, 20, "the load runs")
-        down = time.monotonic() - load.t0
-        pg.freeze()
-        try:
-            time.sleep(HUNG_S)
-        finally:
-            pg.thaw()
-        up = time.monotonic() - load.t0
-        check_outage(load, servers, down=down, up=up)
+    outage_under_load(tmp_path, pg, "frozen", halt=pg.freeze, resume=pg.thaw, seconds=HUNG_S)
 
 
 def test_the_writer_reconnects_after_postgresql_restarts(pg: PostgresServer) -> None:
