@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bes.backends.base import Backend, CancelOutcome, JobState, JobStatus
+from bes.clock import utc_now
 from bes.db import activity_rows as rows
 from bes.db.activity_rows import ActivityRecord, NewActivity, Transition
 from bes.db.store import Database
@@ -52,11 +53,6 @@ from bes.userimages import FileUse, UserImages
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
-
-
-def utc_now() -> dt.datetime:
-    """The default clock."""
-    return dt.datetime.now(dt.UTC)
 
 
 class TerminateOutcome(StrEnum):

@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from bes.activities import Activities, utc_now
+from bes.activities import Activities
 from bes.backends.base import kept_files
+from bes.clock import utc_now
 from bes.db import activity_rows as rows
 from bes.db import cloud_rows, file_rows
 from bes.db import overview_rows as overview

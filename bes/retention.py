@@ -44,8 +44,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from bes.backends.base import Backend
+from bes.clock import utc_now
 from bes.db import duty_rows
 from bes.db import retention_rows as rows
+from bes.db.duty import Duty
 from bes.db.engine import create_engines, dispose_quietly
 from bes.db.store import Database
 from bes.errors import BesError, ConfigError, StoreError
@@ -60,11 +62,6 @@ KEEP_REQUESTS: Final = dt.timedelta(days=7)
 _VACUUM_S: Final = 0.01  # a transaction giving pages back takes about this long
 _STATES: Final = sorted(TERMINAL_STATES)
 _RENEW_S: Final = 10.0  # a long purge renews the duty this often
-
-
-def utc_now() -> dt.datetime:
-    """The default clock."""
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,7 +137,8 @@ class Retention:
         keep_duty: Callable[[], Awaitable[bool]] | None = None,
     ) -> PurgeReport:
         """Remove the activities that ended more than ``older_than`` ago, ``batch`` at a time,
-        until none is left (or ``stop`` is set, or ``keep_duty`` says the duty was lost).
+        until none is left (or ``stop`` is set, or ``keep_duty``, asked after every batch,
+        says the duty was lost).
 
         Raises:
             StoreError: The database failed (what was removed before stays removed).
@@ -156,7 +154,6 @@ class Retention:
                 "back: run bes purge --vacuum once (service stopped) to convert it"
             )
         done = _Progress()
-        renewed = time.monotonic()
         lost = False
 
         def going() -> bool:
@@ -172,8 +169,7 @@ class Retention:
                 if await self._purge_batch(found, cutoff, done, vacuum=vacuum):
                     done.pages += await self._give_back(going)
                 await asyncio.sleep(self._pause_s)
-                if keep_duty is not None and time.monotonic() - renewed > _RENEW_S:
-                    renewed = time.monotonic()
+                if keep_duty is not None:
                     lost = not await keep_duty()
                 if len(found) < batch:
                     break
@@ -309,34 +305,33 @@ class Retention:
         the ``retention`` duty; give it up at the end."""
         if every_s is None:
             every_s = min(300.0, max(1.0, keep_ended.total_seconds() / 10))
-        hold_s = 2 * every_s + 30.0
-        held = False
+        duty = Duty(
+            name=DUTY,
+            holder=self._holder,
+            hold_s=2 * every_s + 30.0,
+            renew_s=_RENEW_S,
+            clock=self._clock,
+        )
 
         async def take() -> bool:
-            now = self._clock()
-            until = now + dt.timedelta(seconds=hold_s)
-            take = duty_rows.Take(name=DUTY, holder=self._holder, now=now, until=until)
-            return await self._db.write(duty_rows.take_duties, take)
+            return duty.taken(await self._db.write(duty_rows.take_duties, duty.take()))
+
+        async def keep() -> bool:  # during a long purge
+            return await take() if duty.due() else True
 
         try:
             while not stop.is_set():
                 try:
-                    held = await take()
-                    if held:
-                        await self.purge_once(
-                            keep_ended,
-                            batch=batch,
-                            stop=stop,
-                            keep_duty=take,
-                        )
+                    if await take():
+                        await self.purge_once(keep_ended, batch=batch, stop=stop, keep_duty=keep)
                 except Exception:  # housekeeping must go on; the next round retries
                     log.exception("retention failed")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), every_s)
         finally:
-            if held:
+            if duty.held:
                 with contextlib.suppress(BesError):
-                    await self._db.write(duty_rows.release_duties, (DUTY, self._holder))
+                    await self._db.write(duty_rows.release_duties, duty.release())
             await asyncio.to_thread(self.close)
 
 

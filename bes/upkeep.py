@@ -26,6 +26,7 @@ from typing import Final
 
 from bes.backends.base import Backend
 from bes.db import duty_rows, tally_rows
+from bes.db.duty import Duty
 from bes.db.store import Database
 from bes.errors import BesError
 
@@ -63,10 +64,7 @@ class Upkeep:
         self._backends = backends
         self.holder = holder
         """This replica's name, for the duty."""
-        self._clock = clock
-        self.held = False
-        """Whether this replica held the duty at its last round."""
-        self._renewed = 0.0
+        self._duty = Duty(name=DUTY, holder=holder, hold_s=DUTY_S, renew_s=RENEW_S, clock=clock)
         self._done = dict.fromkeys(backends, -math.inf)  # (everything is due at the start)
         self._folded = -math.inf
 
@@ -102,30 +100,29 @@ class Upkeep:
                 log.debug("folded %d tally rows of ended sessions", folded)
         return True
 
+    @property
+    def held(self) -> bool:
+        """Whether this replica held the duty at its last round."""
+        return self._duty.held
+
     async def _hold(self) -> bool:
-        now = time.monotonic()
-        if self.held and now - self._renewed < RENEW_S:
+        duty = self._duty
+        if not duty.due():
             return True
-        at = self._clock()
-        take = duty_rows.Take(
-            name=DUTY, holder=self.holder, now=at, until=at + dt.timedelta(seconds=DUTY_S)
-        )
-        held = bool(await self._db.write(duty_rows.take_duties, take))
-        if held:
-            self._renewed = now
-        if held != self.held:
+        was = duty.held
+        held = duty.taken(await self._db.write(duty_rows.take_duties, duty.take()))
+        if held != was:
             if held:
                 log.info("upkeep: %s holds the %s duty (lease expiry, tally)", self.holder, DUTY)
             else:
                 log.warning("upkeep: %s lost the %s duty to another replica", self.holder, DUTY)
-        self.held = held
         return held
 
     async def release(self) -> None:
         """Give the duty up (at shutdown), so that another replica takes it at once."""
-        if not self.held:
+        if not self._duty.held:
             return
-        self.held = False
+        gone = self._duty.release()
         with contextlib.suppress(BesError):
-            await self._db.write(duty_rows.release_duties, (DUTY, self.holder))
+            await self._db.write(duty_rows.release_duties, gone)
             log.info("upkeep: %s gave up the %s duty", self.holder, DUTY)

@@ -45,6 +45,7 @@ from bes.db import cloud_rows, duty_rows
 from bes.db import grid_rows as grid
 from bes.db.cloud_rows import AUTOSCALER_DUTY, InstanceChange, InstanceRecord, InstanceState
 from bes.db.committer import BatchFunction
+from bes.db.duty import Duty
 from bes.db.store import Database
 
 log = logging.getLogger(__name__)
@@ -84,19 +85,17 @@ class Autoscaler:
         self._db = db
         self._write = write
         self._deployment = deployment
-        self._holder = holder
         self._clock = clock
+        self.duty = Duty(
+            name=AUTOSCALER_DUTY + pool.name, holder=holder, hold_s=_DUTY_S, clock=clock
+        )
+        """The pool's duty, taken at every round."""
         self._flavors: list[Flavor] | None = None
         self._bad_hosts: dict[str, float] = {}
         self._late: str | None = None
         """The last instance that did not register in time, until one does."""
         self.status = ""
         """What the pool does, as last said."""
-
-    @property
-    def duty(self) -> str:
-        """The name of this pool's duty."""
-        return AUTOSCALER_DUTY + self.pool.name
 
     @property
     def tags(self) -> dict[str, str]:
@@ -136,12 +135,10 @@ class Autoscaler:
 
     def round(self) -> bool:
         """One round (see the module docstring); False if another replica holds the duty."""
-        now = self._clock()
-        take = duty_rows.Take(
-            name=self.duty, holder=self._holder, now=now, until=now + dt.timedelta(seconds=_DUTY_S)
-        )
-        if not self._write(duty_rows.take_duties, take):
+        take = self.duty.take()
+        if not self.duty.taken(self._write(duty_rows.take_duties, take)):
             return False
+        now = take.now
         problem = None
         try:
             self.reconcile()
@@ -195,7 +192,7 @@ class Autoscaler:
             if status:
                 log.info("%s: %s", self.pool.name, status)
             self.status = status
-        self._write(duty_rows.set_duty_status, (self.duty, self._holder, status or None))
+        self._write(duty_rows.set_duty_status, self.duty.say(status or None))
         return True
 
     def _registrations(self, instances: list[InstanceRecord]) -> list[InstanceRecord]:
@@ -376,4 +373,4 @@ class Autoscaler:
 
     def release(self) -> None:
         """Give up the duty (at shutdown), so another replica takes over at once."""
-        self._write(duty_rows.release_duties, (self.duty, self._holder))
+        self._write(duty_rows.release_duties, self.duty.release())

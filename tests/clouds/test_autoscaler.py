@@ -264,7 +264,7 @@ def test_an_instance_deleted_behind_the_service_s_back_is_marked_gone(site: Site
 def test_one_replica_scales_a_pool_at_a_time(site: Site) -> None:
     site.queue(2)
     other = site.start()
-    other.autoscalers[0]._holder = "another-replica"
+    other.autoscalers[0].duty.holder = "another-replica"
     assert site.autoscaler.round()
     assert not other.autoscalers[0].round()  # the duty is held
     site.autoscaler.release()

@@ -35,6 +35,7 @@ from bes.backends.desktopgrid.config import DesktopGridConfig
 from bes.backends.desktopgrid.gateway import WorkerGateway
 from bes.backends.desktopgrid.outputs import OutputStore
 from bes.backends.desktopgrid.pools import Pools
+from bes.clock import utc_now
 from bes.db import grid_rows as grid
 from bes.db.activity_rows import Enqueued
 from bes.db.committer import BatchFunction
@@ -66,11 +67,6 @@ _CANCEL: Final = {
 _SWEEP_EVERY_S: Final = 1.0
 _CATALOG_LOOK_S: Final = 0.25
 _WRITE_TIMEOUT_S: Final = 60.0
-
-
-def utc_now() -> dt.datetime:
-    """The default clock."""
-    return dt.datetime.now(dt.UTC)
 
 
 class DesktopGridBackend(Backend):

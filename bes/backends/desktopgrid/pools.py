@@ -23,6 +23,7 @@ from bes.db import duty_rows
 from bes.db import grid_rows as grid
 from bes.db.cloud_rows import AUTOSCALER_DUTY, live_instances
 from bes.db.committer import BatchFunction
+from bes.db.duty import Duty
 from bes.db.store import Database
 from bes.ids import BackendJobId
 
@@ -69,6 +70,7 @@ class Pools:
         self._live_s = live_s
         self.holder = holder
         """This replica's name, for duties."""
+        self._duty = Duty(name=REASONS_DUTY, holder=holder, hold_s=_DUTY_S, clock=clock)
         self._clouds: tuple[CloudPool, ...] = ()
         self._offers: tuple[float, list[Offer], dict[str, str]] | None = None
         self._lock = threading.Lock()
@@ -138,15 +140,10 @@ class Pools:
             if not now and time.monotonic() - self._last_pass < _PASS_EVERY_S:
                 return []
             self._last_pass = time.monotonic()
-        at = self._clock()
-        take = duty_rows.Take(
-            name=REASONS_DUTY,
-            holder=self.holder,
-            now=at,
-            until=at + dt.timedelta(seconds=_DUTY_S),
-        )
-        if not self._write(duty_rows.take_duties, take):
+        take = self._duty.take()
+        if not self._duty.taken(self._write(duty_rows.take_duties, take)):
             return []
+        at = take.now
         offers, statuses = self.offers(fresh=True)
         groups = self._db.read_sync(grid.queued_groups)
         changed: list[grid.Rerouted] = []
