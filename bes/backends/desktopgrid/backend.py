@@ -42,7 +42,7 @@ from bes.db.committer import BatchFunction
 from bes.db.grid_rows import GridState
 from bes.db.store import Database
 from bes.errors import BackendError, BesError, ConfigError, StoreError, UnsupportedFeature
-from bes.ids import ActivityId, BackendJobId
+from bes.ids import ActivityId, BackendJobId, new_ordered_id
 from bes.jsdl.model import JobDefinition
 from bes.metrics import Metrics
 from bes.sealing import Sealer
@@ -244,7 +244,7 @@ class DesktopGridBackend(Backend):
         needs = _translate.requirements(machine, self.config.vm_defaults, catalog)
         placed = self.pools.place(needs, machine.pool)
         return grid.NewGridJob(
-            id=BackendJobId("g" + secrets.token_urlsafe(18)),
+            id=BackendJobId("g" + new_ordered_id()),  # in order: appended to the queue's index
             activity_id=activity_id,
             memory_mib=needs.memory_mib,
             vcpus=needs.vcpus,
