@@ -17,6 +17,7 @@ becomes a transition of the state machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import secrets
@@ -41,7 +42,9 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], dt.datetime]
 
 _DISPATCH_LEASE: Final = dt.timedelta(minutes=2)
-_POLL_BATCH: Final = 1000
+_POLL_PAGE: Final = 50
+_POLL_PAGES: Final = 20
+"""A poll asks about at most this many pages of a backend's unfinished jobs (a thousand)."""
 _PUSH_BATCH: Final = 2000
 PUSH_GATHER_S: Final = 0.1
 
@@ -75,6 +78,8 @@ class Tracker:
         self.wakeup = asyncio.Event()
         """Set to dispatch at once (a new activity arrived)."""
         self._pushed: list[StatusChange] = []
+        self._watch_marks: dict[str, rows.WatchMark | None] = {}
+        """Per backend, where its next poll starts."""
         self._push_ready = asyncio.Event()
 
     # ------------------------------------------------------------------ the loop
@@ -103,24 +108,23 @@ class Tracker:
 
         for backend in self._backends.values():
             backend.watch(listener)
-        consumer = asyncio.create_task(self._consume(stop), name="bes-pushed-changes")
+        helpers = [asyncio.create_task(self._consume(stop), name="bes-pushed-changes")]
+        helpers += [
+            asyncio.create_task(self._polls(backend, stop), name=f"bes-polls-{name}")
+            for name, backend in self._backends.items()
+        ]
         try:
             await self._rounds(stop)
         finally:
-            consumer.cancel()
-            await asyncio.gather(consumer, return_exceptions=True)
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
     async def _rounds(self, stop: asyncio.Event) -> None:
-        polled = dict.fromkeys(self._backends, 0.0)
         while not stop.is_set():
             self.wakeup.clear()  # before dispatching: a create arriving meanwhile sets it again
-            now = time.monotonic()
             try:
                 await self.dispatch_once()
-                for name, backend in self._backends.items():
-                    if now - polled[name] >= backend.poll_interval_s:
-                        polled[name] = now
-                        await self.poll_backend(backend)
             except BesError as exc:
                 log.warning("backend round failed: %s", exc)
             except Exception:
@@ -219,15 +223,66 @@ class Tracker:
     async def poll_backend(
         self, backend: Backend, *, only: Sequence[ActivityRecord] | None = None
     ) -> int:
-        """Poll one backend (all its unfinished jobs, or those of ``only``)."""
-        if only is None:
-            watched = await self._db.read(rows.backend_jobs_to_watch, backend.name, _POLL_BATCH)
-        else:
-            watched = [
-                (r.id, r.backend_job_id, r.state, r.cancel_requested)
-                for r in only
-                if r.backend_job_id is not None
-            ]
+        """Poll one backend at once about the next :data:`_POLL_PAGES` pages of its unfinished
+        jobs (successive polls walk all of them in turn), or about those of ``only``; return
+        how many activities changed."""
+        if only is not None:
+            return await self._poll_page(
+                backend,
+                [
+                    (r.id, r.backend_job_id, r.state, r.cancel_requested)
+                    for r in only
+                    if r.backend_job_id is not None
+                ],
+            )
+        applied = 0
+        for _ in range(_POLL_PAGES):
+            changed, walked = await self._poll_next_page(backend)
+            applied += changed
+            if walked:
+                break
+        return applied
+
+    async def _polls(self, backend: Backend, stop: asyncio.Event) -> None:
+        """Poll ``backend`` until ``stop``: every ``poll_interval_s`` the next pages of its
+        unfinished jobs, one page at a time, spread over the interval. A poll of a thousand
+        jobs at once holds the loop for tens of milliseconds, every request waiting; a page
+        of fifty, a millisecond or two. (A backend that pushes its changes, like the desktop
+        grid, is polled only to catch a change whose push was lost.)"""
+        pause_s = backend.poll_interval_s / _POLL_PAGES
+        while not stop.is_set():
+            started = time.monotonic()
+            for _ in range(_POLL_PAGES):
+                try:
+                    _, walked = await self._poll_next_page(backend)
+                except BesError as exc:
+                    log.warning("poll of %s failed: %s", backend.name, exc)
+                    walked = True
+                except Exception:
+                    log.exception("poll of %s failed", backend.name)
+                    walked = True
+                if walked:  # (the walk starts again at the next poll)
+                    break
+                if await _stopped(stop, pause_s):
+                    return
+            await _stopped(stop, backend.poll_interval_s - (time.monotonic() - started))
+
+    async def _poll_next_page(self, backend: Backend) -> tuple[int, bool]:
+        """Poll the next page of ``backend``'s walk; (activities changed, the walk is over)."""
+        page, mark = await self._db.read(
+            rows.backend_jobs_to_watch,
+            backend.name,
+            _POLL_PAGE,
+            self._watch_marks.get(backend.name),
+        )
+        self._watch_marks[backend.name] = mark
+        return await self._poll_page(backend, page), mark is None
+
+    async def _poll_page(
+        self,
+        backend: Backend,
+        watched: Sequence[tuple[ActivityId, BackendJobId, ActivityState, bool]],
+    ) -> int:
         if not watched:
             return 0
         statuses = await asyncio.to_thread(backend.status, [w[1] for w in watched])
@@ -302,16 +357,25 @@ class Tracker:
                     exit_code=status.exit_code,
                     extra=status.extra,
                 )
-            updates.append((record, status))
+            step = self._step(record, status)
+            if step is not None:  # (a poll mostly hears what is known already)
+                updates.append((record, step))
         # Concurrent writes share a commit.
-        applied = await asyncio.gather(*(self.apply(r, s) for r, s in updates))
+        applied = await asyncio.gather(*(self._write_step(r, step) for r, step in updates))
         return sum(applied), retry_cancel
 
     async def apply(self, record: ActivityRecord, status: JobStatus) -> bool:
         """Move an activity to the state a backend reported; True if anything changed."""
+        step = self._step(record, status)
+        if step is None:
+            return False
+        return await self._write_step(record, step)
+
+    def _step(self, record: ActivityRecord, status: JobStatus) -> Transition | None:
+        """The transition a report asks of an activity; None if it changes nothing."""
         target = status.state.activity_state
         if target is None:
-            return False
+            return None
         substate = status.substate
         if not substate_fits(target, substate):
             log.warning(
@@ -331,8 +395,8 @@ class Tracker:
             and (pool is None or pool == record.pool)
             and (access is None or access == record.access)
         ):
-            return False
-        step = Transition(
+            return None
+        return Transition(
             id=record.id,
             state=target,
             substate=substate,
@@ -346,6 +410,9 @@ class Tracker:
             pool=pool,
             access=access,
         )
+
+    async def _write_step(self, record: ActivityRecord, step: Transition) -> bool:
+        target = step.state
         (result,) = await self._db.write(rows.apply_transition_steps, [step])
         if result.applied:
             return True
@@ -356,7 +423,7 @@ class Tracker:
                 record.id,
                 result.state,
                 target,
-                status.message,
+                step.message,
             )
         return False
 
@@ -369,6 +436,14 @@ class Tracker:
                 id=activity_id, state=ActivityState.FAILED, message=reason, at=self._clock()
             ),
         )
+
+
+async def _stopped(stop: asyncio.Event, wait_s: float) -> bool:
+    """Wait ``wait_s`` (at most) for ``stop``; whether it is set."""
+    if wait_s > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), wait_s)
+    return stop.is_set()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

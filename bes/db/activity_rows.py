@@ -24,9 +24,11 @@ from sqlalchemy import (
     bindparam,
     func,
     insert,
+    literal,
     or_,
     select,
     true,
+    tuple_,
     update,
 )
 
@@ -780,31 +782,64 @@ def factory_summary(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class WatchMark:
+    """Where a page of :func:`backend_jobs_to_watch` ended; the next page starts after it."""
+
+    state: ActivityState
+    created_at: dt.datetime
+    id: ActivityId
+
+
+_WATCHED_STATES: Final = tuple(s for s in ActivityState if not s.terminal)
+
+
 def backend_jobs_to_watch(
-    conn: Connection, backend: str, limit: int
-) -> list[tuple[ActivityId, BackendJobId, ActivityState, bool]]:
-    """Non-terminal activities handed to ``backend``: (id, backend job, state, cancel asked)."""
-    rows = conn.execute(
-        select(
-            activity.c.id, activity.c.backend_job_id, activity.c.state, activity.c.cancel_requested
+    conn: Connection, backend: str, limit: int, after: WatchMark | None = None
+) -> tuple[list[tuple[ActivityId, BackendJobId, ActivityState, bool]], WatchMark | None]:
+    """One page of the non-terminal activities handed to ``backend``: (id, backend job,
+    state, cancel asked), and where the next page starts (None: this page ends the walk;
+    the next one starts again from the first).
+
+    Pages walk every such activity in (state, created_at, id) order, each an index range
+    (``ix_activity_state_created_at_id``): a page costs ``limit`` rows however many are
+    active, and successive polls look at all of them in turn, not at the same oldest ones."""
+    found: list[tuple[ActivityId, BackendJobId, ActivityState, bool]] = []
+    mark = None
+    for state in _WATCHED_STATES:
+        if after is not None and _WATCHED_STATES.index(state) < _WATCHED_STATES.index(after.state):
+            continue
+        query = (
+            select(
+                activity.c.id,
+                activity.c.backend_job_id,
+                activity.c.cancel_requested,
+                activity.c.created_at,
+            )
+            .where(
+                activity.c.state == state.value,
+                activity.c.backend == backend,
+                activity.c.backend_job_id.is_not(None),
+            )
+            .order_by(activity.c.created_at, activity.c.id)
+            .limit(limit - len(found))
         )
-        .where(
-            activity.c.backend == backend,
-            activity.c.backend_job_id.is_not(None),
-            activity.c.state.in_([s.value for s in ActivityState if not s.terminal]),
-        )
-        .order_by(activity.c.changed_at)
-        .limit(limit)
-    )
-    return [
-        (
-            ActivityId(r.id),
-            BackendJobId(r.backend_job_id),
-            ActivityState(r.state),
-            bool(r.cancel_requested),
-        )
-        for r in rows
-    ]
+        if after is not None and state is after.state:
+            query = query.where(
+                tuple_(activity.c.created_at, activity.c.id)
+                > tuple_(
+                    literal(after.created_at, activity.c.created_at.type),
+                    literal(after.id, activity.c.id.type),
+                )
+            )
+        for r in conn.execute(query):
+            found.append(
+                (ActivityId(r.id), BackendJobId(r.backend_job_id), state, bool(r.cancel_requested))
+            )
+            mark = WatchMark(state=state, created_at=r.created_at, id=ActivityId(r.id))
+        if len(found) >= limit:
+            return found, mark
+    return found, None
 
 
 def events(
