@@ -1093,18 +1093,22 @@ def _rerouted(rows: Iterable[Sequence[Any]], pool: str, reason: str) -> list[Rer
     ]
 
 
-def set_reasons(conn: Connection, items: Sequence[tuple[QueuedGroup, str]]) -> list[list[Rerouted]]:
-    """Store why each group's jobs wait, where it changed; return the jobs it changed."""
+def set_reasons(
+    conn: Connection, items: Sequence[tuple[QueuedGroup, str, dt.datetime | None]]
+) -> list[list[Rerouted]]:
+    """Store why each group's jobs wait, where it changed; return the jobs it changed. Per
+    item ``(group, reason, since)``: with ``since``, only the group's jobs queued since then
+    are looked at (an index range; the others already have this reason), else all of them."""
     out = []
-    for group, reason in items:
+    for group, reason, since in items:
+        conditions = [
+            *_in_group(group),
+            or_(grid_job.c.reason.is_(None), grid_job.c.reason != reason),
+        ]
+        if since is not None:
+            conditions.append(grid_job.c.queued_at >= since)
         rows = conn.execute(
-            update(grid_job)
-            .where(
-                *_in_group(group),
-                or_(grid_job.c.reason.is_(None), grid_job.c.reason != reason),
-            )
-            .values(reason=reason)
-            .returning(*_REROUTED)
+            update(grid_job).where(*conditions).values(reason=reason).returning(*_REROUTED)
         )
         out.append(_rerouted(rows, group.pool, reason))
     return out

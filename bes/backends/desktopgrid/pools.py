@@ -33,6 +33,13 @@ REASONS_DUTY: Final = "reasons"
 _OFFERS_TTL_S: Final = 2.0
 _PASS_EVERY_S: Final = 2.0
 _DUTY_S: Final = 30.0
+_FULL_PASS_EVERY_S: Final = 60.0
+"""How often the reasons pass looks at every queued job, not only the groups whose reason
+changed and the jobs queued since the last pass (a job put back in the queue keeps its place
+and the reason it had: this pass is what refreshes it)."""
+_SINCE_MARGIN: Final = dt.timedelta(seconds=10)
+"""How far before the last pass an incremental pass looks: another replica places a job with
+offers up to two seconds old, and replicas' clocks differ a little."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +82,13 @@ class Pools:
         self._offers: tuple[float, list[Offer], dict[str, str]] | None = None
         self._lock = threading.Lock()
         self._last_pass = 0.0
+        self._reasons: dict[tuple[Any, ...], str] = {}
+        """Per group (its pool and requirements), the reason the last pass stored."""
+        self._reasons_at: dt.datetime | None = None
+        """When the last pass began; None: the next pass looks at every queued job."""
+        self._full_pass_at: dt.datetime | None = None
+        self._seen: tuple[Any, ...] = ()
+        """The offers and pool statuses the last pass worked with."""
 
     # ------------------------------------------------------------------ configuration
 
@@ -135,6 +149,9 @@ class Pools:
         """Move bursting jobs, store reasons that changed; return the jobs changed.
 
         At most every two seconds (unless ``now``), and only on the replica holding the duty.
+        The queue is grouped again only when what a reason depends on changed (the workers'
+        offers, the cloud pools' statuses), when jobs may burst to a cloud pool, or once a
+        minute: grouping a large queue costs tens of milliseconds.
         """
         with self._lock:
             if not now and time.monotonic() - self._last_pass < _PASS_EVERY_S:
@@ -142,9 +159,22 @@ class Pools:
             self._last_pass = time.monotonic()
         take = self._duty.take()
         if not self._duty.taken(self._write(duty_rows.take_duties, take)):
+            self._reasons_at = None  # whoever holds the duty keeps them now
             return []
         at = take.now
+        if self._full_pass_at is None or (at - self._full_pass_at).total_seconds() >= (
+            _FULL_PASS_EVERY_S
+        ):
+            self._full_pass_at = at
+            self._reasons_at = None
         offers, statuses = self.offers(fresh=True)
+        seen = (tuple(offers), tuple(sorted(statuses.items())))
+        bursting = any(cloud.burst_after_s is not None for cloud in self._clouds)
+        if self._reasons_at is not None and not bursting and seen == self._seen:
+            # Nothing a reason depends on changed since the last pass, and the jobs queued
+            # since were placed with these offers: no need to group the whole queue again.
+            return []
+        self._seen = seen
         groups = self._db.read_sync(grid.queued_groups)
         changed: list[grid.Rerouted] = []
         bursts = []
@@ -167,17 +197,18 @@ class Pools:
             changed.extend(self._write(grid.burst, item))
         if changed:
             groups = self._db.read_sync(grid.queued_groups)
-        items = [
-            (
-                group,
-                routing.waiting_reason(
-                    _needs(group), group.pool, workers=offers, pool_status=statuses.get(group.pool)
-                ),
+            self._reasons_at = None
+        since = self._reasons_at - _SINCE_MARGIN if self._reasons_at is not None else None
+        reasons = {}
+        for group in groups:
+            key = _group_key(group)
+            reasons[key] = routing.waiting_reason(
+                _needs(group), group.pool, workers=offers, pool_status=statuses.get(group.pool)
             )
-            for group in groups
-        ]
-        for reasoned in items:
-            changed.extend(self._write(grid.set_reasons, reasoned))
+            # A group whose reason is unchanged: only its jobs queued since the last pass.
+            fresh = since if self._reasons.get(key) == reasons[key] else None
+            changed.extend(self._write(grid.set_reasons, (group, reasons[key], fresh)))
+        self._reasons, self._reasons_at = reasons, at
         return changed
 
     def analysis(self, job_id: BackendJobId) -> dict[str, Any]:
@@ -230,6 +261,17 @@ class Pools:
                 for i in self._db.read_sync(live_instances, found.pool)
             ]
         return out
+
+
+def _group_key(group: grid.QueuedGroup) -> tuple[Any, ...]:
+    return (
+        group.pool,
+        group.memory_mib,
+        group.vcpus,
+        group.disk_mib,
+        group.network,
+        group.hypervisors,
+    )
 
 
 def _needs(group: grid.QueuedGroup) -> Needs:
