@@ -1098,13 +1098,12 @@ def set_reasons(
 ) -> list[list[Rerouted]]:
     """Store why each group's jobs wait, where it changed; return the jobs it changed. Per
     item ``(group, reason, since)``: with ``since``, only the group's jobs queued since then
-    are looked at (an index range; the others already have this reason), else all of them."""
+    are looked at (an index range; the others already have this reason), else all of them
+    (a scan of the group in the write transaction: for a large queue, find them with
+    :func:`other_reasons` and use :func:`set_job_reasons`)."""
     out = []
     for group, reason, since in items:
-        conditions = [
-            *_in_group(group),
-            or_(grid_job.c.reason.is_(None), grid_job.c.reason != reason),
-        ]
+        conditions = [*_in_group(group), _other_reason(reason)]
         if since is not None:
             conditions.append(grid_job.c.queued_at >= since)
         rows = conn.execute(
@@ -1112,6 +1111,39 @@ def set_reasons(
         )
         out.append(_rerouted(rows, group.pool, reason))
     return out
+
+
+def other_reasons(conn: Connection, group: QueuedGroup, reason: str) -> list[BackendJobId]:
+    """The group's queued jobs whose stored reason is not ``reason`` (a read: the scan of a
+    large queue holds no write lock)."""
+    found = conn.execute(select(grid_job.c.id).where(*_in_group(group), _other_reason(reason)))
+    return [BackendJobId(r[0]) for r in found]
+
+
+def set_job_reasons(
+    conn: Connection, items: Sequence[tuple[Sequence[BackendJobId], str, str]]
+) -> list[list[Rerouted]]:
+    """Store a reason for jobs by id, those still queued in the pool with another reason:
+    ``(job ids, pool, reason)``; return the jobs it changed."""
+    out = []
+    for ids, pool, reason in items:
+        rows = conn.execute(
+            update(grid_job)
+            .where(
+                grid_job.c.id.in_(ids),
+                grid_job.c.state == GridState.QUEUED.value,
+                grid_job.c.pool == pool,
+                _other_reason(reason),
+            )
+            .values(reason=reason)
+            .returning(*_REROUTED)
+        )
+        out.append(_rerouted(rows, pool, reason))
+    return out
+
+
+def _other_reason(reason: str) -> Any:
+    return or_(grid_job.c.reason.is_(None), grid_job.c.reason != reason)
 
 
 def burst(

@@ -37,6 +37,8 @@ _FULL_PASS_EVERY_S: Final = 60.0
 """How often the reasons pass looks at every queued job, not only the groups whose reason
 changed and the jobs queued since the last pass (a job put back in the queue keeps its place
 and the reason it had: this pass is what refreshes it)."""
+_UPDATE_BATCH: Final = 500
+"""Jobs whose reason one write transaction changes."""
 _SINCE_MARGIN: Final = dt.timedelta(seconds=10)
 """How far before the last pass an incremental pass looks: another replica places a job with
 offers up to two seconds old, and replicas' clocks differ a little."""
@@ -205,9 +207,16 @@ class Pools:
             reasons[key] = routing.waiting_reason(
                 _needs(group), group.pool, workers=offers, pool_status=statuses.get(group.pool)
             )
-            # A group whose reason is unchanged: only its jobs queued since the last pass.
-            fresh = since if self._reasons.get(key) == reasons[key] else None
-            changed.extend(self._write(grid.set_reasons, (group, reasons[key], fresh)))
+            if since is not None and self._reasons.get(key) == reasons[key]:
+                # Unchanged: only the group's jobs queued since the last pass (an index range).
+                changed.extend(self._write(grid.set_reasons, (group, reasons[key], since)))
+                continue
+            # Changed, or a full pass: the group's jobs with another reason are found by a
+            # read, off the event loop, and updated by id, a few hundred per transaction.
+            stale = self._db.read_sync(grid.other_reasons, group, reasons[key])
+            for start in range(0, len(stale), _UPDATE_BATCH):
+                chunk = (stale[start : start + _UPDATE_BATCH], group.pool, reasons[key])
+                changed.extend(self._write(grid.set_job_reasons, chunk))
         self._reasons, self._reasons_at = reasons, at
         return changed
 
