@@ -3,17 +3,21 @@
 Usage::
 
     .venv/bin/python bench/views_bench.py [--sizes 10000,1000000] [--engines sqlite,postgresql]
+        [--ended 0.9] [--backend desktopgrid]
 
 For each engine it fills one database step by step to each size, through the store's own
 CreateActivity batch function (the rows, the documents, the events and the counts the database
 keeps are exactly what CreateActivity writes; it only skips HTTP, to load a million in minutes)
 and leaves them Pending (as CreateActivity with backend none does: the worst case for the
 list of active activities), or, with ``--ended 0.9``, ends nine in ten as a site's history
-looks. At each size it starts ``bes serve`` (backend none, pinned to one CPU) on that database
-and measures, from the other CPU: CreateActivity/s with 32 keep-alive clients, a 1,000-id
-GetActivityStatuses, GetFactoryAttributesDocument, the status page's first page (everyone's,
-as the administrator sees it) and a /metrics scrape (p50 of 100 calls each), the service's RSS
-and the database's size. It prints one table and the 1 M / 10 k ratios; nothing is asserted.
+looks. With ``--backend desktopgrid`` every activity is also in the desktop grid's queue, as
+CreateActivity leaves it when no worker runs (the service's polls and waiting reasons then
+look at a queue of that size). At each size it starts ``bes serve`` (that backend, pinned to
+one CPU) on that database and measures, from the other CPU: CreateActivity/s with 32
+keep-alive clients, a 1,000-id GetActivityStatuses, GetFactoryAttributesDocument, the status
+page's first page (everyone's, as the administrator sees it) and a /metrics scrape (p50 of 100
+calls each), the service's RSS and the database's size. It prints one table and the 1 M / 10 k
+ratios; nothing is asserted.
 PostgreSQL is the throwaway server the tests use (initdb in a temporary directory); after each
 load it is vacuumed and analyzed, as its autovacuum would soon do, so that this does not run
 during the measurements.
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -40,9 +45,10 @@ from sqlalchemy import Connection, text, update
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bes_bench import CREATE, _pct, load, running, serve_argv, statuses
 from bes.db import activity_rows as rows
+from bes.db import grid_rows as grid
 from bes.db.store import Database
 from bes.db.tables import activity
-from bes.ids import new_activity_id
+from bes.ids import BackendJobId, new_activity_id, new_ordered_id
 from bes.jsdl import codec, load_job_definition
 from tests.support import soap
 from tests.support.postgres import fresh_database, postgres_server
@@ -74,8 +80,9 @@ def _load(
     return [None] * len(items)
 
 
-def fill(db: Database, have: int, want: int, ended: float) -> float:
-    """Add activities until ``want``; return the seconds it took."""
+def fill(db: Database, have: int, want: int, ended: float, backend: str) -> float:
+    """Add activities until ``want`` (queued for the desktop grid with ``backend``
+    desktopgrid); return the seconds it took."""
     job = codec.to_json(load_job_definition(soap.HELLO_JSDL))
     document = soap.HELLO_JSDL.decode()
     started = time.perf_counter()
@@ -89,14 +96,37 @@ def fill(db: Database, have: int, want: int, ended: float) -> float:
                 job_name="hello",
                 document=document,
                 job=job,
-                backend=None,
+                backend=None if backend == "none" else backend,
                 at=at - dt.timedelta(seconds=want - have - i),
             )
             for i in range(n)
         ]
+        if backend == "desktopgrid":
+            batch = [replace(a, enqueued=_queued(a)) for a in batch]
         db.write_sync(_load, (batch, ended))
         have += n
     return time.perf_counter() - started
+
+
+def _queued(new: rows.NewActivity) -> rows.Enqueued:
+    """The desktop grid's queue row of a new activity, as its backend makes one for the hello
+    job (the tiny template's needs; no worker: the reason says so)."""
+    reason = "no worker is registered; start one with bes worker (see bes worker --help)"
+    job = grid.NewGridJob(
+        id=BackendJobId("g" + new_ordered_id()),
+        activity_id=new.id,
+        memory_mib=256,
+        vcpus=1,
+        disk_mib=1024,
+        needs_network=False,
+        hypervisors=(),
+        max_attempts=3,
+        at=new.at,
+        reason=reason,
+    )
+    return rows.Enqueued(
+        job_id=job.id, pool="volunteers", message=reason, write=grid.queue_jobs, row=job
+    )
 
 
 def _rss_mb(pid: int) -> float:
@@ -108,9 +138,9 @@ def _rss_mb(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def serving(url: str, data: Path) -> Iterator[tuple[int, int]]:
+def serving(url: str, data: Path, backend: str) -> Iterator[tuple[int, int]]:
     port = free_port()
-    argv = serve_argv(port, data, "--backend", "none", "--no-local-worker", "--database-url", url)
+    argv = serve_argv(port, data, "--backend", backend, "--no-local-worker", "--database-url", url)
     with running(argv, port, "/healthz", start_s=60) as proc:
         yield port, proc.pid
 
@@ -129,8 +159,8 @@ def timed(port: int, method: str, path: str, body: bytes | None, repeats: int = 
     return statistics.median(times) * 1000
 
 
-def measure(url: str, data: Path, db_size: float) -> dict[str, float]:
-    with serving(url, data) as (port, pid):
+def measure(url: str, data: Path, db_size: float, backend: str) -> dict[str, float]:
+    with serving(url, data, backend) as (port, pid):
         rate, latencies, _ = asyncio.run(load(port, CREATE, 32, 4.0))
         status_times = asyncio.run(statuses(port, 1000, 10))
         return {
@@ -164,14 +194,14 @@ def _vacuum_analyze(url: str) -> None:
 
 
 def run_engine(
-    engine: str, sizes: list[int], data: Path, url: str, ended: float
+    engine: str, sizes: list[int], data: Path, url: str, *, ended: float, backend: str
 ) -> dict[int, dict[str, float]]:
     db = Database(url)
     db.migrate()
     results: dict[int, dict[str, float]] = {}
     have = 0
     for size in sizes:
-        took = fill(db, have, size, ended)
+        took = fill(db, have, size, ended, backend)
         print(
             f"{engine}: {size:,} activities stored ({took:.0f} s to add {size - have:,})",
             flush=True,
@@ -180,7 +210,7 @@ def run_engine(
         if engine == "postgresql":  # what autovacuum does soon anyway: not during the figures
             _vacuum_analyze(url)
         db_size = _size_mb(db, url, data)
-        results[size] = measure(url, data, db_size)
+        results[size] = measure(url, data, db_size, backend)
     db.close()
     return results
 
@@ -195,8 +225,16 @@ def main() -> None:
         default=0.0,
         help="the fraction of activities that ended (0: all Pending)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("none", "desktopgrid"),
+        default="none",
+        help="desktopgrid: every activity also queued for the grid (with --ended 0 only)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    if args.backend != "none" and args.ended:
+        parser.error("--backend desktopgrid leaves every activity queued: give no --ended")
     sizes = [int(s) for s in args.sizes.split(",")]
     if len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, {1})
@@ -207,11 +245,15 @@ def main() -> None:
             data = Path(tmp)
             if engine == "sqlite":
                 sqlite_url = f"sqlite:///{data / 'bench.sqlite3'}"
-                table[engine] = run_engine(engine, sizes, data, sqlite_url, args.ended)
+                table[engine] = run_engine(
+                    engine, sizes, data, sqlite_url, ended=args.ended, backend=args.backend
+                )
             else:
                 with postgres_server() as admin:
                     url = fresh_database(admin, "views")
-                    table[engine] = run_engine(engine, sizes, data, url, args.ended)
+                    table[engine] = run_engine(
+                        engine, sizes, data, url, ended=args.ended, backend=args.backend
+                    )
     if args.json:
         args.json.write_text(json.dumps(table, indent=1))
     for engine, by_size in table.items():

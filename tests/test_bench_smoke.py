@@ -168,6 +168,26 @@ def test_views_bench_measures_every_view_at_each_size_on_both_engines(tmp_path: 
 
 
 @pytest.mark.slow
+def test_views_bench_queues_every_activity_for_the_desktop_grid(tmp_path: Path) -> None:
+    figures = tmp_path / "views.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, str(VIEWS_BENCH), "--sizes", "300,1500", "--engines", "sqlite"),
+            *("--backend", "desktopgrid", "--json", str(figures)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    results = json.loads(figures.read_text())
+    for row in results["sqlite"].values():
+        assert row["CreateActivity/s, 32 clients"] > 0
+        assert row["/metrics scrape, p50 ms"] > 0
+
+
+@pytest.mark.slow
 def test_cores_bench_drives_one_and_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
     figures = tmp_path / "cores.json"
     done = subprocess.run(
