@@ -1120,6 +1120,16 @@ def other_reasons(conn: Connection, group: QueuedGroup, reason: str) -> list[Bac
     return [BackendJobId(r[0]) for r in found]
 
 
+def newest_reason(conn: Connection, group: QueuedGroup) -> str | None:
+    """The stored reason of the group's most recently queued job."""
+    return conn.execute(
+        select(grid_job.c.reason)
+        .where(*_in_group(group))
+        .order_by(grid_job.c.queued_at.desc())
+        .limit(1)
+    ).scalar()
+
+
 def set_job_reasons(
     conn: Connection, items: Sequence[tuple[Sequence[BackendJobId], str, str]]
 ) -> list[list[Rerouted]]:

@@ -1,8 +1,9 @@
 """The waiting reasons pass (bes.backends.desktopgrid.pools) keeps every queued job's reason
 without grouping and rewriting the whole queue every two seconds: the queue is grouped again
 when the workers' offers change (or jobs may burst to a cloud), a group whose reason is
-unchanged has only its newly queued jobs looked at, and once a minute every job is (a job put
-back in the queue keeps the reason it had)."""
+unchanged has only its newly queued jobs looked at, and every five minutes every job is (a
+job put back in the queue keeps the reason it had). A replica taking the duty over trusts the
+reasons it finds kept rather than looking at every job again."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def test_the_pass_regroups_the_queue_only_when_reasons_may_have_changed(db: Data
     assert pools.refresh(now=True) == []
     assert reasons(db) == {first.activity_id: "stale"}
 
-    clock.now = T0 + dt.timedelta(seconds=62)  # a minute after the first pass: every job
+    clock.now = T0 + dt.timedelta(minutes=5, seconds=2)  # five minutes after the first pass
     assert [c.activity_id for c in pools.refresh(now=True)] == [first.activity_id]
     assert reasons(db) == {first.activity_id: reason}
 
@@ -79,3 +80,27 @@ def test_a_group_whose_reason_is_unchanged_has_only_its_new_jobs_looked_at(
     assert reasons(db) == {old.activity_id: None, new.activity_id: "no worker"}
     changed = db.write_sync(grid.set_reasons, (group, "no worker", None))
     assert [c.activity_id for c in changed] == [old.activity_id]
+
+
+def test_a_replica_taking_the_duty_over_trusts_the_reasons_it_finds_kept(db: Database) -> None:
+    clock = Clock()
+    first = Pools(db, write=db.write_sync, clock=clock, live_s=60, holder="r1")
+    old, new = job(at=T0 - dt.timedelta(minutes=2)), job(at=T0)
+    db.write_sync(grid.add_grid_jobs, [old, new])
+    clock.now = T0 + dt.timedelta(seconds=1)
+    assert len(first.refresh(now=True)) == 2
+    reason = reasons(db)[new.activity_id]
+
+    # The group's newest job has the reason it has now: kept, only recent jobs looked at.
+    stale(db, old.activity_id)
+    second = Pools(db, write=db.write_sync, clock=clock, live_s=60, holder="r2")
+    clock.now = T0 + dt.timedelta(seconds=32)  # r1 stopped: its hold (30 s) lapsed
+    assert second.refresh(now=True) == []
+    assert reasons(db) == {old.activity_id: "stale", new.activity_id: reason}
+
+    # Its newest job has another: the whole group is looked at.
+    stale(db, new.activity_id)
+    third = Pools(db, write=db.write_sync, clock=clock, live_s=60, holder="r3")
+    clock.now = T0 + dt.timedelta(seconds=63)
+    assert len(third.refresh(now=True)) == 2
+    assert set(reasons(db).values()) == {reason}

@@ -33,7 +33,7 @@ REASONS_DUTY: Final = "reasons"
 _OFFERS_TTL_S: Final = 2.0
 _PASS_EVERY_S: Final = 2.0
 _DUTY_S: Final = 30.0
-_FULL_PASS_EVERY_S: Final = 60.0
+_FULL_PASS_EVERY_S: Final = 300.0
 """How often the reasons pass looks at every queued job, not only the groups whose reason
 changed and the jobs queued since the last pass (a job put back in the queue keeps its place
 and the reason it had: this pass is what refreshes it)."""
@@ -84,7 +84,7 @@ class Pools:
         self._offers: tuple[float, list[Offer], dict[str, str]] | None = None
         self._lock = threading.Lock()
         self._last_pass = 0.0
-        self._reasons: dict[tuple[Any, ...], str] = {}
+        self._reasons: dict[tuple[Any, ...], str | None] = {}
         """Per group (its pool and requirements), the reason the last pass stored."""
         self._reasons_at: dt.datetime | None = None
         """When the last pass began; None: the next pass looks at every queued job."""
@@ -152,8 +152,8 @@ class Pools:
 
         At most every two seconds (unless ``now``), and only on the replica holding the duty.
         The queue is grouped again only when what a reason depends on changed (the workers'
-        offers, the cloud pools' statuses), when jobs may burst to a cloud pool, or once a
-        minute: grouping a large queue costs tens of milliseconds.
+        offers, the cloud pools' statuses), when jobs may burst to a cloud pool, or every five
+        minutes: grouping a large queue costs a few hundred milliseconds of CPU.
         """
         with self._lock:
             if not now and time.monotonic() - self._last_pass < _PASS_EVERY_S:
@@ -161,12 +161,12 @@ class Pools:
             self._last_pass = time.monotonic()
         take = self._duty.take()
         if not self._duty.taken(self._write(duty_rows.take_duties, take)):
-            self._reasons_at = None  # whoever holds the duty keeps them now
+            self._reasons_at = self._full_pass_at = None  # whoever holds the duty keeps them
             return []
         at = take.now
-        if self._full_pass_at is None or (at - self._full_pass_at).total_seconds() >= (
-            _FULL_PASS_EVERY_S
-        ):
+        last_full = self._full_pass_at
+        first = last_full is None  # (just took the duty)
+        if last_full is None or (at - last_full).total_seconds() >= _FULL_PASS_EVERY_S:
             self._full_pass_at = at
             self._reasons_at = None
         offers, statuses = self.offers(fresh=True)
@@ -178,6 +178,46 @@ class Pools:
             return []
         self._seen = seen
         groups = self._db.read_sync(grid.queued_groups)
+        changed = self._burst(groups, at, offers, statuses)
+        if changed:
+            groups = self._db.read_sync(grid.queued_groups)
+            self._reasons_at = None
+        since = self._reasons_at - _SINCE_MARGIN if self._reasons_at is not None else None
+        if first and not changed:
+            # Taking over: the reasons stored were kept by the last holder until at most a
+            # hold ago. A group whose newest job has the reason the group has now is taken
+            # as kept (its jobs queued since are looked at); any other, as changed.
+            since = at - dt.timedelta(seconds=_DUTY_S) - _SINCE_MARGIN
+            self._reasons = {
+                _group_key(group): self._db.read_sync(grid.newest_reason, group) for group in groups
+            }
+        reasons: dict[tuple[Any, ...], str | None] = {}
+        for group in groups:
+            key = _group_key(group)
+            reason = reasons[key] = routing.waiting_reason(
+                _needs(group), group.pool, workers=offers, pool_status=statuses.get(group.pool)
+            )
+            if since is not None and self._reasons.get(key) == reason:
+                # Unchanged: only the group's jobs queued since the last pass (an index range).
+                changed.extend(self._write(grid.set_reasons, (group, reason, since)))
+                continue
+            # Changed, or a full pass: the group's jobs with another reason are found by a
+            # read, off the event loop, and updated by id, a few hundred per transaction.
+            stale = self._db.read_sync(grid.other_reasons, group, reason)
+            for start in range(0, len(stale), _UPDATE_BATCH):
+                chunk = (stale[start : start + _UPDATE_BATCH], group.pool, reason)
+                changed.extend(self._write(grid.set_job_reasons, chunk))
+        self._reasons, self._reasons_at = reasons, at
+        return changed
+
+    def _burst(
+        self,
+        groups: Sequence[grid.QueuedGroup],
+        at: dt.datetime,
+        offers: list[Offer],
+        statuses: dict[str, str],
+    ) -> list[grid.Rerouted]:
+        """Move the volunteers' jobs that waited too long to the cloud pool they burst to."""
         changed: list[grid.Rerouted] = []
         bursts = []
         for group in groups:
@@ -197,27 +237,6 @@ class Pools:
             bursts.append((group, target, before, reason, note))
         for item in bursts:
             changed.extend(self._write(grid.burst, item))
-        if changed:
-            groups = self._db.read_sync(grid.queued_groups)
-            self._reasons_at = None
-        since = self._reasons_at - _SINCE_MARGIN if self._reasons_at is not None else None
-        reasons = {}
-        for group in groups:
-            key = _group_key(group)
-            reasons[key] = routing.waiting_reason(
-                _needs(group), group.pool, workers=offers, pool_status=statuses.get(group.pool)
-            )
-            if since is not None and self._reasons.get(key) == reasons[key]:
-                # Unchanged: only the group's jobs queued since the last pass (an index range).
-                changed.extend(self._write(grid.set_reasons, (group, reasons[key], since)))
-                continue
-            # Changed, or a full pass: the group's jobs with another reason are found by a
-            # read, off the event loop, and updated by id, a few hundred per transaction.
-            stale = self._db.read_sync(grid.other_reasons, group, reasons[key])
-            for start in range(0, len(stale), _UPDATE_BATCH):
-                chunk = (stale[start : start + _UPDATE_BATCH], group.pool, reasons[key])
-                changed.extend(self._write(grid.set_job_reasons, chunk))
-        self._reasons, self._reasons_at = reasons, at
         return changed
 
     def analysis(self, job_id: BackendJobId) -> dict[str, Any]:
