@@ -90,6 +90,16 @@ activity = Table(
     Index(None, "created_at", "id"),  # everyone's activities newest first (administrators)
 )
 
+# The activities still to hand to their backend (the dispatcher's claim): a partial index, so
+# that neither activities queued at create (the desktop grid) nor backend-less ones are in it.
+Index(
+    "ix_activity_to_dispatch",
+    activity.c.state,
+    activity.c.created_at,
+    sqlite_where=activity.c.backend.is_not(None) & activity.c.backend_job_id.is_(None),
+    postgresql_where=activity.c.backend.is_not(None) & activity.c.backend_job_id.is_(None),
+)
+
 # What an activity was created from, written once: the JobDefinition as submitted and its
 # parsed model (JSON, bes.jsdl.codec) that backends and workers run.
 activity_document = Table(
