@@ -4,13 +4,15 @@
   replicas never submit one twice) and handed to their backend in one batch.
 * **Pushed changes**: a backend that hears of changes as they happen (the desktop grid, from
   its workers) pushes them; one consumer applies them in order, many per commit.
-* **Polls**: every backend is asked for the status of its unfinished jobs every
-  ``poll_interval_s`` (round-robin, oldest-changed first). This alone is correct; pushes only
-  make activities follow within milliseconds instead of a poll period.
+* **Polls**: every backend is asked for the status of its unfinished jobs: every
+  ``poll_interval_s`` a thousand of them, in pages of fifty spread over the interval, the
+  next poll going on where the last one ended (a walk over all of them, in index order, at a
+  cost that does not grow with their number). This alone is correct; pushes only make
+  activities follow within milliseconds instead of a walk.
 * **Upkeep**: each backend's :meth:`~bes.backends.base.Backend.housekeeping` runs every
   ``housekeeping_interval_s``, on one replica at a time (:mod:`bes.upkeep`).
 
-Every change goes through :meth:`Tracker.apply`, the one place where a backend's report
+Every change goes through :meth:`Tracker._step`, the one place where a backend's report
 becomes a transition of the state machine.
 """
 

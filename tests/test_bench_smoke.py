@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,19 +145,24 @@ VIEWS_BENCH = Path(__file__).resolve().parents[1] / "bench" / "views_bench.py"
 CORES_BENCH = Path(__file__).resolve().parents[1] / "bench" / "cores_bench.py"
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_views_bench_measures_every_view_at_each_size_on_both_engines(tmp_path: Path) -> None:
-    figures = tmp_path / "views.json"
+def run_bench(script: Path, tmp_path: Path, *args: str, timeout_s: float) -> tuple[Any, str]:
+    """Run a benchmark with ``--json``; its figures and what it printed."""
+    figures = tmp_path / "figures.json"
     done = subprocess.run(
-        [sys.executable, str(VIEWS_BENCH), "--sizes", "300,1500", "--json", str(figures)],
+        [sys.executable, str(script), *args, "--json", str(figures)],
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=timeout_s,
         check=False,
     )
     assert done.returncode == 0, done.stderr + done.stdout
-    results = json.loads(figures.read_text())
+    return json.loads(figures.read_text()), done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_views_bench_measures_every_view_at_each_size_on_both_engines(tmp_path: Path) -> None:
+    results, printed = run_bench(VIEWS_BENCH, tmp_path, "--sizes", "300,1500", timeout_s=400)
     assert set(results) == {"sqlite", "postgresql"}
     for by_size in results.values():
         assert set(by_size) == {"300", "1500"}
@@ -164,24 +170,17 @@ def test_views_bench_measures_every_view_at_each_size_on_both_engines(tmp_path: 
             assert row["CreateActivity/s, 32 clients"] > 0
             assert row["status page, first page, p50 ms"] > 0
             assert row["/metrics scrape, p50 ms"] > 0
-    assert "ratio" in done.stdout
+    assert "ratio" in printed
 
 
 @pytest.mark.slow
 def test_views_bench_queues_every_activity_for_the_desktop_grid(tmp_path: Path) -> None:
-    figures = tmp_path / "views.json"
-    done = subprocess.run(
-        [
-            *(sys.executable, str(VIEWS_BENCH), "--sizes", "300,1500", "--engines", "sqlite"),
-            *("--backend", "desktopgrid", "--json", str(figures)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
+    results, _ = run_bench(
+        VIEWS_BENCH,
+        tmp_path,
+        *("--sizes", "300,1500", "--engines", "sqlite", "--backend", "desktopgrid"),
+        timeout_s=400,
     )
-    assert done.returncode == 0, done.stderr + done.stdout
-    results = json.loads(figures.read_text())
     for row in results["sqlite"].values():
         assert row["CreateActivity/s, 32 clients"] > 0
         assert row["/metrics scrape, p50 ms"] > 0
@@ -189,18 +188,12 @@ def test_views_bench_queues_every_activity_for_the_desktop_grid(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_cores_bench_drives_one_and_two_processes_on_one_sqlite_file(tmp_path: Path) -> None:
-    figures = tmp_path / "cores.json"
-    done = subprocess.run(
-        [
-            *(sys.executable, str(CORES_BENCH), "--seconds", "1", "--clients", "8"),
-            *("--engines", "sqlite", "--json", str(figures)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    figures, _ = run_bench(
+        CORES_BENCH,
+        tmp_path,
+        *("--seconds", "1", "--clients", "8", "--engines", "sqlite"),
+        timeout_s=240,
     )
-    assert done.returncode == 0, done.stderr + done.stdout
-    results = json.loads(figures.read_text())["sqlite"]
+    results = figures["sqlite"]
     assert set(results) == {"1", "2"}
     assert all(r["creates_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] for r in results.values())
