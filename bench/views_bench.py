@@ -44,6 +44,7 @@ from sqlalchemy import Connection, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bes_bench import CREATE, _pct, load, running, serve_argv, statuses
+from bes.backends.desktopgrid.routing import VOLUNTEERS, Needs, waiting_reason
 from bes.db import activity_rows as rows
 from bes.db import grid_rows as grid
 from bes.db.store import Database
@@ -111,21 +112,22 @@ def fill(db: Database, have: int, want: int, ended: float, backend: str) -> floa
 def _queued(new: rows.NewActivity) -> rows.Enqueued:
     """The desktop grid's queue row of a new activity, as its backend makes one for the hello
     job (the tiny template's needs; no worker: the reason says so)."""
-    reason = "no worker is registered; start one with bes worker (see bes worker --help)"
+    needs = Needs(memory_mib=256, vcpus=1, disk_mib=1024, network=False, hypervisors=())
+    reason = waiting_reason(needs, VOLUNTEERS, workers=[])
     job = grid.NewGridJob(
         id=BackendJobId("g" + new_ordered_id()),
         activity_id=new.id,
-        memory_mib=256,
-        vcpus=1,
-        disk_mib=1024,
-        needs_network=False,
-        hypervisors=(),
+        memory_mib=needs.memory_mib,
+        vcpus=needs.vcpus,
+        disk_mib=needs.disk_mib,
+        needs_network=needs.network,
+        hypervisors=needs.hypervisors,
         max_attempts=3,
         at=new.at,
         reason=reason,
     )
     return rows.Enqueued(
-        job_id=job.id, pool="volunteers", message=reason, write=grid.queue_jobs, row=job
+        job_id=job.id, pool=VOLUNTEERS, message=reason, write=grid.queue_jobs, row=job
     )
 
 

@@ -806,9 +806,8 @@ def backend_jobs_to_watch(
     active, and successive polls look at all of them in turn, not at the same oldest ones."""
     found: list[tuple[ActivityId, BackendJobId, ActivityState, bool]] = []
     mark = None
-    for state in _WATCHED_STATES:
-        if after is not None and _WATCHED_STATES.index(state) < _WATCHED_STATES.index(after.state):
-            continue
+    first = 0 if after is None else _WATCHED_STATES.index(after.state)
+    for state in _WATCHED_STATES[first:]:
         query = (
             select(
                 activity.c.id,

@@ -1094,20 +1094,18 @@ def _rerouted(rows: Iterable[Sequence[Any]], pool: str, reason: str) -> list[Rer
 
 
 def set_reasons(
-    conn: Connection, items: Sequence[tuple[QueuedGroup, str, dt.datetime | None]]
+    conn: Connection, items: Sequence[tuple[QueuedGroup, str, dt.datetime]]
 ) -> list[list[Rerouted]]:
-    """Store why each group's jobs wait, where it changed; return the jobs it changed. Per
-    item ``(group, reason, since)``: with ``since``, only the group's jobs queued since then
-    are looked at (an index range; the others already have this reason), else all of them
-    (a scan of the group in the write transaction: for a large queue, find them with
-    :func:`other_reasons` and use :func:`set_job_reasons`)."""
+    """Store why a group's jobs queued since a time wait, where it changed; return the jobs it
+    changed. Per item ``(group, reason, since)``: an index range, for a group whose older jobs
+    have this reason already (the others: :func:`other_reasons`, :func:`set_job_reasons`)."""
     out = []
     for group, reason, since in items:
-        conditions = [*_in_group(group), _other_reason(reason)]
-        if since is not None:
-            conditions.append(grid_job.c.queued_at >= since)
         rows = conn.execute(
-            update(grid_job).where(*conditions).values(reason=reason).returning(*_REROUTED)
+            update(grid_job)
+            .where(*_in_group(group), _other_reason(reason), grid_job.c.queued_at >= since)
+            .values(reason=reason)
+            .returning(*_REROUTED)
         )
         out.append(_rerouted(rows, group.pool, reason))
     return out

@@ -78,7 +78,8 @@ def test_a_group_whose_reason_is_unchanged_has_only_its_new_jobs_looked_at(
     changed = db.write_sync(grid.set_reasons, (group, "no worker", since))
     assert [c.activity_id for c in changed] == [new.activity_id]
     assert reasons(db) == {old.activity_id: None, new.activity_id: "no worker"}
-    changed = db.write_sync(grid.set_reasons, (group, "no worker", None))
+    stale = db.read_sync(grid.other_reasons, group, "no worker")
+    changed = db.write_sync(grid.set_job_reasons, (stale, group.pool, "no worker"))
     assert [c.activity_id for c in changed] == [old.activity_id]
 
 
