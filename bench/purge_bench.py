@@ -10,8 +10,11 @@ its parsed job and three history events, as CreateActivity and the backend's rep
 them; the tally's triggers active), plus a twentieth as many that must stay (ended yesterday,
 or still pending), straight into the database in big transactions. Then, in one event loop as
 in ``bes serve``, it measures a *trickle* of CreateActivity writes (one every 10 ms, each
-committed as the service commits them) first alone, then while ``Retention.purge_once``
-removes what ended more than 30 days ago: activities per second of the purge, and the
+committed as the service commits them; its latency counted from when it was due, so that
+time the event loop spent busy counts) first alone, then while ``Retention.purge_once``
+removes what ended more than 30 days ago, as ``bes serve --keep-ended`` does (on SQLite in
+transactions of about 10 ms run off the event loop; ``--whole-batches``: a whole ``--batch``
+per transaction, as ``bes purge`` does): activities per second of the purge, and the
 trickle's p50/p99/max latency with and without it. On SQLite (the default, a temporary file;
 created with incremental auto-vacuum) it also reports the file's size before and after;
 ``--postgres`` starts a throwaway PostgreSQL (tests/support/postgres.py, fsync off).
@@ -153,7 +156,10 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 async def trickle(db: Database, stop: asyncio.Event, latencies: list[float]) -> None:
-    """One CreateActivity write every 10 ms until ``stop``; each one's latency."""
+    """One CreateActivity write 10 ms after the last one's answer until ``stop``; each one's
+    latency, counted from when it was due: a write late to start because the event loop was
+    busy (a purge's statements run in it) waited as a request arriving then would."""
+    due = time.perf_counter()
     while not stop.is_set():
         new = rows.NewActivity(
             id=ActivityId(new_activity_id()),
@@ -164,14 +170,17 @@ async def trickle(db: Database, stop: asyncio.Event, latencies: list[float]) -> 
             backend=None,
             at=dt.datetime.now(dt.UTC),
         )
-        started = time.perf_counter()
         await db.write(rows.create_activities, new)
-        latencies.append(time.perf_counter() - started)
+        answered = time.perf_counter()
+        latencies.append(answered - due)
+        due = answered + 0.01
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.01)
 
 
-async def measure(db: Database, batch: int, baseline_s: float) -> dict[str, Any]:
+async def measure(
+    db: Database, batch: int, baseline_s: float, *, whole: bool = False
+) -> dict[str, Any]:
     alone: list[float] = []
     stop = asyncio.Event()
     task = asyncio.create_task(trickle(db, stop, alone))
@@ -182,7 +191,9 @@ async def measure(db: Database, batch: int, baseline_s: float) -> dict[str, Any]
     during: list[float] = []
     stop = asyncio.Event()
     task = asyncio.create_task(trickle(db, stop, during))
-    retention = Retention(db, lambda name: None)  # the loaded activities ran nowhere
+    # The loaded activities ran nowhere. As bes serve --keep-ended purges, or (whole) as
+    # bes purge does, a whole batch per transaction.
+    retention = Retention(db, lambda name: None, short=not whole)
     report = await retention.purge_once(dt.timedelta(days=30), batch=batch)
     await asyncio.to_thread(retention.close)
     stop.set()
@@ -224,6 +235,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--baseline-s", type=float, default=3.0)
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument(
+        "--whole-batches",
+        action="store_true",
+        help="a whole batch per transaction, as bes purge (default: as bes serve --keep-ended)",
+    )
     args = parser.parse_args()
     kept = max(10, args.activities // 20)
     now = dt.datetime.now(dt.UTC)
@@ -235,7 +251,9 @@ def main() -> None:
             load_s = load(db, args.activities, kept, now)
             before = database_bytes(db, path)
             print(f"loaded in {load_s:.0f} s; database {before / 1e6:,.0f} MB")
-            figures = asyncio.run(measure(db, args.batch, args.baseline_s))
+            figures = asyncio.run(
+                measure(db, args.batch, args.baseline_s, whole=args.whole_batches)
+            )
             after = database_bytes(db, path)
             left = db.read_sync(rows.count_by_state, None)
         finally:
@@ -247,6 +265,7 @@ def main() -> None:
         activities=args.activities,
         kept=kept,
         batch=args.batch,
+        whole_batches=args.whole_batches,
         load_s=round(load_s, 1),
         database_bytes_before=before,
         database_bytes_after=after,
@@ -255,7 +274,8 @@ def main() -> None:
     alone, during = figures["trickle_alone"], figures["trickle_during_purge"]
     print(
         f"{figures['engine']}: purged {figures['purged']:,} ended activities in "
-        f"{figures['purge_s']} s = {figures['activities_per_s']:,}/s (batches of {args.batch}); "
+        f"{figures['purge_s']} s = {figures['activities_per_s']:,}/s (batches of {args.batch}"
+        f"{', whole' if args.whole_batches else ''}); "
         f"{figures['left']:,} activities left\n"
         f"  database {before / 1e6:,.0f} MB -> {after / 1e6:,.0f} MB "
         f"(given back by incremental vacuum: {figures['freed_bytes'] / 1e6:,.0f} MB)\n"

@@ -59,7 +59,9 @@ log = logging.getLogger(__name__)
 DUTY: Final = "retention"
 KEEP_REQUESTS: Final = dt.timedelta(days=7)
 """How long an answered CreateActivity request is remembered (clients retry within minutes)."""
-_VACUUM_S: Final = 0.01  # a transaction giving pages back takes about this long
+_WRITE_S: Final = 0.01
+"""About how long one of the service's purge transactions takes on SQLite (deleting
+activities, giving pages back): the service's own writes wait behind it."""
 _STATES: Final = sorted(TERMINAL_STATES)
 _RENEW_S: Final = 10.0  # a long purge renews the duty this often
 
@@ -107,6 +109,9 @@ class Retention:
         holder: This replica's name, for the ``retention`` duty.
         pause_s: Pause between batches, for the service's own writes.
         clock: The current time (aware, UTC).
+        short: On SQLite, delete in transactions of about :data:`_WRITE_S`, each run off
+            the event loop (the service's own purge); False: a whole batch per transaction
+            (``bes purge``, an administrator's, in a process of its own).
     """
 
     def __init__(
@@ -117,8 +122,10 @@ class Retention:
         holder: str = "bes-purge",
         pause_s: float = 0.005,
         clock: Callable[[], dt.datetime] = utc_now,
+        short: bool = True,
     ) -> None:
         self._db = db
+        self._short = short and db.dialect != "postgresql"
         self._own: Database | None = None
         self._backend_for = backend_for
         self._holder = holder
@@ -126,7 +133,8 @@ class Retention:
         self._clock = clock
         self._missing: set[str] = set()
         self._hinted = False
-        self._vacuum_pages = 256  # pages per transaction, adapted to take _VACUUM_S
+        self._vacuum_pages = 256  # pages per transaction, adapted to take _WRITE_S
+        self._chunk = 50  # activities per transaction, adapted to take _WRITE_S
 
     async def purge_once(
         self,
@@ -201,26 +209,44 @@ class Retention:
     async def _purge_batch(
         self, found: list[rows.Ended], cutoff: dt.datetime, done: _Progress, *, vacuum: bool
     ) -> bool:
-        """Files first, then rows and (``vacuum``) the pages they freed, in one transaction;
-        True if free pages are left over."""
+        """Files first, then rows and (``vacuum``) the pages they freed, in transactions of
+        about :data:`_WRITE_S` on SQLite (one on PostgreSQL); True if free pages are left
+        over."""
         freed, ids = await self._discard(found)
         done.output_bytes += freed
         done.kept_back += len(found) - len(ids)
         if not ids:
             return vacuum
-        give_back = 4 * len(ids) if vacuum else 0  # an activity frees 1.5-3 pages of 4 KiB
-        purged = await self._writer().write(
-            rows.purge_activities, rows.Purge(ids=tuple(ids), before=cutoff, give_back=give_back)
-        )
-        done.activities += purged.activities
-        done.sweeps += purged.sweeps
-        done.pages += purged.pages
-        done.batches += 1
-        return vacuum and purged.pages == give_back
+        # On SQLite the service's writes wait behind each transaction: short ones. On
+        # PostgreSQL they do not (a connection of its own): the whole batch at once.
+        adapt = self._short
+        size = self._chunk if adapt else len(ids)
+        left_over = vacuum
+        start = 0
+        while start < len(ids):
+            chunk = tuple(ids[start : start + size])
+            start += len(chunk)
+            give_back = 4 * len(chunk) if vacuum else 0  # an activity frees 1.5-3 pages of 4 KiB
+            began = time.perf_counter()
+            purged = await self._writer().write(
+                rows.purge_activities,
+                rows.Purge(ids=chunk, before=cutoff, give_back=give_back),
+                long=True,
+            )
+            if adapt:
+                self._chunk = size = _adapted(size, len(chunk), time.perf_counter() - began)
+            done.activities += purged.activities
+            done.sweeps += purged.sweeps
+            done.pages += purged.pages
+            done.batches += 1
+            left_over = vacuum and purged.pages == give_back
+            if start < len(ids):
+                await asyncio.sleep(self._pause_s)
+        return left_over
 
     async def _give_back(self, going: Callable[[], bool]) -> int:
         """Give every free page of the SQLite file back, in transactions of about
-        :data:`_VACUUM_S` each (SQLite has one writer); how many went.
+        :data:`_WRITE_S` each (SQLite has one writer); how many went.
 
         After every batch, while the free list is short: SQLite looks a page up in the free
         list by walking it, so a page costs ~20 us with a few thousand free, ~1 ms with
@@ -228,12 +254,12 @@ class Retention:
         total = 0
         while going():
             started = time.perf_counter()
-            freed = await self._db.write(rows.incremental_vacuum, self._vacuum_pages)
+            freed = await self._db.write(rows.incremental_vacuum, self._vacuum_pages, long=True)
             took = time.perf_counter() - started
             total += freed
             if freed < self._vacuum_pages:
                 return total
-            scaled = int(self._vacuum_pages * _VACUUM_S / max(took, 1e-4))
+            scaled = int(self._vacuum_pages * _WRITE_S / max(took, 1e-4))
             self._vacuum_pages = min(4096, max(16, scaled))
             await asyncio.sleep(self._pause_s)
         return total
@@ -283,7 +309,7 @@ class Retention:
         total = 0
         while True:
             n = await self._writer().write(
-                rows.purge_requests, rows.RequestPurge(before=before, limit=batch)
+                rows.purge_requests, rows.RequestPurge(before=before, limit=batch), long=True
             )
             total += n
             if n < batch:
@@ -333,6 +359,14 @@ class Retention:
                 with contextlib.suppress(BesError):
                     await self._db.write(duty_rows.release_duties, duty.release())
             await asyncio.to_thread(self.close)
+
+
+def _adapted(size: int, done: int, took_s: float) -> int:
+    """The number of activities the next transaction deletes, for it to take about
+    :data:`_WRITE_S`, from one that deleted ``done`` of ``size`` in ``took_s``."""
+    if done < size:  # (a short last chunk says nothing about a full one)
+        return size
+    return min(1000, max(5, int(size * _WRITE_S / max(took_s, 1e-4))))
 
 
 def vacuum(url: str) -> tuple[rows.FileSpace, rows.FileSpace]:

@@ -81,7 +81,7 @@ def _purge(
             backends[name] = _backend(db, data_dir, storage_dir, name)
         return backends[name]
 
-    retention = Retention(db, backend_for)
+    retention = Retention(db, backend_for, short=False)  # its --batch is the transaction
     try:
         report = asyncio.run(retention.purge_once(older_than, batch=batch))
     except BesError as exc:

@@ -14,7 +14,9 @@ Two committers share that logic:
   loop avoids handing the GIL back and forth with a writer thread for every statement, which
   costs more than the work itself. Only the COMMIT, which waits for the disk, goes to a thread;
   batches form while it is on disk (measured with bench/grid_bench.py: 1,560 claim+complete
-  cycles/s with the commit in the loop, 1,890-2,080 with it on a thread).
+  cycles/s with the commit in the loop, 1,890-2,080 with it on a thread). A long write (a
+  purge's batch, milliseconds of deletes) runs whole on that thread instead, so that the loop
+  goes on serving meanwhile.
 * :class:`ThreadCommitter` owns a thread. It serves blocking callers (command-line tools,
   tests) and databases reached over the network (PostgreSQL), where the loop must not wait.
 """
@@ -52,6 +54,8 @@ class _Call(Generic[A, R]):
     fn: BatchFunction[A, R]
     arg: A
     future: Future[R] | asyncio.Future[R]
+    off_loop: bool = False
+    """Runs alone, statements and all, on the commit thread (:meth:`LoopCommitter.submit`)."""
 
 
 class _Writer:
@@ -226,13 +230,19 @@ class LoopCommitter(_Writer):
     def __init__(self, engine: Engine, *, max_batch: int = 512) -> None:
         super().__init__(engine, max_batch)
         self._pending: list[_Call[Any, Any]] = []
+        self._off_loop = 0
+        """Calls in ``_pending`` that run on the commit thread."""
         self._scheduled = False
-        self._committing: Future[None] | None = None
-        self._in_flight: tuple[list[_Call[Any, Any]], list[Any]] = ([], [])
+        self._committing: Future[Any] | None = None
+        self._in_flight: tuple[list[_Call[Any, Any]], list[Any] | None] = ([], [])
         self._syncer = ThreadPoolExecutor(1, thread_name_prefix="bes-commit")
 
-    def submit(self, fn: BatchFunction[A, R], arg: A) -> Awaitable[R]:
+    def submit(self, fn: BatchFunction[A, R], arg: A, *, off_loop: bool = False) -> Awaitable[R]:
         """Queue one call of ``fn``; await the result, available once it is committed.
+
+        ``off_loop``: a long write (a purge's batch) that runs in a transaction of its own on
+        the commit thread, statements included, so that the loop goes on serving requests
+        meanwhile (SQLite works without the GIL); the writes queued behind it wait for it.
 
         Raises:
             StoreError: The committer was closed.
@@ -241,7 +251,8 @@ class LoopCommitter(_Writer):
             raise StoreError("the database writer is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._pending.append(_Call(fn, arg, future))
+        self._pending.append(_Call(fn, arg, future, off_loop))
+        self._off_loop += off_loop
         if not self._scheduled and self._committing is None:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -251,16 +262,38 @@ class LoopCommitter(_Writer):
         self._scheduled = False
         if self._committing is not None or not self._pending:
             return
-        batch = self._pending[: self._max_batch]
-        del self._pending[: self._max_batch]
+        if self._pending[0].off_loop:
+            alone = [self._pending.pop(0)]
+            self._off_loop -= 1
+            self._start(self._syncer.submit(self._alone, alone), alone, None)
+            return
+        end = min(len(self._pending), self._max_batch)
+        if self._off_loop:  # the batch stops before the first call that runs off the loop
+            end = next((i for i in range(end) if self._pending[i].off_loop), end)
+        batch = self._pending[:end]
+        del self._pending[:end]
         try:
             transaction, results = self._execute(batch)
         except Exception:  # noqa: BLE001 - isolate the failing call(s), committing in the loop
             self._commit(batch)
             self._reschedule()
             return
+        self._start(self._syncer.submit(transaction.commit), batch, results)
+
+    def _alone(self, batch: list[_Call[Any, Any]]) -> list[Any] | _Refused:
+        """On the commit thread: one call's statements and commit."""
+        try:
+            transaction, results = self._execute(batch)
+        except Exception as exc:  # noqa: BLE001 - rolled back; the connection is still good
+            return _Refused(exc)
+        transaction.commit()
+        return results
+
+    def _start(
+        self, committing: Future[Any], batch: list[_Call[Any, Any]], results: list[Any] | None
+    ) -> None:
+        """Wait for ``committing`` (its batch's results: ``results``, or what it returns)."""
         loop = asyncio.get_running_loop()
-        committing = self._syncer.submit(transaction.commit)
         self._committing = committing
         self._in_flight = (batch, results)
         committing.add_done_callback(
@@ -268,7 +301,7 @@ class LoopCommitter(_Writer):
         )
 
     def _committed(
-        self, done: Future[None], batch: list[_Call[Any, Any]], results: list[Any]
+        self, done: Future[Any], batch: list[_Call[Any, Any]], results: list[Any] | None
     ) -> None:
         if self._committing is not done:
             return  # close() has dealt with it already
@@ -276,9 +309,16 @@ class LoopCommitter(_Writer):
         self._settle(done, batch, results)
         self._reschedule()
 
-    def _settle(self, done: Future[None], batch: list[_Call[Any, Any]], results: list[Any]) -> None:
+    def _settle(
+        self, done: Future[Any], batch: list[_Call[Any, Any]], results: list[Any] | None
+    ) -> None:
         error = done.exception()  # waits for the commit if it is still running
         if error is None:
+            if results is None:  # (a call run off the loop)
+                results = done.result()
+                if isinstance(results, _Refused):
+                    _fail(batch[0], results.error)
+                    return
             self.transactions += 1
             for call, result in zip(batch, results, strict=True):
                 _resolve(call.future, result)
@@ -303,9 +343,17 @@ class LoopCommitter(_Writer):
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
             self._commit(batch)
+        self._off_loop = 0
         self._closed = True
         self._syncer.shutdown(wait=True)
         self._close_connection()
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A call run off the loop whose statements raised (its transaction was rolled back)."""
+
+    error: Exception
 
 
 def _take(batch: list[_Call[Any, Any]], call: Any) -> None:

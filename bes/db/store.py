@@ -83,12 +83,17 @@ class Database:
         """Write transactions committed by this process so far."""
         return sum(c.transactions for c in (self._thread_committer, self._loop_committer) if c)
 
-    async def write(self, fn: BatchFunction[A, R], arg: A) -> R:
-        """Run one call of a batch function in the next group commit; return its result."""
+    async def write(self, fn: BatchFunction[A, R], arg: A, *, long: bool = False) -> R:
+        """Run one call of a batch function in the next group commit; return its result.
+
+        ``long``: a write that takes milliseconds (a purge's batch): on SQLite it runs in a
+        transaction of its own off the event loop (:meth:`LoopCommitter.submit`); elsewhere
+        every write already runs off the loop.
+        """
         if self._inline:
             if self._loop_committer is None:
                 self._loop_committer = LoopCommitter(self._writer)
-            return await self._loop_committer.submit(fn, arg)
+            return await self._loop_committer.submit(fn, arg, off_loop=long)
         # On a time-out the call is cancelled: if the committer has not begun it, it is dropped.
         return await self._bounded(asyncio.wrap_future(self.committer.submit(fn, arg)), "write", fn)
 

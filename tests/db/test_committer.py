@@ -112,3 +112,54 @@ async def test_closing_waits_for_the_commit_under_way_and_writes_what_is_pending
     assert await first == "first" and await second == "second"
     with Database(url) as again:
         assert again.read_sync(read_all) == {"first": "1", "second": "2"}
+
+
+@pytest.mark.anyio
+async def test_a_long_write_runs_off_the_loop_alone_and_in_order(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    ran: list[tuple[str, str]] = []
+
+    def logged(conn: Connection, items: Sequence[tuple[str, str]]) -> list[str]:
+        ran.extend((name, threading.current_thread().name) for name, _ in items)
+        return put(conn, items)
+
+    def slow(conn: Connection, items: Sequence[tuple[str, str]]) -> list[str]:
+        time.sleep(0.3)  # (SQLite, too, works without the GIL)
+        return logged(conn, items)
+
+    with Database(f"sqlite:///{tmp_path / 'x.sqlite3'}") as db:
+        db.migrate()
+        db.write_sync(put, ("taken", "1"))
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.ensure_future(ticker())
+        results = await asyncio.gather(
+            db.write(logged, ("before", "1")),
+            db.write(slow, ("long", "1"), long=True),
+            db.write(logged, ("after", "1")),
+            db.write(slow, ("taken", "2"), long=True),
+            db.write(logged, ("last", "1")),
+            return_exceptions=True,
+        )
+        ticking.cancel()
+        assert results[:3] == ["before", "long", "after"] and results[4] == "last"
+        assert isinstance(results[3], StoreError), "a long write fails alone"
+        assert ticks >= 20, "the loop went on while the long writes ran"
+        assert [name for name, _ in ran] == ["before", "long", "after", "taken", "last"]
+        threads = dict(ran[:3])
+        assert threads["long"].startswith("bes-commit") and threads["before"] == "MainThread"
+        assert await db.read(read_all) == {
+            "taken": "1",
+            "before": "1",
+            "long": "1",
+            "after": "1",
+            "last": "1",
+        }

@@ -26,7 +26,7 @@ from bes.db.store import Database
 from bes.db.tables import activity, activity_document, activity_event, create_request, grid_job
 from bes.errors import ConfigError
 from bes.ids import ActivityId, BackendJobId, new_activity_id
-from bes.retention import DUTY, KEEP_REQUESTS, PurgeReport, Retention, vacuum
+from bes.retention import DUTY, KEEP_REQUESTS, PurgeReport, Retention, _adapted, vacuum
 from bes.states import ActivityState
 from tests.db.test_overview_rows import create, move
 from tests.db.test_tally import kept, truth
@@ -130,6 +130,36 @@ def test_many_activities_go_in_batches_of_their_own(db: Database) -> None:
     assert report.batches == 5  # each committed before the next began
     assert db.read_sync(rows_of, made)["activity_event"] == 0
     assert db.read_sync(truth) == db.read_sync(kept)
+
+
+def test_the_service_purges_sqlite_in_short_transactions(db: Database) -> None:
+    # The service's writes wait behind each of the purge's transactions on SQLite (one
+    # writer); an administrator's bes purge deletes a whole batch per transaction.
+    def make() -> None:
+        for i in range(120):
+            ended(db, "alice", T0 + i * dt.timedelta(minutes=1), ActivityState.FINISHED)
+
+    make()
+    short = purge(db, batch=1000)
+    make()
+    whole = Retention(db, {}.get, clock=lambda: NOW, pause_s=0, short=False)
+    try:
+        rest = asyncio.run(whole.purge_once(MONTH, batch=1000))
+    finally:
+        whole.close()
+    assert short.activities == rest.activities == 120
+    assert rest.batches == 1
+    if db.dialect == "sqlite":
+        assert short.batches > 1
+    else:  # (the purge writes on a connection of its own: nobody waits behind it)
+        assert short.batches == 1
+
+
+def test_transactions_are_sized_to_take_about_ten_milliseconds() -> None:
+    assert _adapted(50, 50, 0.02) == 25
+    assert _adapted(50, 50, 0.001) == 500
+    assert _adapted(50, 12, 0.001) == 50, "a short last chunk says nothing"
+    assert _adapted(800, 800, 1e-6) == 1000 and _adapted(10, 10, 5.0) == 5
 
 
 def test_a_sweep_goes_with_its_last_point(db: Database) -> None:
