@@ -257,18 +257,15 @@ class Activities:
             )
         )
 
-    def _check_runnable(self, job: JobDefinition, *, where: str = "") -> None:
-        """Refuse a job the site does not take: ``file:`` URIs outside its roots, features
-        its backend lacks (UnsupportedFeatureFault, every feature named)."""
-        self._check_file_roots(job, where=where)
-        self._check_backend(job, where=where)
-
     def _check_file_roots(self, job: JobDefinition, *, where: str = "") -> None:
+        """Refuse a job with ``file:`` URIs outside the site's roots (UnsupportedFeatureFault,
+        every one named)."""
         refused = self._file_roots.refused(job)
         if refused:
             raise UnsupportedFeature(refused, where + "unsupported: " + "; ".join(refused))
 
     def _check_backend(self, job: JobDefinition, *, where: str = "") -> None:
+        """Refuse a job with features its backend lacks (every one named)."""
         backend = self.default_backend
         if backend is not None:
             missing = self._backends[backend].unsupported(job)
@@ -297,17 +294,27 @@ class Activities:
             NotAcceptingNewActivities: The factory was told to stop accepting activities.
         """
         backend = self.default_backend
+        taker = self._backends.get(backend) if backend is not None else None
         at = self._clock()
         parent = new_activity_id()
         children = []
         uses: list[tuple[ActivityId, list[FileUse]]] = []
         for index, (given, child_document) in enumerate(points):
             job, used = await self._with_stored_files(caller, given, endpoint)
-            self._check_runnable(job, where=f"point {index + 1} of the parameter sweep: ")
-            uses.append((new_activity_id(), used))
+            where = f"point {index + 1} of the parameter sweep: "
+            child_id = new_activity_id()
+            self._check_file_roots(job, where=where)
+            # Each point queued in the sweep's transaction, as a single create's job is.
+            try:
+                enqueued = await self._enqueued(taker, child_id, job)
+            except UnsupportedFeature as exc:
+                raise UnsupportedFeature(exc.features, where + str(exc)) from exc
+            if enqueued is None:
+                self._check_backend(job, where=where)
+            uses.append((child_id, used))
             children.append(
                 NewActivity(
-                    id=uses[-1][0],
+                    id=child_id,
                     owner=caller.name,
                     job_name=job.job_name,
                     document=redact_document(child_document),
@@ -315,6 +322,7 @@ class Activities:
                     backend=backend,
                     at=at,
                     parent_id=parent,
+                    enqueued=enqueued,
                 )
             )
         first = points[0][0] if points else None
@@ -342,7 +350,9 @@ class Activities:
         log.info(
             "%s created a parameter sweep %s of %d activities", caller.name, parent, len(children)
         )
-        if backend is not None:
+        if taker is not None and any(child.enqueued for child in children):
+            taker.enqueued()
+        if any(child.enqueued is None for child in children) and backend is not None:
             self.tracker.wakeup.set()
         return parent
 

@@ -405,25 +405,21 @@ def _insert(conn: Connection, items: Sequence[NewActivity]) -> None:
             }
         )
         documents.append({"id": a.id, "document": a.document, "job": a.job})
+        # One event: an activity its backend took at create was never queued on its own.
         events.append(
             {
                 "activity_id": a.id,
                 "at": at,
                 "state": pending,
-                "substate": queued,
-                "message": "accepted",
+                "substate": submitted if taken else queued,
+                "message": (
+                    "accepted; " + _submitted_message(taken.job_id, taken.pool, taken.message)
+                    if taken
+                    else "accepted"
+                ),
             }
         )
         if taken is not None:
-            events.append(
-                {
-                    "activity_id": a.id,
-                    "at": at,
-                    "state": pending,
-                    "substate": submitted,
-                    "message": _submitted_message(taken.job_id, taken.pool, taken.message),
-                }
-            )
             queues.setdefault(taken.write, []).append(taken.row)
         if a.request_key is not None:
             requests.append({"key": a.request_key, "activity_id": a.id, "at": a.at})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from lxml import etree
+from sqlalchemy import select
 
 from bes.activities import Activities
 from bes.backends.desktopgrid.backend import DesktopGridBackend
@@ -17,7 +18,9 @@ from bes.backends.desktopgrid.config import DesktopGridConfig
 from bes.db import activity_rows as rows
 from bes.db import grid_rows as grid
 from bes.db.store import Database
+from bes.db.tables import activity
 from bes.errors import NotAcceptingNewActivities, UnsupportedFeature
+from bes.ids import ActivityId
 from bes.jsdl import load_job_definition
 from bes.principal import Principal
 from bes.states import ActivityState, SubState
@@ -58,11 +61,11 @@ async def test_a_desktop_grid_job_is_queued_in_the_create_itself(
     assert db.read_sync(grid.queue_counts)[grid.GridState.QUEUED] == 20
     jobs = db.read_sync(grid.grid_statuses, [r.backend_job_id for r in found.values()])
     assert {s.activity_id for s in jobs.values()} == set(made)
+    # One event: it was never queued for a dispatch round.
     history = await grid_registry.history(ALICE, made[0])
-    assert [(s, sub) for _, s, sub, _ in history] == [
-        ("Pending", "Queued"),
-        ("Pending", "Submitted"),
-    ]
+    assert [(s, sub) for _, s, sub, _ in history] == [("Pending", "Submitted")]
+    job_id = found[made[0]].backend_job_id
+    assert history[0][3].startswith(f"accepted; submitted as {job_id} to pool volunteers: ")
     assert await grid_registry.dispatch_once() == 0  # nothing left for the dispatcher
 
     await grid_registry.set_accepting(Principal(name="root", admin=True), False)
@@ -82,6 +85,37 @@ async def test_a_job_the_grid_cannot_run_is_refused_and_nothing_is_queued(
     assert "backend 'desktopgrid' cannot run" in str(refused.value)
     assert sum(db.read_sync(rows.count_by_state, "alice").values()) == 0
     assert sum(db.read_sync(grid.queue_counts).values()) == 0
+
+
+@pytest.mark.anyio
+async def test_a_sweeps_points_are_queued_in_the_sweep_itself(
+    grid_registry: Activities, db: Database
+) -> None:
+    sweep = await grid_registry.create_sweep(ALICE, DOC, [(JOB, DOC)] * 5)
+    points = db.read_sync(
+        lambda conn: [
+            ActivityId(i)
+            for i in conn.execute(select(activity.c.id).where(activity.c.parent_id == sweep))
+            .scalars()
+            .all()
+        ]
+    )
+    assert len(points) == 5
+    found = await grid_registry.statuses(ALICE, points)
+    assert {(r.state, r.substate) for r in found.values()} == {
+        (ActivityState.PENDING, SubState.SUBMITTED)
+    }
+    assert db.read_sync(grid.queue_counts)[grid.GridState.QUEUED] == 5
+    assert await grid_registry.dispatch_once() == 0  # nothing left for the dispatcher
+
+    unknown = load_job_definition(UNKNOWN_TEMPLATE)
+    with pytest.raises(UnsupportedFeature) as refused:
+        await grid_registry.create_sweep(
+            ALICE, DOC, [(JOB, DOC), (unknown, UNKNOWN_TEMPLATE.decode())]
+        )
+    assert str(refused.value).startswith("point 2 of the parameter sweep: backend 'desktopgrid'")
+    assert "vm:Template 'no-such-template'" in str(refused.value)
+    assert db.read_sync(grid.queue_counts)[grid.GridState.QUEUED] == 5  # nothing of it
 
 
 @pytest.mark.anyio

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from bes.backends.desktopgrid import routing
@@ -39,9 +39,22 @@ changed and the jobs queued since the last pass (a job put back in the queue kee
 and the reason it had: this pass is what refreshes it)."""
 _UPDATE_BATCH: Final = 500
 """Jobs whose reason one write transaction changes."""
+_PLACEMENTS_KEPT: Final = 256
+"""Distinct placements remembered per read of the offers."""
 _SINCE_MARGIN: Final = dt.timedelta(seconds=10)
 """How far before the last pass an incremental pass looks: another replica places a job with
 offers up to two seconds old, and replicas' clocks differ a little."""
+
+
+@dataclass(slots=True, kw_only=True)
+class _Offers:
+    """What :meth:`Pools.offers` read, when, and the placements decided from it."""
+
+    at: float
+    """time.monotonic() of the read."""
+    offers: list[Offer]
+    statuses: dict[str, str]
+    placements: dict[tuple[Needs, str | None], Placement] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,7 +94,7 @@ class Pools:
         """This replica's name, for duties."""
         self._duty = Duty(name=REASONS_DUTY, holder=holder, hold_s=_DUTY_S, clock=clock)
         self._clouds: tuple[CloudPool, ...] = ()
-        self._offers: tuple[float, list[Offer], dict[str, str]] | None = None
+        self._offers: _Offers | None = None
         self._lock = threading.Lock()
         self._last_pass = 0.0
         self._reasons: dict[tuple[Any, ...], str | None] = {}
@@ -97,6 +110,8 @@ class Pools:
     def set_clouds(self, clouds: Sequence[CloudPool]) -> None:
         """The configured cloud pools, in the order the policy tries them."""
         self._clouds = tuple(clouds)
+        with self._lock:
+            self._offers = None  # (placements made without these pools)
 
     @property
     def clouds(self) -> tuple[CloudPool, ...]:
@@ -114,8 +129,8 @@ class Pools:
         cached for two seconds unless ``fresh``."""
         with self._lock:
             cached = self._offers
-            if cached is not None and not fresh and time.monotonic() - cached[0] < _OFFERS_TTL_S:
-                return cached[1], cached[2]
+            if cached is not None and not fresh and time.monotonic() - cached.at < _OFFERS_TTL_S:
+                return cached.offers, cached.statuses
         horizon = self._clock() - dt.timedelta(seconds=self._live_s)
         workers = self._db.read_sync(grid.live_workers, horizon)
         offers = [Offer.from_facts(w.name, w.pool, w.facts) for w in workers]
@@ -125,7 +140,7 @@ class Pools:
             if d.status
         }
         with self._lock:
-            self._offers = (time.monotonic(), offers, statuses)
+            self._offers = _Offers(at=time.monotonic(), offers=offers, statuses=statuses)
         return offers, statuses
 
     def offers_stale(self) -> bool:
@@ -133,17 +148,34 @@ class Pools:
         seconds), so a caller in the event loop calls it from a thread instead."""
         with self._lock:
             cached = self._offers
-        return cached is None or time.monotonic() - cached[0] >= _OFFERS_TTL_S
+        return cached is None or time.monotonic() - cached.at >= _OFFERS_TTL_S
 
     def place(self, needs: Needs, named: str | None) -> Placement:
-        """Where a new job goes (the routing policy) and why it will wait there."""
-        offers, statuses = self.offers()
-        volunteers = [o for o in offers if o.pool == VOLUNTEERS]
+        """Where a new job goes (the routing policy) and why it will wait there.
+
+        Decided once per distinct (requirements, named pool) for as long as the offers it was
+        decided from are cached: the jobs of a workflow or a sweep mostly ask for the same.
+        """
+        self.offers()
+        with self._lock:
+            cached = self._offers
+        assert cached is not None  # (just read)
+        key = (needs, named)
+        found = cached.placements.get(key)
+        if found is not None:
+            return found
+        volunteers = [o for o in cached.offers if o.pool == VOLUNTEERS]
         decided = routing.route(needs, named=named, volunteers=volunteers, clouds=self._clouds)
         reason = routing.waiting_reason(
-            needs, decided.pool, workers=offers, pool_status=statuses.get(decided.pool)
+            needs,
+            decided.pool,
+            workers=cached.offers,
+            pool_status=cached.statuses.get(decided.pool),
         )
-        return Placement(pool=decided.pool, pinned=named is not None, reason=reason)
+        found = Placement(pool=decided.pool, pinned=named is not None, reason=reason)
+        if len(cached.placements) < _PLACEMENTS_KEPT:
+            cached.placements[key] = found
+        return found
 
     # ------------------------------------------------------------------ the reasons pass
 
