@@ -4,9 +4,13 @@
 every tenth of that time (between a second and five minutes), on the one replica that holds
 the ``retention`` duty (:mod:`bes.db.duty_rows`).
 
-A purge goes in batches, each its own short transaction, with a pause between them, so that
-the service's own writes (CreateActivity above all) go on meanwhile: on SQLite a batch holds
-the single writer for as long as it takes. For each batch of ended activities it
+A purge goes in batches, with a pause between transactions, so that the service's own writes
+(CreateActivity above all) go on meanwhile. On SQLite, which has one writer, the service's
+purge deletes in transactions of about 10 ms, each run whole on the commit thread
+(``Database.write(long=True)``): the event loop goes on serving while one runs, and the
+service's writes wait at most that long; ``bes purge``, run by an administrator in a process
+of its own, deletes a whole ``--batch`` per transaction (the service's loop does not wait for
+its lock either: :mod:`bes.db.committer`). For each batch of ended activities it
 
 1. asks each backend to remove what it keeps of their jobs (:meth:`Backend.discard`: the
    desktop grid's kept outputs), off the event loop;
@@ -18,10 +22,7 @@ the single writer for as long as it takes. For each batch of ended activities it
 Files go before rows: a purge that stops half-way leaves rows whose files are gone (the next
 purge deletes them), never files that nothing points to any more. On PostgreSQL the batches
 are written on a connection of their own, beside the service's group commits rather than in
-them. Measured with ``bench/purge_bench.py`` on a 2-core machine, a million ended activities
-went at 4,300/s on SQLite in batches of 1,000 (2,100/s in the service's batches of 200, its
-CreateActivity commits waiting 11 ms at the median meanwhile, 26 ms at p99) and 14,000/s on
-PostgreSQL.
+them. Measured figures: README.md (Retention) and ``bench/purge_bench.py``.
 
 An SQLite database created before incremental auto-vacuum was set reuses freed pages but never
 shrinks; :func:`vacuum` (``bes purge --vacuum``) converts it once. PostgreSQL's autovacuum

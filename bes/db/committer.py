@@ -16,7 +16,10 @@ Two committers share that logic:
   batches form while it is on disk (measured with bench/grid_bench.py: 1,560 claim+complete
   cycles/s with the commit in the loop, 1,890-2,080 with it on a thread). A long write (a
   purge's batch, milliseconds of deletes) runs whole on that thread instead, so that the loop
-  goes on serving meanwhile.
+  goes on serving meanwhile. Nor does the loop ever wait for another process's write lock
+  (``bes purge``, a second ``bes serve`` on the file): its connection has no busy timeout, and
+  a batch that finds the lock taken, or fails, is run again on the thread, which waits for
+  the lock and isolates a failing call.
 * :class:`ThreadCommitter` owns a thread. It serves blocking callers (command-line tools,
   tests) and databases reached over the network (PostgreSQL), where the loop must not wait.
 """
@@ -36,6 +39,7 @@ from typing import Any, Final, Generic, TypeVar
 from sqlalchemy import Connection, Engine, Transaction
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from bes.db.engine import BUSY_TIMEOUT_MS
 from bes.errors import BesError, StoreError
 
 log = logging.getLogger(__name__)
@@ -70,25 +74,27 @@ class _Writer:
         """Transactions committed so far (for metrics and tests)."""
 
     def _commit(self, batch: list[_Call[Any, Any]]) -> None:
+        _settle_each(batch, self._outcomes(batch))
+
+    def _outcomes(self, batch: list[_Call[Any, Any]]) -> list[Any]:
+        """Commit a batch in one transaction or, if that fails, each call alone; per call its
+        result or a :class:`_Refused` (no future is touched: any thread may run this)."""
         try:
-            results = self._transaction(batch)
+            return self._transaction(batch)
         except Exception as exc:  # noqa: BLE001 - isolate the failing call(s) below
             if len(batch) == 1 or not self._connected():
                 # Without a connection (the database is down or unreachable) each call alone
                 # would only wait for it again: they all fail, at once.
-                for call in batch:
-                    _fail(call, exc)
-                return
+                return [_Refused(exc)] * len(batch)
+            out: list[Any] = []
             for call in batch:
                 try:
                     (result,) = self._transaction([call])
                 except Exception as one:  # noqa: BLE001 - reported through the future
-                    _fail(call, one)
+                    out.append(_Refused(one))
                 else:
-                    _resolve(call.future, result)
-            return
-        for call, result in zip(batch, results, strict=True):
-            _resolve(call.future, result)
+                    out.append(result)
+            return out
 
     def _connected(self) -> bool:
         conn = self._conn
@@ -101,7 +107,11 @@ class _Writer:
         if conn is None or conn.closed or conn.invalidated:
             self._close_connection()
             conn = self._conn = self._engine.connect()
+            self._connected_new(conn)
         return conn
+
+    def _connected_new(self, conn: Connection) -> None:
+        """A new writer connection was opened."""
 
     def _execute(self, batch: list[_Call[Any, Any]]) -> tuple[Transaction, list[Any]]:
         """Begin a transaction and run a batch's statements in it; the caller commits.
@@ -265,7 +275,7 @@ class LoopCommitter(_Writer):
         if self._pending[0].off_loop:
             alone = [self._pending.pop(0)]
             self._off_loop -= 1
-            self._start(self._syncer.submit(self._alone, alone), alone, None)
+            self._start(self._syncer.submit(self._in_thread, alone), alone, None)
             return
         end = min(len(self._pending), self._max_batch)
         if self._off_loop:  # the batch stops before the first call that runs off the loop
@@ -274,20 +284,29 @@ class LoopCommitter(_Writer):
         del self._pending[:end]
         try:
             transaction, results = self._execute(batch)
-        except Exception:  # noqa: BLE001 - isolate the failing call(s), committing in the loop
-            self._commit(batch)
-            self._reschedule()
+        except Exception:  # noqa: BLE001 - see _in_thread
+            # Another process holds SQLite's write lock (bes purge, a second bes serve), or a
+            # call failed: wait for the lock, or isolate the failing call, off the loop.
+            self._start(self._syncer.submit(self._in_thread, batch), batch, None)
             return
         self._start(self._syncer.submit(transaction.commit), batch, results)
 
-    def _alone(self, batch: list[_Call[Any, Any]]) -> list[Any] | _Refused:
-        """On the commit thread: one call's statements and commit."""
+    def _connected_new(self, conn: Connection) -> None:
+        # The loop never waits for another process's lock: BEGIN IMMEDIATE fails at once
+        # (SQLITE_BUSY) and the batch goes to the commit thread, which waits.
+        _busy_timeout(conn, 0)
+
+    def _in_thread(self, batch: list[_Call[Any, Any]]) -> list[Any]:
+        """On the commit thread: the batch's transaction (or each call's, if it fails),
+        waiting for the write lock as long as the engine's busy timeout says; per call its
+        result or a :class:`_Refused`."""
+        conn = self._connection()
+        _busy_timeout(conn, BUSY_TIMEOUT_MS)
         try:
-            transaction, results = self._execute(batch)
-        except Exception as exc:  # noqa: BLE001 - rolled back; the connection is still good
-            return _Refused(exc)
-        transaction.commit()
-        return results
+            return self._outcomes(batch)
+        finally:
+            if self._connected():
+                _busy_timeout(self._connection(), 0)
 
     def _start(
         self, committing: Future[Any], batch: list[_Call[Any, Any]], results: list[Any] | None
@@ -314,11 +333,9 @@ class LoopCommitter(_Writer):
     ) -> None:
         error = done.exception()  # waits for the commit if it is still running
         if error is None:
-            if results is None:  # (a call run off the loop)
-                results = done.result()
-                if isinstance(results, _Refused):
-                    _fail(batch[0], results.error)
-                    return
+            if results is None:  # (run on the commit thread: one outcome per call)
+                _settle_each(batch, done.result())
+                return
             self.transactions += 1
             for call, result in zip(batch, results, strict=True):
                 _resolve(call.future, result)
@@ -339,6 +356,8 @@ class LoopCommitter(_Writer):
         self._committing = None
         if committing is not None:
             self._settle(committing, *in_flight)
+        if self._pending:  # the last writes wait for another process's lock, if need be
+            _busy_timeout(self._connection(), BUSY_TIMEOUT_MS)
         while self._pending:
             batch = self._pending[: self._max_batch]
             del self._pending[: self._max_batch]
@@ -351,9 +370,23 @@ class LoopCommitter(_Writer):
 
 @dataclass(frozen=True, slots=True)
 class _Refused:
-    """A call run off the loop whose statements raised (its transaction was rolled back)."""
+    """The outcome of a call that failed (its transaction was rolled back)."""
 
     error: Exception
+
+
+def _settle_each(batch: list[_Call[Any, Any]], outcomes: list[Any]) -> None:
+    for call, outcome in zip(batch, outcomes, strict=True):
+        if isinstance(outcome, _Refused):
+            _fail(call, outcome.error)
+        else:
+            _resolve(call.future, outcome)
+
+
+def _busy_timeout(conn: Connection, ms: int) -> None:
+    """How long the SQLite connection waits for another's write lock (outside any
+    transaction: straight on the driver's connection)."""
+    conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={int(ms)}")  # type: ignore[union-attr]
 
 
 def _take(batch: list[_Call[Any, Any]], call: Any) -> None:

@@ -23,6 +23,9 @@ from bes.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+BUSY_TIMEOUT_MS: Final = 5000
+"""How long an SQLite connection waits for another's write lock before SQLITE_BUSY."""
+
 SQLITE_PRAGMAS = (
     # First, before any table exists: space freed by deletes (bes.retention) can then be given
     # back with PRAGMA incremental_vacuum. On a database that already has tables it changes
@@ -30,8 +33,8 @@ SQLITE_PRAGMAS = (
     "auto_vacuum=INCREMENTAL",
     "journal_mode=WAL",
     "synchronous=FULL",
-    # The service writes from its event loop: never wait long for another process's lock.
-    "busy_timeout=5000",
+    # How long to wait for another process's write lock (bes.db.committer: never in the loop).
+    f"busy_timeout={BUSY_TIMEOUT_MS}",
     "foreign_keys=ON",
 )
 

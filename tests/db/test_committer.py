@@ -163,3 +163,42 @@ async def test_a_long_write_runs_off_the_loop_alone_and_in_order(tmp_path: Path)
             "after": "1",
             "last": "1",
         }
+
+
+@pytest.mark.anyio
+async def test_the_loop_never_waits_for_another_process_s_write_lock(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+    import time
+
+    path = tmp_path / "x.sqlite3"
+    with Database(f"sqlite:///{path}") as db:
+        db.migrate()
+        assert await db.write(put, ("warm", "1")) == "warm"  # (the loop's connection is open)
+        other = sqlite3.connect(path, isolation_level=None)  # bes purge, a second bes serve
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO setting (name, value) VALUES ('other', '1')")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.ensure_future(ticker())
+        writes = asyncio.gather(
+            db.write(put, ("a", "1")), db.write(put, ("other", "2")), return_exceptions=True
+        )
+        await asyncio.sleep(0.5)  # the lock is held this long
+        assert not writes.done()
+        other.execute("COMMIT")
+        other.close()
+        started = time.monotonic()
+        results = await writes
+        assert time.monotonic() - started < 2
+        ticking.cancel()
+        assert ticks >= 25, "the loop went on while the other process held the lock"
+        assert results[0] == "a"
+        assert isinstance(results[1], StoreError), "the clashing write fails, alone"
+        assert await db.read(read_all) == {"warm": "1", "other": "1", "a": "1"}
