@@ -127,10 +127,14 @@ class Pools:
     def offers(self, *, fresh: bool = False) -> tuple[list[Offer], dict[str, str]]:
         """Live workers' offers, and what each cloud pool's autoscaler last said (by pool);
         cached for two seconds unless ``fresh``."""
+        read = self._read_offers(fresh=fresh)
+        return read.offers, read.statuses
+
+    def _read_offers(self, *, fresh: bool = False) -> _Offers:
         with self._lock:
             cached = self._offers
             if cached is not None and not fresh and time.monotonic() - cached.at < _OFFERS_TTL_S:
-                return cached.offers, cached.statuses
+                return cached
         horizon = self._clock() - dt.timedelta(seconds=self._live_s)
         workers = self._db.read_sync(grid.live_workers, horizon)
         offers = [Offer.from_facts(w.name, w.pool, w.facts) for w in workers]
@@ -139,9 +143,10 @@ class Pools:
             for d in self._db.read_sync(duty_rows.duties, AUTOSCALER_DUTY)
             if d.status
         }
+        read = _Offers(at=time.monotonic(), offers=offers, statuses=statuses)
         with self._lock:
-            self._offers = _Offers(at=time.monotonic(), offers=offers, statuses=statuses)
-        return offers, statuses
+            self._offers = read
+        return read
 
     def offers_stale(self) -> bool:
         """Whether :meth:`offers` would read the database (its cache is older than two
@@ -156,10 +161,7 @@ class Pools:
         Decided once per distinct (requirements, named pool) for as long as the offers it was
         decided from are cached: the jobs of a workflow or a sweep mostly ask for the same.
         """
-        self.offers()
-        with self._lock:
-            cached = self._offers
-        assert cached is not None  # (just read)
+        cached = self._read_offers()
         key = (needs, named)
         found = cached.placements.get(key)
         if found is not None:
