@@ -367,7 +367,10 @@ def _adapted(size: int, done: int, took_s: float) -> int:
     :data:`_WRITE_S`, from one that deleted ``done`` of ``size`` in ``took_s``."""
     if done < size:  # (a short last chunk says nothing about a full one)
         return size
-    return min(1000, max(5, int(size * _WRITE_S / max(took_s, 1e-4))))
+    # Growing by half at most: the cost of an activity varies (pages to move, a checkpoint),
+    # and one quick transaction must not make the next one long.
+    scaled = min(int(size * _WRITE_S / max(took_s, 1e-4)), size + max(1, size // 2))
+    return min(1000, max(5, scaled))
 
 
 def vacuum(url: str) -> tuple[rows.FileSpace, rows.FileSpace]:

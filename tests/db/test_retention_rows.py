@@ -157,9 +157,9 @@ def test_the_service_purges_sqlite_in_short_transactions(db: Database) -> None:
 
 def test_transactions_are_sized_to_take_about_ten_milliseconds() -> None:
     assert _adapted(50, 50, 0.02) == 25
-    assert _adapted(50, 50, 0.001) == 500
+    assert _adapted(50, 50, 0.001) == 75, "growing by half at most"
     assert _adapted(50, 12, 0.001) == 50, "a short last chunk says nothing"
-    assert _adapted(800, 800, 1e-6) == 1000 and _adapted(10, 10, 5.0) == 5
+    assert _adapted(900, 900, 1e-6) == 1000 and _adapted(10, 10, 5.0) == 5
 
 
 def test_a_sweep_goes_with_its_last_point(db: Database) -> None:
