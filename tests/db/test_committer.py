@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,22 @@ def put(conn: Connection, items: Sequence[tuple[str, str]]) -> list[str]:
 
 def read_all(conn: Connection) -> dict[str, str]:
     return {r.name: r.value for r in conn.execute(select(setting))}
+
+
+class Ticks:
+    """Counts the running event loop's turns, one every 10 ms while it is free to run."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._task = asyncio.ensure_future(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            self.count += 1
+
+    def stop(self) -> None:
+        self._task.cancel()
 
 
 def test_writes_from_many_threads_share_transactions(db: Database) -> None:
@@ -132,15 +149,7 @@ async def test_a_long_write_runs_off_the_loop_alone_and_in_order(tmp_path: Path)
     with Database(f"sqlite:///{tmp_path / 'x.sqlite3'}") as db:
         db.migrate()
         db.write_sync(put, ("taken", "1"))
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticking = asyncio.ensure_future(ticker())
+        ticks = Ticks()
         results = await asyncio.gather(
             db.write(logged, ("before", "1")),
             db.write(slow, ("long", "1"), long=True),
@@ -149,10 +158,10 @@ async def test_a_long_write_runs_off_the_loop_alone_and_in_order(tmp_path: Path)
             db.write(logged, ("last", "1")),
             return_exceptions=True,
         )
-        ticking.cancel()
+        ticks.stop()
         assert results[:3] == ["before", "long", "after"] and results[4] == "last"
         assert isinstance(results[3], StoreError), "a long write fails alone"
-        assert ticks >= 20, "the loop went on while the long writes ran"
+        assert ticks.count >= 20, "the loop went on while the long writes ran"
         assert [name for name, _ in ran] == ["before", "long", "after", "taken", "last"]
         threads = dict(ran[:3])
         assert threads["long"].startswith("bes-commit") and threads["before"] == "MainThread"
@@ -178,15 +187,7 @@ async def test_the_loop_never_waits_for_another_process_s_write_lock(tmp_path: P
         other = sqlite3.connect(path, isolation_level=None)  # bes purge, a second bes serve
         other.execute("BEGIN IMMEDIATE")
         other.execute("INSERT INTO setting (name, value) VALUES ('other', '1')")
-        ticks = 0
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticking = asyncio.ensure_future(ticker())
+        ticks = Ticks()
         writes = asyncio.gather(
             db.write(put, ("a", "1")), db.write(put, ("other", "2")), return_exceptions=True
         )
@@ -197,8 +198,8 @@ async def test_the_loop_never_waits_for_another_process_s_write_lock(tmp_path: P
         started = time.monotonic()
         results = await writes
         assert time.monotonic() - started < 2
-        ticking.cancel()
-        assert ticks >= 25, "the loop went on while the other process held the lock"
+        ticks.stop()
+        assert ticks.count >= 25, "the loop went on while the other process held the lock"
         assert results[0] == "a"
         assert isinstance(results[1], StoreError), "the clashing write fails, alone"
         assert await db.read(read_all) == {"warm": "1", "other": "1", "a": "1"}
