@@ -12,10 +12,11 @@ import datetime as dt
 from sqlalchemy import Connection, select, update
 
 from bes.backends.desktopgrid.pools import Pools
+from bes.backends.desktopgrid.routing import Needs
 from bes.db import grid_rows as grid
 from bes.db.store import Database
 from bes.db.tables import grid_job
-from tests.support.queue import T0, job
+from tests.support.queue import T0, add_worker, job
 
 
 class Clock:
@@ -105,3 +106,27 @@ def test_a_replica_taking_the_duty_over_trusts_the_reasons_it_finds_kept(db: Dat
     clock.now = T0 + dt.timedelta(seconds=63)
     assert len(third.refresh(now=True)) == 2
     assert set(reasons(db).values()) == {reason}
+
+
+def test_a_new_job_is_placed_with_the_offers_of_the_moment(db: Database) -> None:
+    # Placements are remembered per requirements, but only with the offers they came from.
+    clock = Clock()
+    pools = Pools(db, write=db.write_sync, clock=clock, live_s=60, holder="r1")
+    needs = Needs(memory_mib=2048, vcpus=1, disk_mib=1024, network=False, hypervisors=())
+    alone = pools.place(needs, None)
+    assert alone.pool == "volunteers" and alone.reason.startswith("no worker is registered")
+    assert pools.place(needs, None) == alone
+
+    worker = add_worker(db, "lab-pc")
+    facts = {"max_memory_mib": 1024, "max_vcpus": 2, "hypervisors": {"qemu": "7.2 tcg"}}
+    db.write_sync(grid.register_worker, (worker, facts, T0))
+    pools.offers(fresh=True)  # (read anew every two seconds in the service)
+    small = pools.place(needs, None)
+    assert small.reason == (
+        "1 worker of pool volunteers, none can run it: lab-pc lacks memory 2048 MiB "
+        "(it offers 1024 MiB)"
+    )
+    fits = pools.place(
+        Needs(memory_mib=512, vcpus=1, disk_mib=1024, network=False, hypervisors=()), None
+    )
+    assert fits.reason != small.reason
