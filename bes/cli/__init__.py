@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -54,6 +55,17 @@ SIGNATURE_ALGORITHMS = (
 )
 """Names of the signature methods ``--signature-algorithm`` takes (those of
 bes.xmlsignature.ALGORITHMS_BY_NAME; named here so that ``bes --help`` loads no xmlsec)."""
+
+
+def settle_heap() -> None:
+    """Once the service is up: what start-up made (schemas, the WSDL, table metadata) lives as
+    long as the process, so it goes out of the garbage collector's sight, whose full passes
+    then look only at what requests leave behind (they stopped every request for 60 ms under
+    a CreateActivity load of 32 clients); and the youngest generation is collected every
+    10,000 allocations, not 700 (its passes cost 1.5% of the CPU of CreateActivity)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 @main.command()
@@ -369,6 +381,7 @@ def serve(
 
     def ready() -> None:
         """It listens: say so, and only now start the local worker."""
+        settle_heap()
         if worker is not None:
             try:
                 worker.start()

@@ -76,3 +76,18 @@ def test_sigterm_stops_http_within_two_seconds_with_a_long_poll_open(tmp_path: P
         server.proc = None
     finally:
         server.stop()
+
+
+def test_once_up_start_up_objects_are_out_of_the_collectors_sight() -> None:
+    # bes serve calls it once it listens; run here in a child so that this process's
+    # collector is left as it is.
+    probe = (
+        "import gc; from bes.cli import settle_heap; settle_heap(); "
+        "print(gc.get_freeze_count(), gc.get_threshold()[0], gc.get_count()[2])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    frozen, young, old = (int(n) for n in done.stdout.split())
+    assert frozen > 10_000, "the modules and schemas loaded are frozen"
+    assert young == 10_000 and old == 0
