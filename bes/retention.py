@@ -108,11 +108,12 @@ class Retention:
         backend_for: The backend of a given name (for :meth:`Backend.discard`), None if there
             is none here (its activities' files are then left where they are, with a warning).
         holder: This replica's name, for the ``retention`` duty.
-        pause_s: Pause between batches, for the service's own writes.
+        pause_s: Pause between transactions, for the service's own writes.
         clock: The current time (aware, UTC).
-        short: On SQLite, delete in transactions of about :data:`_WRITE_S`, each run off
-            the event loop (the service's own purge); False: a whole batch per transaction
-            (``bes purge``, an administrator's, in a process of its own).
+        short: On SQLite, delete in transactions of about :data:`_WRITE_S` (the service's
+            own purge); False: a whole batch per transaction (``bes purge``, an
+            administrator's, in a process of its own). Either way they run off the event
+            loop.
     """
 
     def __init__(
@@ -218,8 +219,9 @@ class Retention:
         done.kept_back += len(found) - len(ids)
         if not ids:
             return vacuum
-        # On SQLite the service's writes wait behind each transaction: short ones. On
-        # PostgreSQL they do not (a connection of its own): the whole batch at once.
+        # On SQLite the service's writes wait behind each transaction: short ones, unless
+        # this is bes purge. On PostgreSQL they do not (a connection of its own): the whole
+        # batch at once.
         adapt = self._short
         size = self._chunk if adapt else len(ids)
         left_over = vacuum
