@@ -183,10 +183,7 @@ class Activities:
         job, used = await self._with_stored_files(caller, job, endpoint)
         activity_id = new_activity_id()
         taker = self._backends.get(backend) if backend is not None else None
-        self._check_file_roots(job)
-        enqueued = await self._enqueued(taker, activity_id, job)
-        if enqueued is None:  # (a backend that enqueues has checked the job itself)
-            self._check_backend(job)
+        enqueued = await self._admitted(taker, activity_id, job)
         new = NewActivity(
             id=activity_id,
             owner=caller.name,
@@ -213,24 +210,36 @@ class Activities:
             self.tracker.wakeup.set()
         return activity_id
 
-    async def _enqueued(
-        self, backend: Backend | None, activity_id: ActivityId, job: JobDefinition
+    async def _admitted(
+        self,
+        backend: Backend | None,
+        activity_id: ActivityId,
+        job: JobDefinition,
+        *,
+        where: str = "",
     ) -> rows.Enqueued | None:
-        """The backend's rows to write with the activity, if it keeps its queue here; None
-        leaves the job to the dispatcher (which also reports a refusal the usual way).
+        """Refuse a job the site does not take; the backend's rows to write with the
+        activity, if it keeps its queue here (None leaves the job to the dispatcher, which
+        also reports a refusal the usual way). ``where`` starts a refusal's message.
 
         Raises:
-            UnsupportedFeature: The backend cannot run this job.
+            UnsupportedFeature: A ``file:`` URI outside the site's roots, or features the
+                backend lacks (every one named).
         """
-        if backend is None:
-            return None
-        try:
-            return await backend.enqueue(activity_id, job)
-        except UnsupportedFeature:
-            raise
-        except BesError as exc:
-            log.debug("%s goes through the dispatcher: %s", activity_id, exc)
-            return None
+        self._check_file_roots(job, where=where)
+        enqueued = None
+        if backend is not None:
+            try:
+                enqueued = await backend.enqueue(activity_id, job)
+            except UnsupportedFeature as exc:
+                if not where:
+                    raise
+                raise UnsupportedFeature(exc.features, where + str(exc)) from exc
+            except BesError as exc:
+                log.debug("%s goes through the dispatcher: %s", activity_id, exc)
+        if enqueued is None:  # (a backend that enqueues has checked the job itself)
+            self._check_backend(job, where=where)
+        return enqueued
 
     async def _with_stored_files(
         self, caller: Principal, job: JobDefinition, endpoint: str | None
@@ -301,16 +310,11 @@ class Activities:
         uses: list[tuple[ActivityId, list[FileUse]]] = []
         for index, (given, child_document) in enumerate(points):
             job, used = await self._with_stored_files(caller, given, endpoint)
-            where = f"point {index + 1} of the parameter sweep: "
             child_id = new_activity_id()
-            self._check_file_roots(job, where=where)
             # Each point queued in the sweep's transaction, as a single create's job is.
-            try:
-                enqueued = await self._enqueued(taker, child_id, job)
-            except UnsupportedFeature as exc:
-                raise UnsupportedFeature(exc.features, where + str(exc)) from exc
-            if enqueued is None:
-                self._check_backend(job, where=where)
+            enqueued = await self._admitted(
+                taker, child_id, job, where=f"point {index + 1} of the parameter sweep: "
+            )
             uses.append((child_id, used))
             children.append(
                 NewActivity(

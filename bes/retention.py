@@ -222,8 +222,7 @@ class Retention:
         # On SQLite the service's writes wait behind each transaction: short ones, unless
         # this is bes purge. On PostgreSQL they do not (a connection of its own): the whole
         # batch at once.
-        adapt = self._short
-        size = self._chunk if adapt else len(ids)
+        size = self._chunk if self._short else len(ids)
         left_over = vacuum
         start = 0
         while start < len(ids):
@@ -236,7 +235,7 @@ class Retention:
                 rows.Purge(ids=chunk, before=cutoff, give_back=give_back),
                 long=True,
             )
-            if adapt:
+            if self._short:
                 self._chunk = size = _adapted(size, len(chunk), time.perf_counter() - began)
             done.activities += purged.activities
             done.sweeps += purged.sweeps

@@ -14,18 +14,23 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "security_bench.py"
 
 
-@pytest.mark.slow
-def test_security_bench_quick_run_is_accepted_in_every_mode(tmp_path: Path) -> None:
+def run_bench(script: Path, tmp_path: Path, *args: str, timeout_s: float) -> tuple[Any, str]:
+    """Run a benchmark with ``--json``; its figures and what it printed."""
     figures = tmp_path / "figures.json"
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--clients", "8", "--json", str(figures)],
+        [sys.executable, str(script), *args, "--json", str(figures)],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout_s,
         check=False,
     )
     assert done.returncode == 0, done.stderr + done.stdout
-    results = json.loads(figures.read_text())
+    return json.loads(figures.read_text()), done.stdout
+
+
+@pytest.mark.slow
+def test_security_bench_quick_run_is_accepted_in_every_mode(tmp_path: Path) -> None:
+    results, printed = run_bench(BENCH, tmp_path, "--quick", "--clients", "8", timeout_s=240)
     assert set(results) == {"plain", "digest", "signed"}
     for mode, levels in results.items():
         phase = levels["8"]
@@ -33,8 +38,8 @@ def test_security_bench_quick_run_is_accepted_in_every_mode(tmp_path: Path) -> N
         assert phase["errors"] == 0, (mode, phase["first_error"])
         assert phase["requests"] > 50, (mode, phase)
         assert phase["p99_ms"] >= phase["p50_ms"] > 0
-    assert "digest at 8 clients:" in done.stdout
-    assert "signed at 8 clients:" in done.stdout
+    assert "digest at 8 clients:" in printed
+    assert "signed at 8 clients:" in printed
 
 
 FILES_BENCH = Path(__file__).resolve().parents[1] / "bench" / "files_bench.py"
@@ -44,28 +49,12 @@ FILES_BENCH = Path(__file__).resolve().parents[1] / "bench" / "files_bench.py"
 def test_files_bench_moves_the_file_both_ways_and_sends_nothing_the_second_time(
     tmp_path: Path,
 ) -> None:
-    figures = tmp_path / "figures.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(FILES_BENCH),
-            "--size-mib",
-            "16",
-            "--rounds",
-            "1",
-            "--json",
-            str(figures),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    results, printed = run_bench(
+        FILES_BENCH, tmp_path, "--size-mib", "16", "--rounds", "1", timeout_s=240
     )
-    assert done.returncode == 0, done.stderr + done.stdout
-    results = json.loads(figures.read_text())
     assert results["again_sent_bytes"] == 0
     assert results["ratio_up"] > 0 and results["ratio_down"] > 0
-    assert "second upload of the same file: 0 bytes sent" in done.stdout
+    assert "second upload of the same file: 0 bytes sent" in printed
 
 
 CLOUD_BENCH = Path(__file__).resolve().parents[1] / "bench" / "cloud_bench.py"
@@ -91,72 +80,36 @@ TUNNEL_BENCH = BENCH.parent / "tunnel_bench.py"
 
 @pytest.mark.slow
 def test_tunnel_bench_carries_every_byte_through_the_relay(tmp_path: Path) -> None:
-    figures = tmp_path / "figures.json"
-    done = subprocess.run(
-        [sys.executable, str(TUNNEL_BENCH), "--mib", "8", "--pings", "50", "--json", str(figures)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    measured, printed = run_bench(
+        TUNNEL_BENCH, tmp_path, "--mib", "8", "--pings", "50", timeout_s=180
     )
-    assert done.returncode == 0, done.stderr + done.stdout
-    measured = json.loads(figures.read_text())
     for path in ("direct", "relay"):
         assert measured[path]["up_mb_s"] > 0
         assert measured[path]["down_mb_s"] > 0
         assert measured[path]["rtt_p50_ms"] > 0
-    assert "relay/direct" in done.stdout
+    assert "relay/direct" in printed
 
 
 PURGE_BENCH = Path(__file__).resolve().parents[1] / "bench" / "purge_bench.py"
 
 
 def test_purge_bench_removes_every_ended_activity_and_keeps_the_others(tmp_path: Path) -> None:
-    figures = tmp_path / "figures.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(PURGE_BENCH),
-            "--activities",
-            "3000",
-            "--batch",
-            "500",
-            "--baseline-s",
-            "0.5",
-            "--json",
-            str(figures),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    results, printed = run_bench(
+        PURGE_BENCH,
+        tmp_path,
+        *("--activities", "3000", "--batch", "500", "--baseline-s", "0.5"),
+        timeout_s=120,
     )
-    assert done.returncode == 0, done.stderr + done.stdout
-    results = json.loads(figures.read_text())
     assert results["purged"] == 3000
     trickled = results["trickle_alone"]["n"] + results["trickle_during_purge"]["n"]
     assert results["left"] == results["kept"] + trickled  # the kept ones and the new ones
     assert results["trickle_during_purge"]["n"] > 0 and results["activities_per_s"] > 0
     assert results["database_bytes_after"] < results["database_bytes_before"] / 2
-    assert "purged 3,000 ended activities" in done.stdout
+    assert "purged 3,000 ended activities" in printed
 
 
 VIEWS_BENCH = Path(__file__).resolve().parents[1] / "bench" / "views_bench.py"
 CORES_BENCH = Path(__file__).resolve().parents[1] / "bench" / "cores_bench.py"
-
-
-def run_bench(script: Path, tmp_path: Path, *args: str, timeout_s: float) -> tuple[Any, str]:
-    """Run a benchmark with ``--json``; its figures and what it printed."""
-    figures = tmp_path / "figures.json"
-    done = subprocess.run(
-        [sys.executable, str(script), *args, "--json", str(figures)],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr + done.stdout
-    return json.loads(figures.read_text()), done.stdout
 
 
 @pytest.mark.slow
