@@ -256,7 +256,7 @@ class Activities:
         return job, uses
 
     async def _use(self, activity_id: ActivityId, uses: list[FileUse]) -> None:
-        if self._store is None:
+        if self._store is None or not uses:
             return
         store = self._store
         await asyncio.gather(

@@ -467,7 +467,7 @@ class BesApp:
         answer = await factory.handle(
             body,
             soap_action=headers.get("soapaction"),
-            endpoint=self._endpoint(scope),
+            endpoint=self._endpoint(scope, headers),
             transport=transport_of(scope, headers, trusted_proxies=self._trusted_proxies),
             dialect=dialect,
         )
@@ -588,14 +588,16 @@ class BesApp:
             return
         await respond(send, 200, f"ok; accepting new activities: {accepting}\n".encode(), TEXT)
 
-    def _endpoint(self, scope: Scope) -> str:
+    def _endpoint(self, scope: Scope, headers: dict[str, str] | None = None) -> str:
+        """The base URL the request came to (``headers``: its own, if already decoded)."""
         if self.config.public_url:
             return self.config.public_url.rstrip("/")
-        host = headers_of(scope).get("host")
+        headers = headers if headers is not None else headers_of(scope)
+        host = headers.get("host")
         if not host:
             server = scope.get("server") or (self.config.host, self.config.port)
             host = f"{server[0]}:{server[1]}"
-        scheme = request_scheme(scope, headers_of(scope), trusted_proxies=self._trusted_proxies)
+        scheme = request_scheme(scope, headers, trusted_proxies=self._trusted_proxies)
         return f"{scheme}://{host}"
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

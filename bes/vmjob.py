@@ -86,20 +86,17 @@ def returned_files(job: JobDefinition) -> tuple[str, ...]:
 
 
 def guest_task(job: JobDefinition) -> GuestTask:
-    """What runs inside the guest, from the application element."""
+    """What runs inside the guest, from the application element.
+
+    Raises:
+        UnsupportedFeature: What :func:`guest_problems` names.
+    """
+    outputs = _guest_outputs(job)
     application = job.job_description.application
-    try:
-        outputs = tuple(dict.fromkeys(safe_relative(name) for name in returned_files(job)))
-    except UnsafePath as exc:
-        raise UnsupportedFeature(
-            [f"DataStaging FileName outside the job directory: {exc}"]
-        ) from exc
-    if application is not None and application.posix is not None:
+    assert application is not None  # (_guest_outputs refuses a job without one)
+    if application.posix is not None:
         posix = application.posix
-        if posix.executable is None:
-            raise UnsupportedFeature(["POSIXApplication without an Executable"])
-        if posix.user_name or posix.group_name:
-            raise UnsupportedFeature(["POSIXApplication UserName/GroupName in a VM"])
+        assert posix.executable is not None
         return GuestTask(
             executable=posix.executable.path,
             arguments=tuple(argument.value for argument in posix.argument),
@@ -113,22 +110,58 @@ def guest_task(job: JobDefinition) -> GuestTask:
             pre_commands=application.pre_commands,
             post_commands=application.post_commands,
         )
+    hpc = application.hpc_profile
+    assert hpc is not None and hpc.executable is not None
+    return GuestTask(
+        executable=hpc.executable,
+        arguments=hpc.argument,
+        environment=tuple((env.name, env.value) for env in hpc.environment),
+        working_directory=hpc.working_directory,
+        stdin=hpc.input,
+        stdout=hpc.output,
+        stderr=hpc.error,
+        outputs=outputs,
+        pre_commands=application.pre_commands,
+        post_commands=application.post_commands,
+    )
+
+
+def guest_problems(job: JobDefinition) -> list[str]:
+    """Why the job's application cannot run inside a guest, as readable feature names (empty:
+    it can). The check of :func:`guest_task` without building the task (every create of a
+    VM backend makes it)."""
+    try:
+        _guest_outputs(job)
+    except UnsupportedFeature as exc:
+        return list(exc.features)
+    return []
+
+
+def _guest_outputs(job: JobDefinition) -> tuple[str, ...]:
+    """The files the guest brings back, once its application is known to run in a guest.
+
+    Raises:
+        UnsupportedFeature: A file outside the job directory, or an application a guest
+            cannot run.
+    """
+    application = job.job_description.application
+    try:
+        outputs = tuple(dict.fromkeys(safe_relative(name) for name in returned_files(job)))
+    except UnsafePath as exc:
+        raise UnsupportedFeature(
+            [f"DataStaging FileName outside the job directory: {exc}"]
+        ) from exc
+    if application is not None and application.posix is not None:
+        posix = application.posix
+        if posix.executable is None:
+            raise UnsupportedFeature(["POSIXApplication without an Executable"])
+        if posix.user_name or posix.group_name:
+            raise UnsupportedFeature(["POSIXApplication UserName/GroupName in a VM"])
+        return outputs
     if application is not None and application.hpc_profile is not None:
-        hpc = application.hpc_profile
-        if hpc.executable is None:
+        if application.hpc_profile.executable is None:
             raise UnsupportedFeature(["HPCProfileApplication without an Executable"])
-        return GuestTask(
-            executable=hpc.executable,
-            arguments=hpc.argument,
-            environment=tuple((env.name, env.value) for env in hpc.environment),
-            working_directory=hpc.working_directory,
-            stdin=hpc.input,
-            stdout=hpc.output,
-            stderr=hpc.error,
-            outputs=outputs,
-            pre_commands=application.pre_commands,
-            post_commands=application.post_commands,
-        )
+        return outputs
     if application is not None and application.spmd is not None:
         raise UnsupportedFeature(["SPMDApplication (parallel jobs) in a VM"])
     raise UnsupportedFeature(["a job without a POSIXApplication or HPCProfileApplication"])

@@ -104,8 +104,14 @@ _ORDER: Final[dict[str, tuple[str, ...]]] = {
         ),
     ),
 }
+_RANKS: Final = {
+    parent: {tag: i for i, tag in enumerate(order)} for parent, order in _ORDER.items()
+}
+"""Each child's place in :data:`_ORDER`."""
 _DROPPED: Final = {_J + "StagingSchedule": "staging happens before and after the job here"}
 _STANDARD_NAMESPACES: Final = {HPCPA_OGF_VARIANT: JSDL_HPCPA}
+_VARIANTS: Final = tuple("{" + namespace + "}" for namespace in _STANDARD_NAMESPACES)
+_JPS: Final = (_J, _P, _S)
 _CREDENTIAL_VARIANT: Final = qname(HPCP_FS, "Credential")
 _CREDENTIAL: Final = qname(HPCP_AC, "Credential")
 # Unqualified attributes the JSDL schemas declare (any other one is not allowed).
@@ -138,20 +144,30 @@ def normalize(job: etree._Element) -> list[str]:
     Returns one readable warning per rewrite, empty if the document needed none.
     """
     warnings: list[str] = []
-    for node in list(job.iter(etree.Element)):
-        _namespace(node, warnings)
-    for node in list(job.iter(etree.Element)):
-        if node.tag in _DROPPED:
-            warnings.append(f"{element_path(node)}: dropped (not JSDL 1.0; {_DROPPED[node.tag]})")
+    # Every CreateActivity comes through here, and most need nothing: each check is a string
+    # test on the tag before any work (the elements are listed once, before any is removed).
+    nodes = list(job.iter(etree.Element))
+    for node in nodes:
+        tag = str(node.tag)
+        if tag.startswith(_VARIANTS) or tag == _CREDENTIAL_VARIANT:
+            _namespace(node, warnings)
+    for node in nodes:
+        tag = str(node.tag)
+        if tag in _DROPPED:
+            warnings.append(f"{element_path(node)}: dropped (not JSDL 1.0; {_DROPPED[tag]})")
             parent = node.getparent()
             if parent is not None:
                 parent.remove(node)
             continue
-        _attributes(node, warnings)
-        _order(node, warnings)
-        if node.tag == _J + "DataStaging":
+        if not tag.startswith(_JPS):
+            continue
+        if node.keys():
+            _attributes(node, warnings)
+        if tag in _RANKS:
+            _order(node, warnings)
+        if tag == _J + "DataStaging":
             _creation_flag(node, warnings)
-        elif node.tag == _J + "FileSystem" and node.get("name") is None:
+        elif tag == _J + "FileSystem" and node.get("name") is None:
             name = _free_name(job)
             node.set("name", name)
             warnings.append(f"{element_path(node)}: had no name (required); named it {name!r}")
@@ -178,8 +194,6 @@ def _namespace(node: etree._Element, warnings: list[str]) -> None:
 
 
 def _attributes(node: etree._Element, warnings: list[str]) -> None:
-    if not str(node.tag).startswith((_J, _P, _S)):
-        return
     declared = _DECLARED_ATTRIBUTES.get(str(node.tag), set())
     for name in list(node.attrib):
         if not name.startswith("{") and name not in declared:
@@ -191,14 +205,13 @@ def _attributes(node: etree._Element, warnings: list[str]) -> None:
 
 
 def _order(node: etree._Element, warnings: list[str]) -> None:
-    order = _ORDER.get(str(node.tag))
-    if order is None:
-        return
-    rank = {tag: i for i, tag in enumerate(order)}
+    rank = _RANKS[str(node.tag)]
+    last = len(rank)
     elements = [c for c in node if isinstance(c.tag, str)]
-    ranked = sorted(elements, key=lambda c: rank.get(str(c.tag), len(order)))
-    if ranked == elements:
-        return
+    ranks = [rank.get(str(c.tag), last) for c in elements]
+    if ranks == sorted(ranks):
+        return  # already in order (a stable sort would change nothing)
+    ranked = sorted(elements, key=lambda c: rank.get(str(c.tag), last))
     warnings.append(f"{element_path(node)}: children put in the order of the schema")
     for child in elements:
         node.remove(child)

@@ -37,6 +37,11 @@ from bes.jsdl.xml import tag as xml_tag
 from bes.ns import HPCP_AC, JSDL, UNICORE_JSDL, WSSE, qname
 
 _J = "{" + JSDL + "}"
+_FILE_SYSTEM_REFERENCES: Final = etree.XPath(
+    "descendant-or-self::*[@filesystemName] | descendant-or-self::j:FilesystemName",
+    namespaces={"j": JSDL},
+)
+"""The elements that name a FileSystem (found in one pass in C: every create comes here)."""
 JOB_DEFINITION: Final = qname(JSDL, "JobDefinition")
 _CREDENTIAL: Final = qname(HPCP_AC, "Credential")
 _INLINE_DATA: Final = qname(UNICORE_JSDL, "InlineData")
@@ -262,7 +267,7 @@ def _check_file_system_references(
     """Every ``FilesystemName`` and ``@filesystemName`` must name a declared FileSystem."""
     resources = job.job_description.resources
     declared = {fs.name for fs in resources.file_system} if resources else set()
-    for node in element.iter(etree.Element):
+    for node in _FILE_SYSTEM_REFERENCES(element):
         ref = node.get("filesystemName") if node.tag != _J + "FilesystemName" else token(node)
         if ref is not None and ref.strip() and ref.strip() not in declared:
             ctx.problem(

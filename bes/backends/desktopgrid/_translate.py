@@ -16,7 +16,7 @@ from bes.states import SubState
 from bes.vm.job import DEFAULT_OUTPUT_DISK_MIB
 from bes.vm.repository import Catalog
 from bes.vm.spec import VirtualMachine
-from bes.vmjob import VmDefaults, guest_task, lease_of, lease_problems, virtual_machine
+from bes.vmjob import VmDefaults, guest_problems, lease_of, lease_problems, virtual_machine
 
 SOURCE_SCHEMES: Final = frozenset({"http", "https", "ftp", "file", "inline", "bes-store"})
 """DataStaging Source URI schemes a worker fetches (inline: UNICORE's data in the document;
@@ -77,10 +77,7 @@ def examine(
     if lease is not None:
         features.extend(lease_problems(job, lease))
     elif job.job_description.application is not None:  # else a data-staging job: no VM
-        try:
-            guest_task(job)
-        except UnsupportedFeature as exc:
-            features.extend(exc.features)
+        features.extend(guest_problems(job))
     for staging in job.job_description.data_staging:
         for role, uri, schemes in (
             ("Source", staging.source, SOURCE_SCHEMES),
