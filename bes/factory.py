@@ -41,10 +41,10 @@ from bes.wire import (
     FINAL,
     Dialect,
     ResourceDescription,
-    activity_epr,
     activity_id_of,
     activity_status,
     bes,
+    create_activity_response,
     element,
     factory_attributes,
     item_fault,
@@ -248,9 +248,7 @@ class Factory:
                 request=request,
             )
         log.debug("%s created activity %s", call.caller.name, activity_id)
-        response = element("CreateActivityResponse")
-        activity_epr(response, "ActivityIdentifier", call.endpoint, activity_id)
-        return response
+        return create_activity_response(call.endpoint, activity_id)
 
     async def get_activity_statuses(self, call: Call) -> etree._Element:
         """GetActivityStatuses (GFD.108 §6.1.2)."""

@@ -9,6 +9,7 @@ already fetched to local paths; outputs are those with a Target.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -187,11 +188,14 @@ def virtual_machine(
     if resources is not None:
         memory = _at_least(resources.individual_physical_memory_bytes, _MIB)
         vcpus = _at_least(resources.individual_cpu_count, 1)
-    return VirtualMachine(
-        image=ImageRef(template=template_for(job, defaults, catalog)),
-        memory_mib=memory,
-        vcpus=vcpus,
-    )
+    return _sized(template_for(job, defaults, catalog), memory, vcpus)
+
+
+@functools.lru_cache(maxsize=256)
+def _sized(template: str, memory_mib: int | None, vcpus: int | None) -> VirtualMachine:
+    """A template's VM of a size: one object per distinct value (it is immutable, and plain
+    JSDL jobs ask for it on every create)."""
+    return VirtualMachine(image=ImageRef(template=template), memory_mib=memory_mib, vcpus=vcpus)
 
 
 def template_for(job: JobDefinition, defaults: VmDefaults, catalog: Catalog | None) -> str:

@@ -9,6 +9,7 @@ request messages are identical, so the dialect is chosen by the endpoint the cli
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -113,6 +114,21 @@ def activity_epr(
     params = etree.SubElement(epr, _REFERENCE_PARAMETERS)
     etree.SubElement(params, _ACTIVITY_ID).text = activity_id
     return epr
+
+
+_CREATE_ACTIVITY_RESPONSE: Final = element("CreateActivityResponse")
+activity_epr(_CREATE_ACTIVITY_RESPONSE, "ActivityIdentifier", "", ActivityId(""))
+
+
+def create_activity_response(endpoint: str, activity_id: ActivityId) -> etree._Element:
+    """``CreateActivityResponse`` with the new activity's EndpointReference (see
+    :func:`activity_epr`): a copy of one built once, its two texts filled in (it answers every
+    CreateActivity; copying is about half the cost of building)."""
+    response = copy.deepcopy(_CREATE_ACTIVITY_RESPONSE)
+    epr = response[0]
+    epr[0].text = endpoint + ACTIVITY_PATH + activity_id  # wsa:Address
+    epr[1][0].text = activity_id  # wsa:ReferenceParameters/besa:ActivityId
+    return response
 
 
 def activity_id_of(epr: etree._Element) -> ActivityId | None:

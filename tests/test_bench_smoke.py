@@ -108,6 +108,27 @@ def test_purge_bench_removes_every_ended_activity_and_keeps_the_others(tmp_path:
     assert "purged 3,000 ended activities" in printed
 
 
+BES_BENCH = Path(__file__).resolve().parents[1] / "bench" / "bes_bench.py"
+
+
+@pytest.mark.slow
+def test_bes_bench_loads_each_backend_in_turn_and_compares_them(tmp_path: Path) -> None:
+    figures, printed = run_bench(
+        BES_BENCH,
+        tmp_path,
+        *("--seconds", "2", "--rounds", "2", "--clients", "4", "--status-ids", "20"),
+        timeout_s=240,
+    )
+    assert set(figures) == {"none", "desktopgrid"}
+    for backend, by_clients in figures.items():
+        row = by_clients["4"]
+        assert row["errors"] == 0, backend
+        assert row["creates_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
+    assert figures["none"]["4"]["vs_first"] == 1.0
+    assert figures["desktopgrid"]["4"]["vs_first"] > 0
+    assert "vs none" in printed
+
+
 VIEWS_BENCH = Path(__file__).resolve().parents[1] / "bench" / "views_bench.py"
 CORES_BENCH = Path(__file__).resolve().parents[1] / "bench" / "cores_bench.py"
 
