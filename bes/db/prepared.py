@@ -10,7 +10,8 @@ Values must be given in database form: see :func:`db_time`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Column, Connection, Table
@@ -21,18 +22,33 @@ from sqlalchemy.sql import ClauseElement
 class _Compiled:
     """A statement's SQL for one dialect and how to lay out its parameters."""
 
-    __slots__ = ("defaults", "keys", "sql")
+    __slots__ = ("_every", "defaults", "keys", "sql")
 
     def __init__(self, sql: str, keys: tuple[str, ...] | None, defaults: dict[str, Any]) -> None:
         self.sql = sql
         self.keys = keys
         self.defaults = defaults
+        # Rows that give every key (most INSERTs) are laid out in C.
+        self._every: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
+        if keys:
+            getter = operator.itemgetter(*keys)
+            self._every = getter if len(keys) > 1 else lambda row: (getter(row),)
 
     def params(self, row: Mapping[str, Any]) -> Any:
         if self.keys is None:
             return {**self.defaults, **row}
         defaults = self.defaults
         return tuple(row[k] if k in row else defaults[k] for k in self.keys)
+
+    def params_of(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """:meth:`params` of each row."""
+        every = self._every
+        if every is not None:
+            try:
+                return [every(row) for row in rows]
+            except KeyError:  # rows leave keys to their defaults: the general way from now on
+                self._every = None
+        return [self.params(row) for row in rows]
 
 
 class Prepared:
@@ -73,7 +89,7 @@ class Prepared:
         compiled = self._compiled(conn)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.executemany(compiled.sql, [compiled.params(r) for r in rows])
+            cursor.executemany(compiled.sql, compiled.params_of(rows))
         finally:
             cursor.close()
 
