@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 from lxml import etree
@@ -109,9 +110,22 @@ async def _client(
         writer.close()
 
 
+class Load(NamedTuple):
+    """What one load of a server measured."""
+
+    rate: float
+    """Answers per second."""
+    latencies: list[float]
+    """Each answer's, in seconds, sorted."""
+    errors: int
+    """Answers other than 200."""
+    cpu_s: float
+    """CPU time the server spent meanwhile (all its threads), if its pid was given; else 0."""
+
+
 async def load(
-    port: int, body: bytes, clients: int, seconds: float
-) -> tuple[float, list[float], int]:
+    port: int, body: bytes, clients: int, seconds: float, *, pid: int | None = None
+) -> Load:
     request = (
         b"POST /bes HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: text/xml; charset=utf-8\r\n"
         b'SOAPAction: "%s"\r\nContent-Length: %d\r\n\r\n' % (port, ACTION.encode(), len(body))
@@ -123,20 +137,38 @@ async def load(
     )
     until = time.perf_counter() + seconds
     started = time.perf_counter()
+    cpu = server_cpu_s(pid) if pid is not None else 0.0
     await asyncio.gather(
         *(_client(port, request, until, latencies, errors) for _ in range(clients))
     )
     elapsed = time.perf_counter() - started
-    return len(latencies) / elapsed, sorted(latencies), len(errors)
+    cpu = server_cpu_s(pid) - cpu if pid is not None else 0.0
+    return Load(len(latencies) / elapsed, sorted(latencies), len(errors), cpu)
 
 
-def _combined(parts: list[tuple[float, list[float], int]]) -> tuple[float, list[float], int]:
+def server_cpu_s(pid: int) -> float:
+    """The CPU time process ``pid``'s live threads have run, in seconds (nanoseconds in
+    /proc/PID/task/TID/schedstat; /proc/PID/stat counts in 10 ms ticks)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def _combined(parts: list[Load]) -> Load:
     """One result from the results of equal shares of the time."""
-    return (
-        statistics.fmean(rate for rate, _, _ in parts),
-        sorted(latency for _, latencies, _ in parts for latency in latencies),
-        sum(errors for _, _, errors in parts),
+    return Load(
+        statistics.fmean(part.rate for part in parts),
+        sorted(latency for part in parts for latency in part.latencies),
+        sum(part.errors for part in parts),
+        sum(part.cpu_s for part in parts),
     )
+
+
+def _cpu_us(result: Load) -> float:
+    """The server's CPU time per answer, in microseconds."""
+    return result.cpu_s / max(1, len(result.latencies)) * 1e6
 
 
 def _pct(sorted_values: list[float], p: float) -> float:
@@ -194,7 +226,7 @@ def main() -> None:
     if _pin(1):
         os.sched_setaffinity(0, {1})
 
-    results: dict[str, dict[int, tuple[float, list[float], int]]] = {}
+    results: dict[str, dict[int, Load]] = {}
     port = free_port()
     floor_argv = [
         *_pin(0),
@@ -218,55 +250,56 @@ def main() -> None:
         results["floor"] = {c: asyncio.run(load(port, CREATE, c, args.seconds)) for c in levels}
 
     # Every backend's server runs from the start, each loaded in turn for a share of the time,
-    # round after round: a slow spell of the host falls on all of them alike.
+    # round after round: a slow spell of the host falls on all of them alike. The server's
+    # CPU time per create, which such spells move much less than throughput, is measured too
+    # (taskset execs: the pid is the server's).
     with contextlib.ExitStack() as stack:
-        ports = {}
+        servers = {}
         for backend in backends:
             data = stack.enter_context(tempfile.TemporaryDirectory(prefix="bes-bench-"))
-            ports[backend] = free_port()
-            argv = serve_argv(
-                ports[backend], data, "--backend", backend, "--no-local-worker", python=python
-            )
-            stack.enter_context(running(argv, ports[backend], "/healthz"))
-        parts: dict[str, dict[int, list[tuple[float, list[float], int]]]] = {
-            backend: {c: [] for c in levels} for backend in backends
-        }
+            port = free_port()
+            argv = serve_argv(port, data, "--backend", backend, "--no-local-worker", python=python)
+            servers[backend] = (port, stack.enter_context(running(argv, port, "/healthz")).pid)
+        parts: dict[str, dict[int, list[Load]]] = {b: {c: [] for c in levels} for b in backends}
+        share = args.seconds / args.rounds
         for _ in range(args.rounds):
-            for backend in backends:
+            for backend, (port, pid) in servers.items():
                 for c in levels:
-                    share = args.seconds / args.rounds
-                    parts[backend][c].append(asyncio.run(load(ports[backend], CREATE, c, share)))
+                    parts[backend][c].append(asyncio.run(load(port, CREATE, c, share, pid=pid)))
         for backend in backends:
             results[backend] = {c: _combined(parts[backend][c]) for c in levels}
-        status_times = asyncio.run(statuses(ports[backends[0]], args.status_ids, 30))
+        status_times = asyncio.run(statuses(servers[backends[0]][0], args.status_ids, 30))
 
+    first = results[backends[0]]
     print()
     print(
         f"{'backend':>11} | {'clients':>7} | {'CreateActivity/s':>16} | {'p50 ms':>7} | "
         f"{'p99 ms':>7} | {'floor req/s':>11} | {'floor p99':>9} | {'ratio':>5} | "
-        f"{'vs ' + backends[0]:>8} | errors"
+        f"{'vs ' + backends[0]:>8} | {'server CPU µs':>13} | {'vs ' + backends[0]:>8} | errors"
     )
     for backend in backends:
         for c in levels:
-            rate, lat, errors = results[backend][c]
-            floor_rate, floor_lat, _ = results["floor"][c]
+            result, floor = results[backend][c], results["floor"][c]
             print(
-                f"{backend:>11} | {c:>7} | {rate:>16,.0f} | {_pct(lat, 0.5):>7.2f} | "
-                f"{_pct(lat, 0.99):>7.2f} | {floor_rate:>11,.0f} | "
-                f"{_pct(floor_lat, 0.99):>9.2f} | {rate / floor_rate:>5.2f} | "
-                f"{rate / results[backends[0]][c][0]:>8.2f} | {errors}"
+                f"{backend:>11} | {c:>7} | {result.rate:>16,.0f} | "
+                f"{_pct(result.latencies, 0.5):>7.2f} | {_pct(result.latencies, 0.99):>7.2f} | "
+                f"{floor.rate:>11,.0f} | {_pct(floor.latencies, 0.99):>9.2f} | "
+                f"{result.rate / floor.rate:>5.2f} | {result.rate / first[c].rate:>8.2f} | "
+                f"{_cpu_us(result):>13.0f} | {_cpu_us(result) / _cpu_us(first[c]):>8.2f} | "
+                f"{result.errors}"
             )
     if args.json is not None:
         figures = {
             backend: {
                 str(c): {
-                    "creates_per_s": rate,
-                    "p50_ms": _pct(lat, 0.5),
-                    "p99_ms": _pct(lat, 0.99),
-                    "errors": errors,
-                    "vs_first": rate / results[backends[0]][c][0],
+                    "creates_per_s": result.rate,
+                    "p50_ms": _pct(result.latencies, 0.5),
+                    "p99_ms": _pct(result.latencies, 0.99),
+                    "errors": result.errors,
+                    "vs_first": result.rate / first[c].rate,
+                    "server_cpu_us": _cpu_us(result),
                 }
-                for c, (rate, lat, errors) in results[backend].items()
+                for c, result in results[backend].items()
             }
             for backend in backends
         }

@@ -55,7 +55,15 @@ import httpx
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
-from bes_bench import ACTION, CREATE, _client, _pct, _pin, etree_tostring  # noqa: E402
+from bes_bench import (  # noqa: E402
+    ACTION,
+    CREATE,
+    _client,
+    _pct,
+    _pin,
+    etree_tostring,
+    server_cpu_s,
+)
 
 from bes import tls  # noqa: E402
 from bes.app import BesApp, create_app  # noqa: E402
@@ -255,16 +263,6 @@ class Sample:
     @property
     def rate(self) -> float:
         return self.requests / self.seconds
-
-
-def server_cpu_s(pid: int) -> float:
-    """The CPU time process ``pid``'s live threads have run, in seconds (nanoseconds in
-    /proc/PID/task/TID/schedstat; /proc/PID/stat counts in 10 ms ticks)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
 
 
 @contextlib.contextmanager

@@ -124,6 +124,7 @@ def test_bes_bench_loads_each_backend_in_turn_and_compares_them(tmp_path: Path) 
         row = by_clients["4"]
         assert row["errors"] == 0, backend
         assert row["creates_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
+        assert row["server_cpu_us"] > 0
     assert figures["none"]["4"]["vs_first"] == 1.0
     assert figures["desktopgrid"]["4"]["vs_first"] > 0
     assert "vs none" in printed
