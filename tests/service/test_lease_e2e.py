@@ -24,7 +24,12 @@ import pytest
 
 from bes.vm.leaseguest import lease_hostname
 from tests.support.server import LiveServer, free_port
-from tests.support.vm import cache_dir_for_tests, qemu_processes, require
+from tests.support.vm import (
+    built_debian_repository,
+    cache_dir_for_tests,
+    qemu_processes,
+    require,
+)
 from tests.support.worker import bes_cli, issue_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm, pytest.mark.timeout(2400)]
@@ -92,6 +97,9 @@ def test_a_lease_on_a_worker_behind_nat_is_reached_through_the_service(tmp_path:
 
 
 def _run(tmp: Path, ns: Namespace) -> None:
+    # The worker's namespace reaches nothing but the service, so it cannot fetch Debian's
+    # packages: the template it runs is built here first, into the image cache it is given.
+    built_debian_repository()
     ca, data_dir = tmp / "ca", tmp / "data"
     assert bes_cli("ca", "init", str(ca)).returncode == 0
     assert bes_cli("ca", "server", str(ca), ns.host_address).returncode == 0

@@ -17,7 +17,8 @@ import pytest
 
 from bes.vm.drivers.qemu import QemuDriver
 from bes.vm.images import ImageCache
-from bes.vm.repository import ImageRepository
+from bes.vm.repository import DEBIAN_12, ImageRepository
+from bes.vm.spec import ImageRef
 
 
 def require(tool: str, package: str) -> str:
@@ -40,6 +41,30 @@ def tiny_repository() -> ImageRepository:
     require("qemu-img", "qemu-utils")
     require("apt-get", "apt")
     return ImageRepository(ImageCache(cache_dir_for_tests() / "images"))
+
+
+def require_debian_builder() -> None:
+    """Skip (fail with BES_REQUIRE_VM=1) unless debian-12 can be built here: root, debootstrap,
+    QEMU and e2fsprogs."""
+    require("qemu-system-x86_64", "qemu-system-x86")
+    require("qemu-img", "qemu-utils")
+    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    require("debootstrap", "debootstrap")
+    require("debugfs", "e2fsprogs")
+    if os.geteuid() != 0:
+        message = "building debian-12 needs root (debootstrap)"
+        if os.environ.get("BES_REQUIRE_VM") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+def built_debian_repository() -> ImageRepository:
+    """The shared test cache with debian-12 built in it (once per machine: 2-3 minutes, from
+    the Debian mirror; see :func:`require_debian_builder`)."""
+    require_debian_builder()
+    repository = ImageRepository(ImageCache(cache_dir_for_tests() / "images"))
+    repository.resolve(ImageRef(template=DEBIAN_12))
+    return repository
 
 
 def qemu_processes(name_part: str) -> list[str]:

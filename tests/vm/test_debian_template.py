@@ -20,7 +20,7 @@ from bes.vm.repository import DEBIAN_12, ImageRepository, Template
 from bes.vm.runner import CommandRunner
 from bes.vm.spec import ImageRef
 from bes.vmjob import plan
-from tests.support.vm import cache_dir_for_tests, require
+from tests.support.vm import built_debian_repository
 
 # -- what goes into the image (no build) ---------------------------------------------------
 
@@ -159,26 +159,10 @@ def test_the_catalog_lists_debian_12_before_any_node_built_it(tmp_path: Path) ->
 # -- a real build, booted ----------------------------------------------------------------
 
 
-def _require_builder() -> None:
-    require("qemu-system-x86_64", "qemu-system-x86")
-    require("qemu-img", "qemu-utils")
-    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    require("debootstrap", "debootstrap")
-    require("debugfs", "e2fsprogs")
-    if os.geteuid() != 0:
-        message = "building debian-12 needs root (debootstrap)"
-        if os.environ.get("BES_REQUIRE_VM") == "1":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def debian_repository() -> ImageRepository:
     """The shared test cache with debian-12 built (once per machine: about 2-3 minutes)."""
-    _require_builder()
-    repository = ImageRepository(ImageCache(cache_dir_for_tests() / "images"))
-    repository.resolve(ImageRef(template=DEBIAN_12))
-    return repository
+    return built_debian_repository()
 
 
 @pytest.fixture(scope="session")
