@@ -12,7 +12,8 @@ for the grid's workers, none of which runs), all on one CPU when ``taskset`` is 
 loads them in turn, ``--rounds`` times, so that the host's slow spells (large on a shared
 virtual machine) fall on each alike; the floor server (bench/floor.py) is measured first. The
 load comes from this process (on the other CPU), over keep-alive HTTP/1.1 connections. Results
-are printed as a table, with each backend's rate against the first's; nothing is asserted.
+are printed as a table: each backend's rate, and its server's CPU time per create (all its
+threads, from /proc schedstat), each also against the first backend's; nothing is asserted.
 """
 
 from __future__ import annotations
