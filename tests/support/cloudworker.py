@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bes.clouds.userdata import WorkerSettings, user_data
 from bes.vm import seed, workerimage
 from bes.vm.drivers.qemu import QemuDriver
@@ -28,7 +26,7 @@ from bes.vm.runner import CommandRunner
 from bes.vm.spec import Disk, ImageFormat, KernelBoot, Network, NetworkMode, VmSpec
 from tests.support.libvirtd import PrivateLibvirtd
 from tests.support.server import LiveServer
-from tests.support.vm import cache_dir_for_tests, require
+from tests.support.vm import cache_dir_for_tests, require_image_builder
 from tests.support.worker import issue_token
 
 HOST_FROM_GUEST = "10.0.2.2"
@@ -60,17 +58,13 @@ TINY_JOB = f"""<jsdl:JobDefinition xmlns:jsdl="http://schemas.ggf.org/jsdl/2005/
 
 def require_builder() -> None:
     """Skip (fail under ``BES_REQUIRE_VM=1``) unless this machine can build the image."""
-    require("qemu-system-x86_64", "qemu-system-x86")
-    require("qemu-img", "qemu-utils")
-    require("apt-get", "apt")
-    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    require("debootstrap", "debootstrap")
-    require("chroot", "coreutils")
-    if os.geteuid() != 0:
-        message = "building the worker image needs root (debootstrap, chroot)"
-        if os.environ.get("BES_REQUIRE_VM") == "1":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_image_builder(
+        "the worker image",
+        ("apt-get", "apt"),
+        ("debootstrap", "debootstrap"),
+        ("chroot", "coreutils"),
+        root_for="debootstrap, chroot",
+    )
 
 
 def cached_worker_image(*, trace: Path | None = None) -> workerimage.WorkerImage:

@@ -43,16 +43,16 @@ def tiny_repository() -> ImageRepository:
     return ImageRepository(ImageCache(cache_dir_for_tests() / "images"))
 
 
-def require_debian_builder() -> None:
-    """Skip (fail with BES_REQUIRE_VM=1) unless debian-12 can be built here: root, debootstrap,
-    QEMU and e2fsprogs."""
+def require_image_builder(what: str, *tools: tuple[str, str], root_for: str) -> None:
+    """Skip (fail with BES_REQUIRE_VM=1) unless this machine can build ``what``: QEMU, the
+    ``(tool, Debian package)`` pairs in ``tools``, and root (which ``root_for`` needs)."""
     require("qemu-system-x86_64", "qemu-system-x86")
     require("qemu-img", "qemu-utils")
     os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    require("debootstrap", "debootstrap")
-    require("debugfs", "e2fsprogs")
+    for tool, package in tools:
+        require(tool, package)
     if os.geteuid() != 0:
-        message = "building debian-12 needs root (debootstrap)"
+        message = f"building {what} needs root ({root_for})"
         if os.environ.get("BES_REQUIRE_VM") == "1":
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
@@ -60,8 +60,13 @@ def require_debian_builder() -> None:
 
 def built_debian_repository() -> ImageRepository:
     """The shared test cache with debian-12 built in it (once per machine: 2-3 minutes, from
-    the Debian mirror; see :func:`require_debian_builder`)."""
-    require_debian_builder()
+    the Debian mirror; skipped where it cannot be built)."""
+    require_image_builder(
+        "debian-12",
+        ("debootstrap", "debootstrap"),
+        ("debugfs", "e2fsprogs"),
+        root_for="debootstrap",
+    )
     repository = ImageRepository(ImageCache(cache_dir_for_tests() / "images"))
     repository.resolve(ImageRef(template=DEBIAN_12))
     return repository
