@@ -114,37 +114,61 @@ async def _client(
 class Load(NamedTuple):
     """What one load of a server measured."""
 
-    rate: float
-    """Answers per second."""
     latencies: list[float]
     """Each answer's, in seconds, sorted."""
     errors: int
     """Answers other than 200."""
+    seconds: float
+    """How long the load lasted."""
     cpu_s: float
     """CPU time the server spent meanwhile (all its threads), if its pid was given; else 0."""
+
+    @property
+    def requests(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def rate(self) -> float:
+        """Answers per second."""
+        return self.requests / self.seconds
+
+
+def create_request(port: int, body: bytes = CREATE) -> bytes:
+    """The CreateActivity request (HTTP/1.1, keep-alive) with ``body`` to ``port``."""
+    return (
+        b"POST /bes HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: text/xml; charset=utf-8\r\n"
+        b'SOAPAction: "%s"\r\nContent-Length: %d\r\n\r\n' % (port, ACTION.encode(), len(body))
+    ) + body
 
 
 async def load(
     port: int, body: bytes, clients: int, seconds: float, *, pid: int | None = None
 ) -> Load:
-    request = (
-        b"POST /bes HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: text/xml; charset=utf-8\r\n"
-        b'SOAPAction: "%s"\r\nContent-Length: %d\r\n\r\n' % (port, ACTION.encode(), len(body))
-    ) + body
-    latencies: list[float] = []
-    errors: list[int] = []
+    """CreateActivity with ``body`` from ``clients`` connections for ``seconds``, after half a
+    second of warm-up (:func:`drive`)."""
+    request = create_request(port, body)
     await asyncio.gather(
         *(_client(port, request, time.perf_counter() + 0.5, [], []) for _ in range(clients))
     )
-    until = time.perf_counter() + seconds
-    started = time.perf_counter()
+    return await drive(port, request, clients, seconds, pid=pid)
+
+
+async def drive(
+    port: int, request: bytes, clients: int, seconds: float, *, pid: int | None = None
+) -> Load:
+    """``request`` over and over from ``clients`` keep-alive connections for ``seconds``; with
+    ``pid``, the server process's CPU time meanwhile too."""
+    latencies: list[float] = []
+    errors: list[int] = []
     cpu = server_cpu_s(pid) if pid is not None else 0.0
+    started = time.perf_counter()
+    until = started + seconds
     await asyncio.gather(
         *(_client(port, request, until, latencies, errors) for _ in range(clients))
     )
     elapsed = time.perf_counter() - started
     cpu = server_cpu_s(pid) - cpu if pid is not None else 0.0
-    return Load(len(latencies) / elapsed, sorted(latencies), len(errors), cpu)
+    return Load(sorted(latencies), len(errors), elapsed, cpu)
 
 
 def server_cpu_s(pid: int) -> float:
@@ -158,18 +182,18 @@ def server_cpu_s(pid: int) -> float:
 
 
 def _combined(parts: list[Load]) -> Load:
-    """One result from the results of equal shares of the time."""
+    """One result from the results of shares of the time."""
     return Load(
-        statistics.fmean(part.rate for part in parts),
         sorted(latency for part in parts for latency in part.latencies),
         sum(part.errors for part in parts),
+        sum(part.seconds for part in parts),
         sum(part.cpu_s for part in parts),
     )
 
 
 def _cpu_us(result: Load) -> float:
     """The server's CPU time per answer, in microseconds."""
-    return result.cpu_s / max(1, len(result.latencies)) * 1e6
+    return result.cpu_s / max(1, result.requests) * 1e6
 
 
 def _pct(sorted_values: list[float], p: float) -> float:

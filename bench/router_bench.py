@@ -55,12 +55,14 @@ import httpx
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
+import bes_bench  # noqa: E402
 from bes_bench import (  # noqa: E402
     ACTION,
     CREATE,
-    _client,
+    Load,
     _pct,
     _pin,
+    create_request,
     etree_tostring,
     server_cpu_s,
 )
@@ -248,23 +250,6 @@ class Server:
     pid: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Sample:
-    """One server's share of one round of a load."""
-
-    requests: int
-    seconds: float
-    cpu_s: float
-    """CPU time the server process spent meanwhile (user and system, all its threads)."""
-    latencies: list[float]
-    errors: int
-    """Answers other than 200."""
-
-    @property
-    def rate(self) -> float:
-        return self.requests / self.seconds
-
-
 @contextlib.contextmanager
 def started(argv: list[str], port: int, health: str, log: Path) -> Iterator[Server]:
     """``argv`` running until the block ends, once ``health`` answers (as bes_bench.running,
@@ -306,35 +291,14 @@ def _floor_argv(port: int) -> list[str]:
     ]
 
 
-def create_request(port: int) -> bytes:
-    """The CreateActivity request bes_bench.load sends."""
-    return (
-        b"POST /bes HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: text/xml; charset=utf-8\r\n"
-        b'SOAPAction: "%s"\r\nContent-Length: %d\r\n\r\n' % (port, ACTION.encode(), len(CREATE))
-    ) + CREATE
-
-
 def get_request(port: int, path: str) -> bytes:
     return b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (path.encode(), port)
 
 
-async def drive(server: Server, request: bytes, clients: int, seconds: float) -> Sample:
-    """``request`` over and over from ``clients`` keep-alive connections for ``seconds``."""
-    latencies: list[float] = []
-    errors: list[int] = []
-    cpu = server_cpu_s(server.pid)
-    begun = time.perf_counter()
-    until = begun + seconds
-    await asyncio.gather(
-        *(_client(server.port, request, until, latencies, errors) for _ in range(clients))
-    )
-    return Sample(
-        requests=len(latencies),
-        seconds=time.perf_counter() - begun,
-        cpu_s=server_cpu_s(server.pid) - cpu,
-        latencies=latencies,
-        errors=len(errors),
-    )
+async def drive(server: Server, request: bytes, clients: int, seconds: float) -> Load:
+    """``request`` over and over from ``clients`` keep-alive connections for ``seconds``, and
+    the server's CPU time meanwhile."""
+    return await bes_bench.drive(server.port, request, clients, seconds, pid=server.pid)
 
 
 async def status_request(port: int, count: int) -> bytes:
@@ -353,7 +317,7 @@ async def status_request(port: int, count: int) -> bytes:
     return soap.envelope(soap.vector("GetActivityStatuses", eprs))
 
 
-async def status_calls(server: Server, body: bytes, count: int, calls: int) -> Sample:
+async def status_calls(server: Server, body: bytes, count: int, calls: int) -> Load:
     """``calls`` GetActivityStatuses of ``count`` ids, one after the other."""
     url = f"http://127.0.0.1:{server.port}/bes"
     headers = {"SOAPAction": soap.ACTIONS + "GetActivityStatuses", "Content-Type": "text/xml"}
@@ -367,7 +331,7 @@ async def status_calls(server: Server, body: bytes, count: int, calls: int) -> S
             if r.status_code != 200 or r.content.count(b"<bes-factory:Response>") != count:
                 raise RuntimeError(f"GetActivityStatuses answered {r.status_code}")
         cpu = server_cpu_s(server.pid) - cpu
-    return Sample(requests=calls, seconds=sum(times), cpu_s=cpu, latencies=times, errors=0)
+    return Load(sorted(times), 0, sum(times), cpu)
 
 
 # ---------------------------------------------------------------------- without HTTP
@@ -460,7 +424,7 @@ async def dispatch_costs(data_dir: Path, calls: int, status_ids: int) -> dict[st
 
 # ---------------------------------------------------------------------- the run
 
-Samples = dict[str, list[Sample]]
+Samples = dict[str, list[Load]]
 """Per server, one sample a round."""
 
 

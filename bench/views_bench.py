@@ -163,7 +163,8 @@ def timed(port: int, method: str, path: str, body: bytes | None, repeats: int = 
 
 def measure(url: str, data: Path, db_size: float, backend: str) -> dict[str, float]:
     with serving(url, data, backend) as (port, pid):
-        rate, latencies, *_ = asyncio.run(load(port, CREATE, 32, 4.0))
+        created = asyncio.run(load(port, CREATE, 32, 4.0))
+        rate, latencies = created.rate, created.latencies
         status_times = asyncio.run(statuses(port, 1000, 10))
         return {
             "CreateActivity/s, 32 clients": rate,
