@@ -36,6 +36,7 @@ _ARGV_FILE = "qemu.argv"
 _CONSOLE_LOG = "console.log"
 _OVERLAY = "overlay.qcow2"
 _CPU_CAP = "cpu.cap"
+_STOPPED_BY_US = "stopped"  # present once stop() was called: the exit that follows is no crash
 _SOCKET_NAME = "qmp.sock"
 _MAX_SOCKET_PATH = 100
 _SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -149,6 +150,7 @@ class QemuDriver(HypervisorDriver):
 
     def start(self, vm: VmHandle) -> None:
         argv = (vm.workdir / _ARGV_FILE).read_text().split("\0")
+        (vm.workdir / _STOPPED_BY_US).unlink(missing_ok=True)
         process = self._runner.spawn(argv, stdout=vm.workdir / "qemu.log", cwd=vm.workdir)
         self._processes[vm.name] = process
         # Until QEMU has written its pid file, a crash of ours would leave it unfindable.
@@ -171,7 +173,8 @@ class QemuDriver(HypervisorDriver):
         if process is not None:
             code = process.poll()
             if code is not None:
-                return VmState.STOPPED if code == 0 else VmState.CRASHED
+                stopped = code == 0 or (vm.workdir / _STOPPED_BY_US).exists()
+                return VmState.STOPPED if stopped else VmState.CRASHED
         elif not (vm.workdir / _ARGV_FILE).exists():
             return VmState.MISSING
         elif self._pid(vm) is None:
@@ -195,6 +198,10 @@ class QemuDriver(HypervisorDriver):
         if not self._alive(vm):
             self._reap(vm)
             return
+        # QEMU killed by our SIGTERM before it handles the signal (a slow start), or by our
+        # SIGKILL, exits non-zero: the mark keeps that from reading as a crash.
+        with contextlib.suppress(OSError):  # its directory removed by another process
+            (vm.workdir / _STOPPED_BY_US).touch()
         if grace_s > 0:
             with contextlib.suppress(HypervisorError):
                 _qmp.execute(self._socket_path(vm), "system_powerdown")
