@@ -35,6 +35,7 @@ from bes.errors import (
     InvalidRequest,
     NotAcceptingNewActivities,
     NotAuthorized,
+    StoreError,
     UnsupportedFeature,
 )
 from bes.filestaging import FileRoots
@@ -235,6 +236,8 @@ class Activities:
                 if not where:
                     raise
                 raise UnsupportedFeature(exc.features, where + str(exc)) from exc
+            except StoreError:
+                raise  # the database does not answer: the create cannot be stored either
             except BesError as exc:
                 log.debug("%s goes through the dispatcher: %s", activity_id, exc)
         if enqueued is None:  # (a backend that enqueues has checked the job itself)
@@ -445,7 +448,7 @@ class Activities:
         backend = self._backends.get(record.backend or "")
         if backend is None:
             return None
-        return await asyncio.to_thread(backend.kept_outputs, record.backend_job_id)
+        return await self._db.off_loop(backend.kept_outputs, record.backend_job_id)
 
     async def why(self, caller: Principal, activity_id: ActivityId) -> dict[str, Any] | None:
         """Why a visible activity is where it is: its state and message, and what its backend
@@ -463,7 +466,7 @@ class Activities:
         }
         backend = self._backends.get(record.backend or "")
         if backend is not None and record.backend_job_id is not None:
-            out["analysis"] = dict(await asyncio.to_thread(backend.explain, record.backend_job_id))
+            out["analysis"] = dict(await self._db.off_loop(backend.explain, record.backend_job_id))
         elif record.backend_job_id is None and not record.state.terminal:
             out["analysis"] = {"reason": "not handed to a backend yet"}
         return out
@@ -489,7 +492,7 @@ class Activities:
         done = (
             backend is not None
             and record.backend_job_id is not None
-            and await asyncio.to_thread(backend.suspend, record.backend_job_id, suspended)
+            and await self._db.off_loop(backend.suspend, record.backend_job_id, suspended)
         )
         if not done:
             raise InvalidRequest(f"{activity_id}: its backend cannot suspend it now")
@@ -521,7 +524,7 @@ class Activities:
             return await self._finish_termination(record, reason)
         backend = self._backends[record.backend]
         try:
-            outcome = (await asyncio.to_thread(backend.cancel, [record.backend_job_id]))[
+            outcome = (await self._db.off_loop(backend.cancel, [record.backend_job_id]))[
                 record.backend_job_id
             ]
         except BackendError as exc:

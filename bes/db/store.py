@@ -8,7 +8,8 @@ operation has a blocking twin for command-line tools and tests. SQLAlchemy error
 into :class:`~bes.errors.StoreError` here.
 
 A server that does not answer (stopped, frozen, cut off) must not hold requests for ever: on
-PostgreSQL the service waits at most ``wait_s`` for a read or a write, then raises
+PostgreSQL the service waits at most ``wait_s`` for a read or a write (or a backend's call that
+reads or writes it: :meth:`Database.off_loop`), then raises
 :class:`~bes.errors.StoreError` (a SOAP client sees a soap:Server fault saying to try again
 later). A write that was still queued when its caller gave up is dropped, never written
 behind its back; one the database had already begun may still commit (its outcome is
@@ -95,7 +96,7 @@ class Database:
                 self._loop_committer = LoopCommitter(self._writer)
             return await self._loop_committer.submit(fn, arg, off_loop=long)
         # On a time-out the call is cancelled: if the committer has not begun it, it is dropped.
-        return await self._bounded(asyncio.wrap_future(self.committer.submit(fn, arg)), "write", fn)
+        return await self.bounded(asyncio.wrap_future(self.committer.submit(fn, arg)), "write", fn)
 
     def write_sync(self, fn: BatchFunction[A, R], arg: A) -> R:
         """Blocking :meth:`write`."""
@@ -108,14 +109,30 @@ class Database:
         if self._inline:
             return self._read_in_loop(fn, *args, **kwargs)
         loop = asyncio.get_running_loop()
-        return await self._bounded(
+        return await self.bounded(
             loop.run_in_executor(self._pool, lambda: self.read_sync(fn, *args, **kwargs)),
             "read",
             fn,
         )
 
-    async def _bounded(self, waited: Awaitable[R], what: str, fn: Callable[..., Any]) -> R:
-        """Wait at most :attr:`wait_s` for a read or a write on a networked database."""
+    async def off_loop(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """``fn(*args, **kwargs)`` on a thread: blocking work that waits on this database (a
+        backend's answer read from its tables), waited for no longer than :attr:`wait_s`, as
+        a read or a write is. A request never hangs on a database that does not answer: it
+        gets a StoreError; the thread goes on, and what it returns is dropped.
+
+        Raises:
+            StoreError: No result within :attr:`wait_s`.
+        """
+        return await self.bounded(asyncio.to_thread(fn, *args, **kwargs), "call", fn)
+
+    async def bounded(self, waited: Awaitable[R], what: str, fn: Callable[..., Any]) -> R:
+        """Wait at most :attr:`wait_s` for ``waited``, a ``what`` ("read", "write", "call")
+        of ``fn`` that waits on the database.
+
+        Raises:
+            StoreError: No result within :attr:`wait_s`.
+        """
         try:
             return await asyncio.wait_for(waited, self.wait_s)
         except TimeoutError:

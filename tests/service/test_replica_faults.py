@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
@@ -25,8 +26,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bes.activities import Activities
+from bes.backends.desktopgrid.backend import DesktopGridBackend
+from bes.backends.desktopgrid.config import DesktopGridConfig
 from bes.db import duty_rows
 from bes.db.store import Database
+from bes.errors import StoreError
+from bes.jsdl import load_job_definition
+from bes.principal import Principal
 from tests.service.test_metrics import parse
 from tests.support import soap
 from tests.support.postgres import PostgresServer, fresh_database, postgres_instance
@@ -270,6 +277,38 @@ def test_the_writer_reconnects_after_postgresql_restarts(pg: PostgresServer) -> 
         pg.start()
         assert db.write_sync(duty_rows.take_duties, take)
         assert db.read_sync(duty_rows.duties)[0].holder == "me"
+
+
+@pytest.mark.anyio
+async def test_a_create_on_a_hung_database_gives_up_within_the_wait(
+    tmp_path: Path, pg: PostgresServer
+) -> None:
+    """Before its row, a desktop-grid create reads the live workers' offers (every two
+    seconds at most): that read, on a thread, waits no longer than any other read, and the
+    create gives up with a StoreError (a soap:Server fault) instead of hanging until the
+    database answers; once it does, creates go through."""
+    with Database(fresh_database(pg.url, "hungoffers"), wait_s=1.0) as db:
+        db.migrate()
+        backend = DesktopGridBackend(db, DesktopGridConfig(outputs_dir=tmp_path / "outputs"))
+        registry = Activities(db, backends={"desktopgrid": backend}, default_backend="desktopgrid")
+        job = load_job_definition(soap.HELLO_JSDL)
+        alice = Principal(name="alice")
+        document = soap.HELLO_JSDL.decode()
+        await registry.create(alice, job, document)  # the pools' connections are open
+        await asyncio.sleep(2.1)  # and the offers read then are stale
+        pg.freeze()
+        try:
+            started = time.monotonic()
+            tries = [registry.create(alice, job, document) for _ in range(3)]
+            outcomes = await asyncio.wait_for(asyncio.gather(*tries, return_exceptions=True), 10)
+            took = time.monotonic() - started
+        finally:
+            pg.thaw()
+        assert [type(o) for o in outcomes] == [StoreError] * 3
+        assert took < 3.0, f"the creates waited {took:.1f} s for a database that did not answer"
+        created = await registry.create(alice, job, document)
+        assert (await registry.statuses(alice, [created]))[created].backend_job_id
+        backend.close()
 
 
 def test_a_replica_killed_under_load_loses_nothing_and_creates_nothing_twice(

@@ -124,6 +124,7 @@ class DesktopGridBackend(Backend):
         self._listener: StatusListener | None = None
         self._catalog: tuple[float, Catalog] | None = None
         self._catalog_looked = -math.inf
+        self._offers_refresh: asyncio.Future[Any] | None = None
         if config.outputs_dir is not None:
             storage, prefix = DirectoryStorage(config.outputs_dir), ""
         elif storage is not None:
@@ -208,8 +209,8 @@ class DesktopGridBackend(Backend):
             UnsupportedFeature: The desktop grid cannot run this job (what
                 :meth:`unsupported` says).
         """
-        if self.pools.offers_stale():  # refreshed off the loop, every two seconds at most
-            await asyncio.to_thread(self.pools.offers)
+        if self.pools.offers_stale():  # every two seconds at most
+            await self._refresh_offers()
         catalog = self.catalog()
         missing = super().unsupported(job)
         machine = None
@@ -225,6 +226,22 @@ class DesktopGridBackend(Backend):
         return Enqueued(
             job_id=row.id, pool=row.pool, message=row.reason, write=grid.queue_jobs, row=row
         )
+
+    async def _refresh_offers(self) -> None:
+        """Read the pools' offers again, off the loop: one read however many creates wait
+        for it, and none waits longer than for any read (a database that does not answer
+        gives them a StoreError, not a hung request).
+
+        Raises:
+            StoreError: The database did not answer in time, or failed.
+        """
+        loop = asyncio.get_running_loop()
+        refresh = self._offers_refresh
+        if refresh is None or refresh.done() or refresh.get_loop() is not loop:
+            refresh = asyncio.ensure_future(asyncio.to_thread(self.pools.offers))
+            self._offers_refresh = refresh
+        # Shielded: a create that gives up does not cancel the read the others wait for.
+        await self._db.bounded(asyncio.shield(refresh), "read", self.pools.offers)
 
     def enqueued(self) -> None:
         self.gateway.work_added()
