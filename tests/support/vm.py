@@ -48,7 +48,9 @@ def require_image_builder(what: str, *tools: tuple[str, str], root_for: str) -> 
     ``(tool, Debian package)`` pairs in ``tools``, and root (which ``root_for`` needs)."""
     require("qemu-system-x86_64", "qemu-system-x86")
     require("qemu-img", "qemu-utils")
-    os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    path = os.environ.get("PATH", "")
+    if "/usr/sbin" not in path.split(os.pathsep):  # once, however many builders ask
+        os.environ["PATH"] = path + ":/usr/sbin:/sbin"
     for tool, package in tools:
         require(tool, package)
     if os.geteuid() != 0:
