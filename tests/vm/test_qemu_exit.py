@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from bes.errors import HypervisorError
+from bes.vm.drivers import _qmp
 from bes.vm.drivers.base import VmHandle, VmState
 from bes.vm.drivers.qemu import QemuDriver
 from bes.vm.spec import VmSpec
@@ -92,5 +94,24 @@ def test_a_restarted_vm_forgets_the_last_stop(tmp_path: Path) -> None:
         _write_stand_in(tmp_path, ignores_sigterm=False, runs_s=0, exit_code=1)
         driver.start(vm)
         assert _ended(driver, vm) is VmState.CRASHED
+    finally:
+        driver.destroy(vm)
+
+
+def test_a_vm_that_fails_while_its_monitor_is_asked_crashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CI's race: the process still ran when state() looked, then exited with an error while
+    # state() was asking QMP (a monitor that does not answer, on a slow machine).
+    driver = _driver(tmp_path, ignores_sigterm=False, runs_s=2, exit_code=1)
+    vm = _started(driver, "bes-failing-meanwhile")
+
+    def ends_meanwhile(socket_path: Path, command: str, **_: object) -> object:
+        driver._processes[vm.name].wait(timeout=30)
+        raise HypervisorError(f"{socket_path}: connection refused")
+
+    monkeypatch.setattr(_qmp, "execute", ends_meanwhile)
+    try:
+        assert driver.state(vm) is VmState.CRASHED
     finally:
         driver.destroy(vm)

@@ -169,22 +169,17 @@ class QemuDriver(HypervisorDriver):
                     os.setpriority(os.PRIO_PROCESS, process.pid, 19)
 
     def state(self, vm: VmHandle) -> VmState:
-        process = self._processes.get(vm.name)
-        if process is not None:
-            code = process.poll()
-            if code is not None:
-                stopped = code == 0 or (vm.workdir / _STOPPED_BY_US).exists()
-                return VmState.STOPPED if stopped else VmState.CRASHED
-        elif not (vm.workdir / _ARGV_FILE).exists():
-            return VmState.MISSING
-        elif self._pid(vm) is None:
-            started = (vm.workdir / _PID_FILE).exists() or (vm.workdir / "qemu.log").exists()
-            return VmState.STOPPED if started else VmState.CREATED
+        ended = self._ended(vm)
+        if ended is not None:
+            return ended
         try:
             status = _qmp.execute(self._socket_path(vm), "query-status")
         except HypervisorError:
-            # Starting up (socket not there yet) or exiting right now.
-            return VmState.RUNNING if self._alive(vm) else VmState.STOPPED
+            # Starting up (socket not there yet), or it ended while we asked: how it ended is
+            # read again (an exit with an error during the question is still a crash).
+            if self._alive(vm):
+                return VmState.RUNNING
+            return self._ended(vm) or VmState.STOPPED
         return {
             "running": VmState.RUNNING,
             "paused": VmState.PAUSED,
@@ -193,6 +188,24 @@ class QemuDriver(HypervisorDriver):
             "internal-error": VmState.CRASHED,
             "guest-panicked": VmState.CRASHED,
         }.get(str(status.get("status")), VmState.RUNNING)
+
+    def _ended(self, vm: VmHandle) -> VmState | None:
+        """How the VM is, if its process is not running (or never ran); None while it runs.
+        Only our own child's exit code tells a crash from a stop: a VM another process
+        started and that is gone reads as stopped."""
+        process = self._processes.get(vm.name)
+        if process is not None:
+            code = process.poll()
+            if code is None:
+                return None
+            stopped = code == 0 or (vm.workdir / _STOPPED_BY_US).exists()
+            return VmState.STOPPED if stopped else VmState.CRASHED
+        if not (vm.workdir / _ARGV_FILE).exists():
+            return VmState.MISSING
+        if self._pid(vm) is None:
+            started = (vm.workdir / _PID_FILE).exists() or (vm.workdir / "qemu.log").exists()
+            return VmState.STOPPED if started else VmState.CREATED
+        return None
 
     def stop(self, vm: VmHandle, *, grace_s: float) -> None:
         if not self._alive(vm):
