@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.sync.client import ClientConnection, connect
 
 from bes.client.faults import ConnectionProblem, HttpProblem
+from bes.client.stream import BlockingWebSocket
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ class TunnelOptions:
         return "TunnelOptions(...)"  # never the credentials
 
 
-def open_stream(tunnel_url: str, port: int, options: TunnelOptions) -> ClientConnection:
-    """One stream to ``port`` of the guest.
+def open_stream(tunnel_url: str, port: int, options: TunnelOptions) -> BlockingWebSocket:
+    """One stream to ``port`` of the guest (close it when done).
 
     Raises:
         HttpProblem: The service refused it (with its reason: not yours, not ready, the port
@@ -51,14 +51,12 @@ def open_stream(tunnel_url: str, port: int, options: TunnelOptions) -> ClientCon
     """
     url = f"{tunnel_url}?port={port}"
     try:
-        return connect(
+        return BlockingWebSocket.connect(
             url,
-            additional_headers=dict(options.headers),
+            headers=options.headers,
             ssl=options.ssl,
-            open_timeout=options.timeout_s,
+            open_timeout_s=options.timeout_s,
             max_size=_MAX_MESSAGE,
-            compression=None,
-            legacy=True,  # the connection itself (not websockets' reconnecting iterator)
         )
     except InvalidStatus as exc:
         status = exc.response.status_code
@@ -76,7 +74,7 @@ def open_stream(tunnel_url: str, port: int, options: TunnelOptions) -> ClientCon
 class _Ends:
     """Both directions of one stream: the WebSocket closes once each has ended."""
 
-    def __init__(self, websocket: ClientConnection) -> None:
+    def __init__(self, websocket: BlockingWebSocket) -> None:
         self._websocket = websocket
         self._lock = threading.Lock()
         self._sent_eof = False
@@ -100,7 +98,7 @@ class _Ends:
 
 
 def bridge(
-    websocket: ClientConnection,
+    websocket: BlockingWebSocket,
     read: Callable[[], bytes],
     write: Callable[[bytes], None],
     write_eof: Callable[[], None],
@@ -124,8 +122,6 @@ def bridge(
     sender.start()
     try:
         for message in websocket:
-            if isinstance(message, str):
-                break
             if not message:
                 with contextlib.suppress(OSError):
                     write_eof()
@@ -138,7 +134,7 @@ def bridge(
         websocket.close()
 
 
-def stdio(websocket: ClientConnection) -> None:
+def stdio(websocket: BlockingWebSocket) -> None:
     """Bridge a stream with this process's stdin and stdout (ssh's ProxyCommand)."""
 
     def write(data: bytes) -> None:

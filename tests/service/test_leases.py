@@ -11,6 +11,7 @@ import functools
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,12 @@ import httpx
 import pytest
 from lxml import etree
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.sync.client import connect
 
 from bes.access import Access
 from bes.backends.desktopgrid.tokens import create_worker
 from bes.client import BESClient, UsernameToken, jsdl
-from bes.client.faults import HttpProblem
+from bes.client.faults import ConnectionProblem, HttpProblem
+from bes.client.stream import BlockingWebSocket
 from bes.client.tunnel import PortForward, open_stream
 from bes.db.engine import default_url
 from bes.db.store import Database
@@ -305,6 +306,39 @@ def test_others_and_undeclared_ports_are_refused(site: Site) -> None:
         assert "refused the connection" in str(nothing.value)
 
 
+def test_streams_opened_many_at_once_over_tls_each_get_their_answer(site: Site) -> None:
+    # CI saw one stream's opening request lost, and its client wait for ever: websockets'
+    # threaded client read the TLS connection on one thread (the server's TLS 1.3 session
+    # tickets) while it wrote the request on another, which OpenSSL does not allow.
+    url = (
+        site.server.url.replace("https://", "wss://")
+        + "/bes/activities/AaJKnoSuchLease0000000/tunnel"
+    )
+    options = site.alice.tunnel_options()
+    answers: Counter[int | str] = Counter()
+    lock = threading.Lock()
+
+    def open_some(count: int) -> None:
+        for _ in range(count):
+            try:
+                open_stream(url, 22, options).close()
+                answer: int | str = "opened"
+            except HttpProblem as exc:
+                answer = exc.status
+            except ConnectionProblem as exc:
+                answer = str(exc)
+            with lock:
+                answers[answer] += 1
+
+    threads = [threading.Thread(target=open_some, args=(200,), daemon=True) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 180
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert answers == {404: 1600}
+
+
 def test_the_stream_limit_holds_and_metrics_show_it(site: Site) -> None:
     options = site.alice.tunnel_options()
     with running_lease(site) as lease:
@@ -412,7 +446,9 @@ def test_only_the_worker_holding_the_lease_opens_its_tunnel(site: Site) -> None:
         endpoint = site.worker.tunnel(lease)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         with pytest.raises(InvalidStatus) as refused:
-            connect(endpoint.url, additional_headers=headers, ssl=endpoint.ssl, legacy=True)
+            BlockingWebSocket.connect(
+                endpoint.url, headers=headers, ssl=endpoint.ssl, open_timeout_s=30, max_size=1024
+            )
         return refused.value.response.status_code
 
     with running_lease(site) as lease:
