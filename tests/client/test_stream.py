@@ -128,4 +128,4 @@ def test_a_refusal_keeps_its_status_and_leaves_no_thread(server: str) -> None:
     deadline = time.monotonic() + 5
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert threading.active_count() == before
+    assert threading.active_count() <= before  # (another test's thread may end meanwhile)
